@@ -1,0 +1,78 @@
+"""Public TAPA attention entry points."""
+
+from __future__ import annotations
+
+import torch
+
+from tapa.attention.chunked import DEFAULT_BLOCK, chunked_attention
+from tapa.attention.phase import Parts, quadratic_parts
+from tapa.attention.reference import reference_attention
+from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
+from tapa.errors import ConfigError
+
+# "auto" switches to the chunked kernel once the full score matrices would hold more
+# than this many elements (B * H * Lq * Lk); below it the reference is as fast or faster.
+AUTO_CHUNK_ELEMENTS = 1 << 21
+
+
+def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int) -> str:
+    check_impl(impl)
+    if impl != "auto":
+        return impl
+    return "chunked" if batch * heads * lq * lk > AUTO_CHUNK_ELEMENTS else "reference"
+
+
+def tapa_attention_parts(
+    parts: Parts,
+    v: torch.Tensor,
+    *,
+    alpha: float = 0.1,
+    causal: bool = True,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    impl: str = "auto",
+    block_size: int = DEFAULT_BLOCK,
+) -> torch.Tensor:
+    """TAPA attention from pre-scaled parts (see :mod:`tapa.attention.phase`); float32 output."""
+    alpha = check_alpha(alpha)
+    check_offset("q_offset", q_offset)
+    check_offset("k_offset", k_offset)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(f"block_size: must be a positive integer, got {block_size!r}")
+    b, h, lq, _ = parts.qa.shape
+    lk = parts.ka.shape[2]
+    if resolve_impl(impl, b, h, lq, lk) == "reference":
+        return reference_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
+    return chunked_attention(
+        parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset, block_size=block_size
+    ).float()
+
+
+def tapa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    alpha: float = 0.1,
+    theta: float = 0.5,
+    causal: bool = True,
+    q_offset: int = 0,
+    impl: str = "auto",
+    block_size: int = DEFAULT_BLOCK,
+) -> torch.Tensor:
+    """Token-Aware Phase Attention (Eq. 12): softmax(scores) @ v, shape (B, H, Lq, Dv).
+
+    q: (B, H, Lq, D); k, v: (B, H_kv, Lk, D) with H_kv dividing H (grouped-query).
+    Queries sit at positions ``q_offset .. q_offset + Lq - 1``, keys at ``0 .. Lk - 1``;
+    with ``causal`` a query sees the keys at its own position or before (KV-cache decoding
+    passes ``q_offset = Lk - Lq``). ``impl``: ``"reference"`` materialises the score
+    matrix, ``"chunked"`` works tile by tile with O(L) memory and exact gradients,
+    ``"auto"`` picks chunked for large inputs. Scores, phases and the softmax are computed
+    in float32; the output has the dtype of q.
+    """
+    check_qkv(q, k, v)
+    parts = quadratic_parts(q, k, theta)
+    out = tapa_attention_parts(
+        parts, v, alpha=alpha, causal=causal, q_offset=q_offset, impl=impl, block_size=block_size
+    )
+    return out.to(q.dtype)

@@ -1,0 +1,98 @@
+"""Phase functions: turn q and k into the four TAPA "parts".
+
+Every TAPA variant is computed by one kernel that sees four tensors, already scaled:
+
+    score(m, n) = (qa . ka) * cos(2 pi |m - n|^alpha * (qp . kp))
+
+- ``quadratic`` (Eq. 12, the default): qa, ka are the first D_A = theta*D coordinates
+  scaled by D_A^(-1/4) each (so their dot product carries 1/sqrt(D_A)); qp, kp the last
+  D_P = D - D_A coordinates scaled by D_P^(-1/4) each.
+- ``quadratic_full`` (Eq. 9/10): learnable per-head D x D matrices M and N,
+  qa = q M, ka = k, qp = q N, kp = k. Initialised to the Eq. 13 blocks, so at
+  initialisation it equals ``quadratic``.
+- ``linear`` (Eq. 16, ablation): phase = (sum(q_P) + sum(k_P)) / sqrt(D_P), written
+  as a dot product of qp = [sum(q_P)/sqrt(D_P), 1] and kp = [1, sum(k_P)/sqrt(D_P)].
+
+The parts are float32 (SPEC: phases in float32 even when the model runs in bf16).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from tapa.attention.validation import amplitude_dim
+from tapa.errors import ConfigError
+
+PHASES = ("quadratic", "quadratic_full", "linear")
+
+
+class Parts(NamedTuple):
+    qa: torch.Tensor
+    ka: torch.Tensor
+    qp: torch.Tensor
+    kp: torch.Tensor
+
+
+def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
+    d = q.shape[-1]
+    d_a = amplitude_dim(d, theta)
+    d_p = d - d_a
+    q32, k32 = q.float(), k.float()
+    sa, sp = d_a**-0.25, d_p**-0.25
+    return Parts(q32[..., :d_a] * sa, k32[..., :d_a] * sa, q32[..., d_a:] * sp, k32[..., d_a:] * sp)
+
+
+def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
+    d = q.shape[-1]
+    d_a = amplitude_dim(d, theta)
+    d_p = d - d_a
+    q32, k32 = q.float(), k.float()
+    sa = d_a**-0.25
+    q_sum = q32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
+    k_sum = k32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
+    qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1)
+    kp = torch.cat([torch.ones_like(k_sum), k_sum], dim=-1)
+    return Parts(q32[..., :d_a] * sa, k32[..., :d_a] * sa, qp, kp)
+
+
+def eq13_matrices(head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Eq. 13 block matrices M = diag(I/sqrt(D_A), 0) and N = diag(0, I/sqrt(D_P))."""
+    d_a = amplitude_dim(head_dim, theta)
+    d_p = head_dim - d_a
+    m = torch.zeros(head_dim, head_dim)
+    n = torch.zeros(head_dim, head_dim)
+    m[:d_a, :d_a] = torch.eye(d_a) / d_a**0.5
+    n[d_a:, d_a:] = torch.eye(d_p) / d_p**0.5
+    return m, n
+
+
+class TapaPhase(nn.Module):
+    """Holds the phase choice (and, for ``quadratic_full``, the learnable M and N per head)."""
+
+    def __init__(self, n_heads: int, head_dim: int, theta: float = 0.5, phase: str = "quadratic") -> None:
+        super().__init__()
+        if phase not in PHASES:
+            raise ConfigError(f"tapa_phase: unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+        amplitude_dim(head_dim, theta)
+        self.phase = phase
+        self.theta = theta
+        if phase == "quadratic_full":
+            m, n = eq13_matrices(head_dim, theta)
+            self.m = nn.Parameter(m.expand(n_heads, -1, -1).clone())
+            self.n = nn.Parameter(n.expand(n_heads, -1, -1).clone())
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> Parts:
+        if self.phase == "quadratic":
+            return quadratic_parts(q, k, self.theta)
+        if self.phase == "linear":
+            return linear_parts(q, k, self.theta)
+        q32, k32 = q.float(), k.float()
+        qa = torch.einsum("bhld,hde->bhle", q32, self.m.float())
+        qp = torch.einsum("bhld,hde->bhle", q32, self.n.float())
+        return Parts(qa, k32, qp, k32)
+
+    def extra_repr(self) -> str:
+        return f"phase={self.phase}, theta={self.theta}"

@@ -1,0 +1,97 @@
+"""Reference TAPA: the full score matrix, materialised. The test oracle.
+
+Memory is O(Lq * Lk) per head; use :mod:`tapa.attention.chunked` for long inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tapa.attention.phase import Parts, quadratic_parts
+from tapa.attention.validation import check_alpha, check_qkv
+from tapa.errors import ShapeError
+
+
+def default_positions(length: int, offset: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(offset, offset + length, device=device)
+
+
+def _as_positions(pos: torch.Tensor | None, length: int, name: str, device: torch.device) -> torch.Tensor:
+    if pos is None:
+        return default_positions(length, 0, device)
+    pos = torch.as_tensor(pos, device=device)
+    if pos.dim() not in (1, 2) or pos.shape[-1] != length:
+        raise ShapeError(f"{name}: expected shape ({length},) or (batch, {length}), got {tuple(pos.shape)}")
+    return pos
+
+
+def phase_scale(q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float) -> torch.Tensor:
+    """2 pi |m - n|^alpha in float32; shape (Lq, Lk), or (B, Lq, Lk) for batched positions."""
+    dist = (q_pos.unsqueeze(-1).long() - k_pos.unsqueeze(-2).long()).abs()
+    return (2 * math.pi) * dist.to(torch.float32).pow(alpha)
+
+
+def _expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    return x.repeat_interleave(n_heads // x.shape[1], dim=1) if x.shape[1] != n_heads else x
+
+
+def parts_scores(parts: Parts, q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Pre-softmax TAPA logits (B, H, Lq, Lk) in float32 from pre-scaled parts."""
+    h = parts.qa.shape[1]
+    amp = parts.qa @ _expand_heads(parts.ka, h).transpose(-1, -2)
+    prod = parts.qp @ _expand_heads(parts.kp, h).transpose(-1, -2)
+    scale = phase_scale(q_pos, k_pos, alpha)
+    if scale.dim() == 3:
+        scale = scale.unsqueeze(1)
+    return amp * torch.cos(scale * prod)
+
+
+def tapa_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    alpha: float = 0.1,
+    theta: float = 0.5,
+    q_positions: torch.Tensor | None = None,
+    k_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The pre-softmax logits of Eq. 12, shape (B, H, Lq, Lk), computed in float32.
+
+    ``score(m, n) = (q_A.k_A / sqrt(theta D)) * cos(2 pi |m-n|^alpha (q_P.k_P) / sqrt((1-theta) D))``.
+    q: (B, H, Lq, D); k: (B, H_kv, Lk, D) with H_kv dividing H. Positions default to arange;
+    give a (L,) or (B, L) integer tensor to place tokens elsewhere.
+    """
+    check_qkv(q, k)
+    alpha = check_alpha(alpha)
+    q_pos = _as_positions(q_positions, q.shape[2], "q_positions", q.device)
+    k_pos = _as_positions(k_positions, k.shape[2], "k_positions", q.device)
+    return parts_scores(quadratic_parts(q, k, theta), q_pos, k_pos, alpha)
+
+
+def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """True where a key lies in the query's future (to be masked)."""
+    return k_pos.unsqueeze(-2) > q_pos.unsqueeze(-1)
+
+
+def reference_attention(
+    parts: Parts,
+    v: torch.Tensor,
+    *,
+    alpha: float,
+    causal: bool,
+    q_offset: int = 0,
+    k_offset: int = 0,
+) -> torch.Tensor:
+    """softmax(scores) @ v with the full score matrix; returns float32 (B, H, Lq, Dv)."""
+    lq, lk = parts.qa.shape[2], parts.ka.shape[2]
+    device = parts.qa.device
+    q_pos = default_positions(lq, q_offset, device)
+    k_pos = default_positions(lk, k_offset, device)
+    scores = parts_scores(parts, q_pos, k_pos, alpha)
+    if causal:
+        scores = scores.masked_fill(causal_mask(q_pos, k_pos), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # rows with no visible key attend to nothing
+    return probs @ _expand_heads(v.float(), parts.qa.shape[1])
