@@ -28,8 +28,18 @@ DEFAULT_BLOCK = 256
 class _Tiles:
     """Geometry and cached distance tables shared by the forward and backward passes."""
 
-    def __init__(self, lq: int, lk: int, groups: int, alpha: float, causal: bool,
-                 q_offset: int, k_offset: int, block: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        lq: int,
+        lk: int,
+        groups: int,
+        alpha: float,
+        causal: bool,
+        q_offset: int,
+        k_offset: int,
+        block: int,
+        device: torch.device,
+    ) -> None:
         self.lq, self.lk, self.groups, self.alpha = lq, lk, groups, alpha
         self.causal, self.q_offset, self.k_offset, self.block = causal, q_offset, k_offset, block
         self.device = device
@@ -126,7 +136,7 @@ def _forward(qa, ka, qp, kp, v, tiles: _Tiles):
 
 
 def _backward(qa, ka, qp, kp, v, out, lse, d_out, tiles: _Tiles):
-    b, hk, g, lq, _ = qa.shape
+    b, hk, g, _lq, _ = qa.shape
     dqa, dqp = torch.zeros_like(qa), torch.zeros_like(qp)
     dka, dkp, dv = torch.zeros_like(ka), torch.zeros_like(kp), torch.zeros_like(v)
     delta_all = (d_out * out).sum(-1)  # (B, Hkv, G, Lq)
@@ -173,7 +183,7 @@ class _ChunkedTapa(torch.autograd.Function):
         out, lse = _forward(*f32, tiles)
         ctx.save_for_backward(qa, ka, qp, kp, v, out, lse)
         ctx.settings = (alpha, causal, q_offset, k_offset, block)
-        b, _, g, lq, dv = out.shape
+        b, _, _g, lq, dv = out.shape
         return out.reshape(b, h, lq, dv).to(v.dtype)
 
     @staticmethod
@@ -189,8 +199,11 @@ class _ChunkedTapa(torch.autograd.Function):
         grads = _backward(*f32, out, lse, d_out, tiles)
         dqa, dka, dqp, dkp, dv = grads
         shaped = [
-            dqa.reshape(qa.shape).to(qa.dtype), dka.to(ka.dtype),
-            dqp.reshape(qp.shape).to(qp.dtype), dkp.to(kp.dtype), dv.to(v.dtype),
+            dqa.reshape(qa.shape).to(qa.dtype),
+            dka.to(ka.dtype),
+            dqp.reshape(qp.shape).to(qp.dtype),
+            dkp.to(kp.dtype),
+            dv.to(v.dtype),
         ]
         return (*shaped, None, None, None, None, None)
 

@@ -67,8 +67,5 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -
     h, h_kv = q.shape[1], k.shape[1]
     if h_kv == 0 or h % h_kv != 0:
         raise ShapeError(f"heads mismatch: k has {h_kv} heads, which must divide q's {h} heads (grouped-query)")
-    if v is not None:
-        if v.shape[:3] != k.shape[:3]:
-            raise ShapeError(
-                f"v shape {tuple(v.shape)} does not match k {tuple(k.shape)} in (batch, heads, length)"
-            )
+    if v is not None and v.shape[:3] != k.shape[:3]:
+        raise ShapeError(f"v shape {tuple(v.shape)} does not match k {tuple(k.shape)} in (batch, heads, length)")
