@@ -33,7 +33,7 @@ def tapa_attention_parts(
     impl: str = "auto",
     block_size: int = DEFAULT_BLOCK,
 ) -> torch.Tensor:
-    """TAPA attention from pre-scaled parts (see :mod:`tapa.attention.phase`); float32 output."""
+    """TAPA attention from pre-scaled parts (see :mod:`tapa.attention.phase`), in the parts' dtype."""
     alpha = check_alpha(alpha)
     check_offset("q_offset", q_offset)
     check_offset("k_offset", k_offset)
@@ -43,9 +43,10 @@ def tapa_attention_parts(
     lk = parts.ka.shape[2]
     if resolve_impl(impl, b, h, lq, lk) == "reference":
         return reference_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
-    return chunked_attention(
+    out = chunked_attention(
         parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset, block_size=block_size
-    ).float()
+    )
+    return out.to(parts.qa.dtype)
 
 
 def tapa_attention(

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from tapa.attention.phase import Parts
+from tapa.attention.phase import Parts, compute_dtype
 
 DEFAULT_BLOCK = 256
 
@@ -39,10 +39,11 @@ class _Tiles:
         k_offset: int,
         block: int,
         device: torch.device,
+        dtype: torch.dtype,
     ) -> None:
         self.lq, self.lk, self.groups, self.alpha = lq, lk, groups, alpha
         self.causal, self.q_offset, self.k_offset, self.block = causal, q_offset, k_offset, block
-        self.device = device
+        self.device, self.dtype = device, dtype
         self._scale_cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self._mask_cache: dict[tuple[int, int, int], torch.Tensor | None] = {}
 
@@ -65,7 +66,7 @@ class _Tiles:
         if table is None:
             rows = torch.arange(qe - qs, device=self.device) + delta
             cols = torch.arange(ke - ks, device=self.device)
-            dist = (rows[:, None] - cols[None, :]).abs().to(torch.float32)
+            dist = (rows[:, None] - cols[None, :]).abs().to(self.dtype)
             table = (2 * math.pi) * dist.pow(self.alpha)
             table = table.repeat(self.groups, 1)
             self._scale_cache[key] = table
@@ -177,8 +178,9 @@ class _ChunkedTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block):
         h, h_kv = qa.shape[1], ka.shape[1]
-        tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device)
-        f32 = [t.float() for t in (qa, ka, qp, kp, v)]
+        dtype = compute_dtype(qa.dtype)
+        tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device, dtype)
+        f32 = [t.to(dtype) for t in (qa, ka, qp, kp, v)]
         f32[0], f32[2] = _grouped(f32[0], h_kv), _grouped(f32[2], h_kv)
         out, lse = _forward(*f32, tiles)
         ctx.save_for_backward(qa, ka, qp, kp, v, out, lse)
@@ -192,10 +194,11 @@ class _ChunkedTapa(torch.autograd.Function):
         qa, ka, qp, kp, v, out, lse = ctx.saved_tensors
         alpha, causal, q_offset, k_offset, block = ctx.settings
         h, h_kv = qa.shape[1], ka.shape[1]
-        tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device)
-        f32 = [t.float() for t in (qa, ka, qp, kp, v)]
+        dtype = compute_dtype(qa.dtype)
+        tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device, dtype)
+        f32 = [t.to(dtype) for t in (qa, ka, qp, kp, v)]
         f32[0], f32[2] = _grouped(f32[0], h_kv), _grouped(f32[2], h_kv)
-        d_out = _grouped(d_out.float(), h_kv)
+        d_out = _grouped(d_out.to(dtype), h_kv)
         grads = _backward(*f32, out, lse, d_out, tiles)
         dqa, dka, dqp, dkp, dv = grads
         shaped = [

@@ -13,7 +13,8 @@ Every TAPA variant is computed by one kernel that sees four tensors, already sca
 - ``linear`` (Eq. 16, ablation): phase = (sum(q_P) + sum(k_P)) / sqrt(D_P), written
   as a dot product of qp = [sum(q_P)/sqrt(D_P), 1] and kp = [1, sum(k_P)/sqrt(D_P)].
 
-The parts are float32 (SPEC: phases in float32 even when the model runs in bf16).
+The parts are float32 (SPEC: phases in float32 even when the model runs in bf16), or
+float64 for float64 inputs (useful for exact equivalence tests).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from tapa.errors import ConfigError
 PHASES = ("quadratic", "quadratic_full", "linear")
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precisions and float32; float64 stays float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class Parts(NamedTuple):
     qa: torch.Tensor
     ka: torch.Tensor
@@ -40,7 +46,7 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
-    q32, k32 = q.float(), k.float()
+    q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
     sa, sp = d_a**-0.25, d_p**-0.25
     return Parts(q32[..., :d_a] * sa, k32[..., :d_a] * sa, q32[..., d_a:] * sp, k32[..., d_a:] * sp)
 
@@ -49,7 +55,7 @@ def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
-    q32, k32 = q.float(), k.float()
+    q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
     sa = d_a**-0.25
     q_sum = q32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
     k_sum = k32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
@@ -89,9 +95,9 @@ class TapaPhase(nn.Module):
             return quadratic_parts(q, k, self.theta)
         if self.phase == "linear":
             return linear_parts(q, k, self.theta)
-        q32, k32 = q.float(), k.float()
-        qa = torch.einsum("bhld,hde->bhle", q32, self.m.float())
-        qp = torch.einsum("bhld,hde->bhle", q32, self.n.float())
+        q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
+        qa = torch.einsum("bhld,hde->bhle", q32, self.m.to(q32.dtype))
+        qp = torch.einsum("bhld,hde->bhle", q32, self.n.to(q32.dtype))
         return Parts(qa, k32, qp, k32)
 
     def extra_repr(self) -> str:

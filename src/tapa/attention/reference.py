@@ -27,10 +27,12 @@ def _as_positions(pos: torch.Tensor | None, length: int, name: str, device: torc
     return pos
 
 
-def phase_scale(q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float) -> torch.Tensor:
-    """2 pi |m - n|^alpha in float32; shape (Lq, Lk), or (B, Lq, Lk) for batched positions."""
+def phase_scale(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """2 pi |m - n|^alpha from exact integer distances; shape (Lq, Lk), or (B, Lq, Lk) for batched positions."""
     dist = (q_pos.unsqueeze(-1).long() - k_pos.unsqueeze(-2).long()).abs()
-    return (2 * math.pi) * dist.to(torch.float32).pow(alpha)
+    return (2 * math.pi) * dist.to(dtype).pow(alpha)
 
 
 def _expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -42,7 +44,7 @@ def parts_scores(parts: Parts, q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: 
     h = parts.qa.shape[1]
     amp = parts.qa @ _expand_heads(parts.ka, h).transpose(-1, -2)
     prod = parts.qp @ _expand_heads(parts.kp, h).transpose(-1, -2)
-    scale = phase_scale(q_pos, k_pos, alpha)
+    scale = phase_scale(q_pos, k_pos, alpha, dtype=prod.dtype)
     if scale.dim() == 3:
         scale = scale.unsqueeze(1)
     return amp * torch.cos(scale * prod)
@@ -84,7 +86,7 @@ def reference_attention(
     q_offset: int = 0,
     k_offset: int = 0,
 ) -> torch.Tensor:
-    """softmax(scores) @ v with the full score matrix; returns float32 (B, H, Lq, Dv)."""
+    """softmax(scores) @ v with the full score matrix, in the parts' dtype: (B, H, Lq, Dv)."""
     lq, lk = parts.qa.shape[2], parts.ka.shape[2]
     device = parts.qa.device
     q_pos = default_positions(lq, q_offset, device)
@@ -94,4 +96,4 @@ def reference_attention(
         scores = scores.masked_fill(causal_mask(q_pos, k_pos), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     probs = torch.nan_to_num(probs, nan=0.0)  # rows with no visible key attend to nothing
-    return probs @ _expand_heads(v.float(), parts.qa.shape[1])
+    return probs @ _expand_heads(v.to(probs.dtype), parts.qa.shape[1])

@@ -24,9 +24,11 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """Rotate x (..., L, D) by angles whose cos/sin tables are (..., L, D); computed in float32."""
-    rotated = rotate_interleaved(x.float()) if interleaved else rotate_half(x.float())
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+    """Rotate x (..., L, D) by angles whose cos/sin tables are (..., L, D); computed in float32
+    (float64 for float64 inputs)."""
+    xc = x.double() if x.dtype == torch.float64 else x.float()
+    rotated = rotate_interleaved(xc) if interleaved else rotate_half(xc)
+    return (xc * cos + rotated * sin).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):

@@ -1,0 +1,74 @@
+"""Multi-head (grouped-query) self-attention with a pluggable positional scheme."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tapa.attention import TapaPhase, tapa_attention_parts
+from tapa.model.cache import KVCache
+from tapa.model.config import ModelConfig
+from tapa.positional import RotaryEmbedding, alibi_bias, alibi_slopes
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.config, self.layer = config, layer
+        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        d = config.d_model
+        self.wq = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.wv = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.positional = config.positional
+        if self.positional == "tapa":
+            self.phase = TapaPhase(self.n_heads, self.head_dim, config.tapa_theta, config.tapa_phase)
+        elif self.positional == "rope":
+            self.rope = RotaryEmbedding(self.head_dim, config.rope_base, config.rope_scaling, config.rope_interleaved)
+        elif self.positional == "alibi":
+            self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
+
+    def _heads(self, x: torch.Tensor, proj: nn.Linear, n: int) -> torch.Tensor:
+        b, length, _ = x.shape
+        return proj(x).view(b, length, n, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, start_pos: int, cache: KVCache | None = None) -> torch.Tensor:
+        b, length, _ = x.shape
+        q = self._heads(x, self.wq, self.n_heads)
+        k = self._heads(x, self.wk, self.n_kv)
+        v = self._heads(x, self.wv, self.n_kv)
+        positions = torch.arange(start_pos, start_pos + length, device=x.device)
+        if self.positional == "rope":
+            cos, sin = self.rope(positions)
+            q, k = self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
+        k_start = start_pos
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+            k_start = cache.start if cache.start is not None else start_pos
+        if self.positional == "tapa":
+            out = tapa_attention_parts(
+                self.phase(q, k),
+                v,
+                alpha=self.config.tapa_alpha,
+                causal=True,
+                q_offset=start_pos,
+                k_offset=k_start,
+                impl=self.config.attn_impl,
+            ).to(x.dtype)
+        else:
+            out = self._sdpa(q, k, v, positions, k_start)
+        return self.wo(out.transpose(1, 2).reshape(b, length, -1))
+
+    def _sdpa(self, q, k, v, q_pos, k_start) -> torch.Tensor:
+        lq, lk = q.shape[2], k.shape[2]
+        gqa = self.n_heads != self.n_kv
+        if self.positional != "alibi" and lq == lk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        k_pos = torch.arange(k_start, k_start + lk, device=q.device)
+        future = k_pos[None, :] > q_pos[:, None]
+        if self.positional == "alibi":
+            bias = alibi_bias(self.slopes, q_pos, k_pos).masked_fill(future, float("-inf")).to(q.dtype)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~future, enable_gqa=gqa)

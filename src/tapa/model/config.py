@@ -1,0 +1,154 @@
+"""Model configuration: a dataclass that validates itself and round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tapa.attention.phase import PHASES
+from tapa.attention.validation import IMPLS, amplitude_dim
+from tapa.errors import ConfigError
+from tapa.positional import POSITIONAL_SCHEMES, rope_inv_freq
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder whose positional scheme is a field.
+
+    ``positional``: ``"tapa"`` (Eq. 12, no RoPE anywhere), ``"rope"`` (any ``rope_scaling``
+    of :mod:`tapa.positional`), ``"alibi"`` or ``"nope"``.
+    """
+
+    vocab_size: int = 259
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    ffn_hidden: int | None = None
+    max_seq_len: int = 256
+    positional: str = "tapa"
+    tapa_alpha: float = 0.1
+    tapa_theta: float = 0.5
+    tapa_phase: str = "quadratic"
+    rope_base: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    rope_interleaved: bool = False
+    attn_impl: str = "auto"
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        return 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            _positive_int(name, getattr(self, name))
+        for name in ("n_kv_heads", "ffn_hidden"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"n_heads: {self.n_heads} does not divide d_model={self.d_model}")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_kv_heads: {self.kv_heads} does not divide n_heads={self.n_heads}")
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise ConfigError(
+                f"positional: unknown scheme {self.positional!r}; choose one of {', '.join(POSITIONAL_SCHEMES)}"
+            )
+        if self.attn_impl not in IMPLS:
+            raise ConfigError(f"attn_impl: unknown {self.attn_impl!r}; choose one of {', '.join(IMPLS)}")
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name}: must be a number > 0, got {value!r}")
+        if self.positional == "tapa":
+            if not isinstance(self.tapa_alpha, (int, float)) or not (
+                math.isfinite(self.tapa_alpha) and self.tapa_alpha > 0
+            ):
+                raise ConfigError(f"tapa_alpha: must be a finite number > 0, got {self.tapa_alpha!r}")
+            try:
+                amplitude_dim(self.head_dim, self.tapa_theta)
+            except ConfigError as err:
+                raise ConfigError(f"tapa_theta: {err}".replace("tapa_theta: theta: ", "tapa_theta: ")) from None
+            if self.tapa_phase not in PHASES:
+                raise ConfigError(f"tapa_phase: unknown {self.tapa_phase!r}; choose one of {', '.join(PHASES)}")
+        if self.rope_scaling is not None and self.positional != "rope":
+            raise ConfigError(
+                f"rope_scaling: only applies to positional='rope', but positional={self.positional!r}; remove it"
+            )
+        if self.positional == "rope":
+            if self.head_dim % 2:
+                raise ConfigError(f"d_model: RoPE needs an even head_dim, got d_model/n_heads = {self.head_dim}")
+            if not isinstance(self.rope_scaling or {}, dict):
+                raise ConfigError(
+                    f"rope_scaling: expected a dict like {{'rope_type': 'yarn', ...}}, got {self.rope_scaling!r}"
+                )
+            scaling = dict(self.rope_scaling or {})
+            rope_type = scaling.pop("rope_type", "default")
+            try:
+                rope_inv_freq(rope_type, self.head_dim, self.rope_base, **scaling)
+            except ConfigError as err:
+                message = str(err)
+                if message.startswith("rope_theta: "):
+                    message = "rope_base: " + message.removeprefix("rope_theta: ")
+                elif not message.startswith("rope_scaling"):
+                    message = f"rope_scaling: {message}"
+                raise ConfigError(message) from None
+
+    # ---- serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"model config: not valid JSON ({err.msg} at line {err.lineno})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"model config: no such file {path}")
+        return cls.from_json(path.read_text())
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")

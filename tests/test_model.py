@@ -1,0 +1,154 @@
+"""The Llama-style model: KV-cache decoding, position-shift invariance, overfitting, generation."""
+
+import pytest
+import torch
+
+from tapa.model import ModelConfig, TapaLM
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+SCHEMES = {
+    "tapa": {"positional": "tapa"},
+    "tapa-alpha1": {"positional": "tapa", "tapa_alpha": 1.0, "tapa_theta": 0.25},
+    "tapa-full": {"positional": "tapa", "tapa_phase": "quadratic_full"},
+    "tapa-linear": {"positional": "tapa", "tapa_phase": "linear"},
+    "tapa-chunked": {"positional": "tapa", "attn_impl": "chunked"},
+    "rope": {"positional": "rope"},
+    "rope-interleaved": {"positional": "rope", "rope_interleaved": True},
+    "rope-yarn": {"positional": "rope", "rope_scaling": YARN},
+    "rope-pi": {"positional": "rope", "rope_scaling": {"rope_type": "linear", "factor": 8.0}},
+    "rope-llama3": {
+        "positional": "rope",
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    },
+    "alibi": {"positional": "alibi"},
+    "nope": {"positional": "nope"},
+}
+
+
+def tiny(**kw) -> TapaLM:
+    """A float64 model (kernels keep float64), so equivalences hold to ~1e-10 and a wrong
+    position or mask cannot hide in float32 rounding; a large init makes attention peaked."""
+    base = {"vocab_size": 37, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "init_std": 0.3}
+    return TapaLM(ModelConfig(**{**base, **kw})).double().eval()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_kv_cache_decoding_equals_full_forward(scheme):
+    model = tiny(**SCHEMES[scheme])
+    ids = torch.randint(0, 37, (2, 24))
+    full = model(ids)
+    cache = model.new_cache()
+    steps = [model(ids[:, :9], cache), model(ids[:, 9:13], cache)]
+    steps += [model(ids[:, i : i + 1], cache) for i in range(13, 24)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_dynamic_ntk_cache_matches_within_original_length():
+    # dynamic NTK changes its base once the length passes max_position_embeddings, so keys
+    # cached earlier were rotated with another base (as in every implementation); within the
+    # original length it must match exactly
+    scaling = {"rope_type": "dynamic", "factor": 4.0, "max_position_embeddings": 64}
+    model = tiny(positional="rope", rope_scaling=scaling)
+    ids = torch.randint(0, 37, (1, 20))
+    cache = model.new_cache()
+    steps = [model(ids[:, :5], cache)] + [model(ids[:, i : i + 1], cache) for i in range(5, 20)]
+    torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("scheme", ["tapa", "tapa-alpha1", "tapa-full", "tapa-chunked", "rope", "rope-yarn", "alibi"])
+def test_logits_unchanged_when_all_positions_shift(scheme):
+    model = tiny(**SCHEMES[scheme])
+    ids = torch.randint(0, 37, (2, 16))
+    base = model(ids)
+    shifted = model(ids, start_pos=1000)
+    # RoPE angles are float32 (as in transformers): m * theta at m ~ 1000 carries ~1e-4 rad of rounding
+    tol = 2e-3 if scheme.startswith("rope") else 1e-9
+    torch.testing.assert_close(shifted, base, rtol=tol, atol=tol)
+    cache = model.new_cache()
+    model(ids[:, :10], cache, start_pos=1000)
+    tail = model(ids[:, 10:], cache)
+    torch.testing.assert_close(tail, base[:, 10:], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("scheme", ["tapa", "rope", "alibi"])
+def test_positions_matter(scheme):
+    # guards the two tests above against a model that ignores positions altogether
+    model = tiny(**SCHEMES[scheme])
+    ids = torch.randint(0, 37, (1, 12))
+    swapped = ids.clone()
+    swapped[0, 2], swapped[0, 7] = ids[0, 7], ids[0, 2]
+    assert not torch.allclose(model(ids)[:, -1], model(swapped)[:, -1], atol=1e-3)
+
+
+@pytest.mark.parametrize("scheme", ["tapa", "tapa-linear", "rope", "alibi", "nope"])
+def test_model_overfits_one_batch(scheme):
+    torch.manual_seed(0)
+    model = TapaLM(ModelConfig(vocab_size=37, d_model=64, n_layers=2, n_heads=4, **SCHEMES[scheme]))
+    ids = torch.randint(0, 37, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    first = None
+    for _ in range(150):
+        loss = model.loss(ids[:, :-1], ids[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0  # ~ ln(37) = 3.6 at initialisation
+    assert loss.item() < first / 10, f"{first:.3f} -> {loss.item():.3f}"
+
+
+def test_greedy_generate_equals_step_by_step_argmax_without_cache():
+    model = tiny(positional="tapa")
+    prompt = torch.randint(0, 37, (2, 5))
+    out = model.generate(prompt, 8)
+    seq = prompt
+    for _ in range(8):
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_sampling_top_k_and_temperature():
+    model = tiny(positional="rope")
+    prompt = torch.randint(0, 37, (3, 4))
+    greedy = model.generate(prompt, 6)
+    assert torch.equal(model.generate(prompt, 6, temperature=1.0, top_k=1), greedy)
+    a = model.generate(prompt, 6, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 6, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    # every sampled token is among the 5 most likely ones given its prefix
+    logits = model(a[:, :-1])
+    for pos in range(prompt.shape[1] - 1, a.shape[1] - 1):
+        top5 = logits[:, pos].topk(5, dim=-1).indices
+        assert bool((top5 == a[:, pos + 1, None]).any(-1).all())
+
+
+def test_generate_stops_at_eos():
+    model = tiny(positional="nope")
+    prompt = torch.randint(0, 37, (1, 3))
+    first = model.generate(prompt, 1)[0, -1].item()
+    out = model.generate(prompt, 10, eos_id=first)
+    assert out.shape[1] == 4 and out[0, -1].item() == first
+
+
+def test_parameter_count_matches_closed_form():
+    c = ModelConfig(vocab_size=100, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=96)
+    model = TapaLM(c)
+    hd = 16
+    per_layer = 64 * 64 + 2 * 64 * (2 * hd) + 64 * 64 + 3 * 64 * 96 + 2 * 64
+    assert model.num_parameters() == 100 * 64 + 3 * per_layer + 64
+    assert "M parameters" in model.describe()
+
+
+@pytest.mark.parametrize("scheme", ["tapa", "tapa-chunked", "rope", "alibi"])
+def test_kv_cache_float32_default_init(scheme):
+    model = TapaLM(ModelConfig(vocab_size=37, d_model=32, n_layers=2, n_heads=4, **SCHEMES[scheme])).eval()
+    ids = torch.randint(0, 37, (2, 40))
+    cache = model.new_cache()
+    steps = [model(ids[:, :30], cache)] + [model(ids[:, i : i + 1], cache) for i in range(30, 40)]
+    torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-4, atol=1e-5)
