@@ -1,0 +1,79 @@
+"""The ``tapa`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tapa.errors import TapaError
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from tapa.demo import run_demo
+
+    run_demo(out=args.out, seconds=args.seconds, positional=args.positional, seed=args.seed)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from tapa.model import load_pretrained
+
+    model = load_pretrained(args.checkpoint)
+    print(model.describe())
+    print(model.config.to_json())
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from tapa.data import ByteTokenizer
+    from tapa.model import load_pretrained
+
+    model = load_pretrained(args.checkpoint).eval()
+    tok = ByteTokenizer()
+    ids = torch.tensor([tok.encode(args.prompt)])
+    gen = torch.Generator().manual_seed(args.seed)
+    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen)
+    print(tok.decode(out[0]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tapa", description="Token-Aware Phase Attention: models and experiments")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a tiny model on the embedded books for a minute and generate text")
+    demo.add_argument("--out", default="runs/demo", help="checkpoint directory (default: runs/demo)")
+    demo.add_argument("--seconds", type=float, default=60.0, help="training budget in seconds (default: 60)")
+    demo.add_argument("--positional", default="tapa", choices=["tapa", "rope", "alibi", "nope"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    info = sub.add_parser("info", help="print a checkpoint's parameter count and config")
+    info.add_argument("checkpoint")
+    info.set_defaults(func=_info)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a byte-level checkpoint")
+    gen.add_argument("checkpoint")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
+    gen.add_argument("--top-k", type=int, default=40)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TapaError as err:
+        print(f"tapa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tapa {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
