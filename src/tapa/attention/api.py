@@ -10,16 +10,21 @@ from tapa.attention.reference import reference_attention
 from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
 from tapa.errors import ConfigError
 
-# "auto" switches to the chunked kernel once the full score matrices would hold more
-# than this many elements (B * H * Lq * Lk); below it the reference is as fast or faster.
-AUTO_CHUNK_ELEMENTS = 1 << 21
+# "auto" keeps the reference (one batched matmul per step, fastest for short rows and for
+# decoding) while a head's score matrix is small and all of them fit in a modest budget;
+# past either bound the chunked kernel is faster and its memory stays linear. Measured on
+# CPU (docs/benchmarks.md): at B=16, H=4, L=256 the reference is 1.4x faster; at B=1,
+# H=4, L=1024 the chunked kernel is; for one decoded query over 16K keys the reference is 3x.
+AUTO_MAX_PER_HEAD = 1 << 19  # Lq * Lk
+AUTO_MAX_TOTAL = 1 << 24  # B * H * Lq * Lk (64 MiB per float32 score tensor)
 
 
 def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int) -> str:
     check_impl(impl)
     if impl != "auto":
         return impl
-    return "chunked" if batch * heads * lq * lk > AUTO_CHUNK_ELEMENTS else "reference"
+    small = lq * lk <= AUTO_MAX_PER_HEAD and batch * heads * lq * lk <= AUTO_MAX_TOTAL
+    return "reference" if small else "chunked"
 
 
 def tapa_attention_parts(
