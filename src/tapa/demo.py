@@ -44,7 +44,8 @@ def run_demo(
     positional: str = "tapa",
     seq_len: int = 128,
     batch: int = 16,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
+    warmup_steps: int = 30,
     seed: int = 0,
     prompt: str = "It is a truth universally acknowledged",
 ) -> dict[str, float | str]:
@@ -60,7 +61,12 @@ def run_demo(
     print(f"training on {train.numel():,} bytes (5 books) for {seconds:.0f} s, sequences of {seq_len} bytes")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     start, step, tokens = time.perf_counter(), 0, 0
-    while time.perf_counter() - start < seconds:
+    while (elapsed := time.perf_counter() - start) < seconds:
+        # paper schedule, on the wall clock: linear warmup, then cosine decay to 0.1 x peak
+        progress = min(1.0, elapsed / seconds)
+        scale = min(1.0, (step + 1) / warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
         x, y = _batch(train, batch, seq_len, gen)
         loss = model.loss(x, y)
         opt.zero_grad(set_to_none=True)
@@ -70,7 +76,10 @@ def run_demo(
         step, tokens = step + 1, tokens + x.numel()
         if step % 25 == 0:
             elapsed = time.perf_counter() - start
-            print(f"step {step:5d}  loss {loss.item():.3f}  {tokens / elapsed:,.0f} tok/s  {elapsed:5.1f} s")
+            print(
+                f"step {step:5d}  loss {loss.item():.3f}  lr {lr * scale:.2e}  {tokens / elapsed:,.0f} tok/s  "
+                f"{elapsed:5.1f} s"
+            )
     elapsed = time.perf_counter() - start
     bpb = evaluate_bpb(model, val, seq_len)
     print(f"validation (Northanger Abbey): {bpb:.3f} bits per byte after {step} steps, {tokens:,} tokens")
