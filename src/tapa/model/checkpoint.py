@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -91,6 +90,3 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     model.load_state_dict(state, strict=False)
     return model.to(map_location)
 
-
-def config_summary(directory: str | Path) -> str:
-    return json.dumps(load_config(directory).to_dict(), indent=2, sort_keys=True)
