@@ -89,4 +89,3 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
             )
     model.load_state_dict(state, strict=False)
     return model.to(map_location)
-
