@@ -174,33 +174,34 @@ def _grouped(x: torch.Tensor, h_kv: int) -> torch.Tensor:
     return x.reshape(b, h_kv, h // h_kv, length, d)
 
 
+def _prepare(qa, ka, qp, kp, v, dtype):
+    """Cast to the compute dtype and group the query heads: q parts become (B, Hkv, G, L, d)."""
+    h_kv = ka.shape[1]
+    cast = [t.to(dtype) for t in (qa, ka, qp, kp, v)]
+    cast[0], cast[2] = _grouped(cast[0], h_kv), _grouped(cast[2], h_kv)
+    return cast
+
+
 class _ChunkedTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block):
         h, h_kv = qa.shape[1], ka.shape[1]
         dtype = compute_dtype(qa.dtype)
         tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device, dtype)
-        f32 = [t.to(dtype) for t in (qa, ka, qp, kp, v)]
-        f32[0], f32[2] = _grouped(f32[0], h_kv), _grouped(f32[2], h_kv)
-        out, lse = _forward(*f32, tiles)
+        out, lse = _forward(*_prepare(qa, ka, qp, kp, v, dtype), tiles)
         ctx.save_for_backward(qa, ka, qp, kp, v, out, lse)
-        ctx.settings = (alpha, causal, q_offset, k_offset, block)
-        b, _, _g, lq, dv = out.shape
+        ctx.tiles = tiles  # its distance tables and masks are reused by the backward
+        b, _, _, lq, dv = out.shape
         return out.reshape(b, h, lq, dv).to(v.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
         qa, ka, qp, kp, v, out, lse = ctx.saved_tensors
-        alpha, causal, q_offset, k_offset, block = ctx.settings
-        h, h_kv = qa.shape[1], ka.shape[1]
-        dtype = compute_dtype(qa.dtype)
-        tiles = _Tiles(qa.shape[2], ka.shape[2], h // h_kv, alpha, causal, q_offset, k_offset, block, qa.device, dtype)
-        f32 = [t.to(dtype) for t in (qa, ka, qp, kp, v)]
-        f32[0], f32[2] = _grouped(f32[0], h_kv), _grouped(f32[2], h_kv)
-        d_out = _grouped(d_out.to(dtype), h_kv)
-        grads = _backward(*f32, out, lse, d_out, tiles)
-        dqa, dka, dqp, dkp, dv = grads
+        tiles = ctx.tiles
+        d_out = _grouped(d_out.to(tiles.dtype), ka.shape[1])
+        dqa, dka, dqp, dkp, dv = _backward(*_prepare(qa, ka, qp, kp, v, tiles.dtype), out, lse, d_out, tiles)
+        ctx.tiles = None
         shaped = [
             dqa.reshape(qa.shape).to(qa.dtype),
             dka.to(ka.dtype),

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tapa.attention import TapaPhase, tapa_attention_parts
+from tapa.errors import ShapeError
 from tapa.model.cache import KVCache
 from tapa.model.config import ModelConfig
-from tapa.positional import RotaryEmbedding, alibi_bias, alibi_slopes
+from tapa.positional import alibi_bias, alibi_slopes, apply_rotary
 
 
 class Attention(nn.Module):
@@ -25,8 +26,6 @@ class Attention(nn.Module):
         self.positional = config.positional
         if self.positional == "tapa":
             self.phase = TapaPhase(self.n_heads, self.head_dim, config.tapa_theta, config.tapa_phase)
-        elif self.positional == "rope":
-            self.rope = RotaryEmbedding(self.head_dim, config.rope_base, config.rope_scaling, config.rope_interleaved)
         elif self.positional == "alibi":
             self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
 
@@ -34,15 +33,25 @@ class Attention(nn.Module):
         b, length, _ = x.shape
         return proj(x).view(b, length, n, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, start_pos: int, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        cache: KVCache | None = None,
+        rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``rope_tables``: (cos, sin) for this step's positions, computed once per forward by the model."""
         b, length, _ = x.shape
         q = self._heads(x, self.wq, self.n_heads)
         k = self._heads(x, self.wk, self.n_kv)
         v = self._heads(x, self.wv, self.n_kv)
         positions = torch.arange(start_pos, start_pos + length, device=x.device)
         if self.positional == "rope":
-            cos, sin = self.rope(positions)
-            q, k = self.rope.rotate(q, cos, sin), self.rope.rotate(k, cos, sin)
+            if rope_tables is None:
+                raise ShapeError("rope_tables: a RoPE layer needs the (cos, sin) tables of its positions")
+            cos, sin = rope_tables
+            interleaved = self.config.rope_interleaved
+            q, k = apply_rotary(q, cos, sin, interleaved), apply_rotary(k, cos, sin, interleaved)
         k_start = start_pos
         if cache is not None:
             k, v = cache.update(self.layer, k, v)

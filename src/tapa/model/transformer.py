@@ -13,6 +13,7 @@ from tapa.model.attention import Attention
 from tapa.model.cache import KVCache
 from tapa.model.config import ModelConfig
 from tapa.model.layers import RMSNorm, SwiGLU
+from tapa.positional import RotaryEmbedding
 
 
 class Block(nn.Module):
@@ -23,8 +24,14 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config.d_model, config.ffn_dim)
 
-    def forward(self, x: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), start_pos, cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        cache: KVCache | None,
+        rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), start_pos, cache, rope_tables)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -38,6 +45,11 @@ class TapaLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.rope = (
+            RotaryEmbedding(config.head_dim, config.rope_base, config.rope_scaling, config.rope_interleaved)
+            if config.positional == "rope"
+            else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,8 +102,12 @@ class TapaLM(nn.Module):
             elif start_pos != cache.next_position:
                 raise ConfigError(f"start_pos: the cache continues at {cache.next_position}, got {start_pos}")
         x = self.embed(input_ids)
+        rope_tables = None
+        if self.rope is not None:  # one cos/sin table per forward, shared by every layer
+            positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
+            rope_tables = self.rope(positions)
         for block in self.blocks:
-            x = block(x, start_pos, cache)
+            x = block(x, start_pos, cache, rope_tables)
         logits = self.lm_head(self.norm(x))
         return logits if logits.dtype == torch.float64 else logits.float()
 

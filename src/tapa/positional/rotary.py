@@ -62,9 +62,9 @@ class RotaryEmbedding(nn.Module):
         ``seq_len`` is the length the length-dependent variants (dynamic, longrope) scale
         for; it defaults to the largest position + 1.
         """
-        if seq_len is None:
+        if seq_len is None and self.rope_type in LENGTH_DEPENDENT:
             seq_len = int(positions.max().item()) + 1 if positions.numel() else 0
-        inv_freq, factor = self.frequencies(seq_len)
+        inv_freq, factor = self.frequencies(seq_len or 0)
         angles = positions.float().unsqueeze(-1) * inv_freq.float()
         emb = angles.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((angles, angles), dim=-1)
         return emb.cos() * factor, emb.sin() * factor
