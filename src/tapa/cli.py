@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from tapa.errors import TapaError
 
@@ -25,19 +26,26 @@ def _info(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from tapa.data import ByteTokenizer
+    from tapa.data.tokenizer import load_checkpoint_tokenizer
     from tapa.model import load_pretrained
 
     model = load_pretrained(args.checkpoint).eval()
-    tok = ByteTokenizer()
+    tok = load_checkpoint_tokenizer(args.checkpoint)
     ids = torch.tensor([tok.encode(args.prompt)])
     gen = torch.Generator().manual_seed(args.seed)
     out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen)
     print(tok.decode(out[0]))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``tapa train: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tapa", description="Token-Aware Phase Attention: models and experiments")
+    parser = _Parser(prog="tapa", description="Token-Aware Phase Attention: models and experiments")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a tiny model on the embedded books for a minute and generate text")
@@ -51,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.set_defaults(func=_info)
 
-    gen = sub.add_parser("generate", help="continue a prompt with a byte-level checkpoint")
+    gen = sub.add_parser("generate", help="continue a prompt with a checkpoint (its saved tokenizer; bytes if none)")
     gen.add_argument("checkpoint")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=200)
@@ -59,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=40)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=_generate)
+
+    from tapa.train.cli import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)
     return parser
 
 

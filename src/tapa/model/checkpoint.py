@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -13,20 +11,10 @@ from safetensors.torch import load_file, save_file
 from tapa.errors import CheckpointError, ConfigError
 from tapa.model.config import ModelConfig
 from tapa.model.transformer import TapaLM
+from tapa.utils.files import atomic_write
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unique_state(model: TapaLM) -> dict[str, torch.Tensor]:
@@ -42,9 +30,9 @@ def save_pretrained(model: TapaLM, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_text = model.config.to_json()
-    _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config_text))
+    atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config_text))
     state = _unique_state(model)
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
     return directory
 
 

@@ -1,0 +1,134 @@
+"""Training checkpoints: ``RUN/checkpoints/step_NNNNNNNN/`` holds the model (a loadable
+pretrained directory), the tokenizer, ``trainer_state.pt`` (optimizer, scheduler, RNG states,
+step and data position) and ``manifest.json`` (size and SHA-256 of every file).
+
+A checkpoint is assembled in a hidden temporary directory and renamed into place, so a
+kill at any moment leaves either the complete new checkpoint or none; the last ``keep_last``
+complete checkpoints are kept. Verification checks the manifest, so a truncated or
+bit-flipped file is reported by name rather than loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tapa.errors import CheckpointError
+from tapa.model import TapaLM, save_pretrained
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
+PREFIX = "step_"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(PREFIX))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a manifest), oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
+    return sorted((p for p in found if (p / MANIFEST_FILE).is_file()), key=checkpoint_step)
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, model: TapaLM, save_tokenizer, state: dict[str, Any], keep_last: int
+) -> Path:
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    try:
+        save_pretrained(model, tmp)
+        save_tokenizer(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        manifest = {"step": step, "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        if final.exists():  # re-saving a step (after a resume): swap, never leave a gap
+            trash = final.with_name(f".{final.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            final.rename(trash)
+            tmp.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for stale in root.glob(f".{PREFIX}*"):  # leftovers of runs killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: no such directory {path}")
+    manifest_path = path / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint: {path} has no readable {MANIFEST_FILE}; it is incomplete") from None
+    for name, info in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint: {file} is missing")
+        if file.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"checkpoint: {file} is truncated ({file.stat().st_size} of {info['bytes']} bytes)")
+        if _sha256(file) != info["sha256"]:
+            raise CheckpointError(f"checkpoint: {file} is corrupt (its SHA-256 does not match the manifest)")
+
+
+def resolve_resume(run_dir: str | Path, resume: str) -> Path:
+    """``resume`` is ``"latest"`` or a checkpoint directory; the result is verified."""
+    if resume != "latest":
+        path = Path(resume)
+        verify_checkpoint(path)
+        return path
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(f"resume: {run_dir} has no checkpoint yet; start the run without --resume")
+    try:
+        verify_checkpoint(checkpoints[-1])
+    except CheckpointError as err:
+        previous = None
+        for older in reversed(checkpoints[:-1]):
+            try:
+                verify_checkpoint(older)
+                previous = older
+                break
+            except CheckpointError:
+                continue
+        hint = f"resume from the previous good one with --resume {previous}" if previous else "no earlier good one"
+        raise CheckpointError(f"{err}; {hint}") from None
+    return checkpoints[-1]
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError for bad files
+        raise CheckpointError(f"checkpoint: {Path(path) / STATE_FILE} cannot be read ({str(err)[:80]})") from None

@@ -1,0 +1,180 @@
+"""``tapa train`` and ``tapa finetune``: flags map one-to-one onto :class:`TrainConfig` fields.
+
+Flags default to "not given", so a resumed run can tell what the user changed: with
+``--resume`` the run's saved ``train_config.json`` is used, and a flag that contradicts it
+is an error rather than a silent change.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tapa.errors import ConfigError
+from tapa.model import load_config
+from tapa.positional import POSITIONAL_SCHEMES
+from tapa.train.config import PRECISIONS, TrainConfig
+
+# flag -> (TrainConfig field, type, help)
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--data": ("data", str, "'books' (default), a .txt/.md/.jsonl file, a directory, or hf:NAME"),
+    "--val-data": ("val_data", str, "a separate validation file or directory (own corpora only)"),
+    "--text-field": ("text_field", str, "JSONL / dataset field holding the text (default: text)"),
+    "--cache-dir": ("cache_dir", str, "token cache directory (default: $TAPA_CACHE or ~/.cache/tapa)"),
+    "--seq-len": ("seq_len", int, "training segment length in tokens"),
+    "--batch-size": ("batch_size", int, "global batch, in sequences per optimizer step"),
+    "--grad-accum": ("grad_accum", int, "micro-batches per step (batch-size must divide)"),
+    "--steps": ("steps", int, "optimizer steps"),
+    "--lr": ("lr", float, "peak learning rate (default: the scheme's swept default)"),
+    "--warmup-steps": ("warmup_steps", int, "linear warmup steps (default: 5%% of steps)"),
+    "--min-lr-ratio": ("min_lr_ratio", float, "cosine floor as a fraction of the peak (default: 0.1)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay (default: 0, as in the paper)"),
+    "--grad-clip": ("grad_clip", float, "clip the global gradient norm (0 disables; default: 1.0)"),
+    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--seed": ("seed", int, "seed of the model init and the data order"),
+    "--device": ("device", str, "auto, cpu, cuda, cuda:1, ..."),
+    "--eval-every": ("eval_every", int, "validate every N steps (0: only at the end)"),
+    "--eval-segments": ("eval_segments", int, "validation segments per evaluation"),
+    "--save-every": ("save_every", int, "checkpoint every N steps (0: only at the end)"),
+    "--keep-last": ("keep_last", int, "checkpoints to keep"),
+}
+PRETRAIN_ONLY = {
+    "--tokenizer": ("tokenizer", str, "byte (default), bpe (trained on the train split), or a tokenizer.json/.model"),
+    "--bpe-vocab-size": ("bpe_vocab_size", int, "vocabulary of the trained BPE (default: 4096)"),
+}
+MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--positional": ("positional", str, "tapa, rope, alibi or nope"),
+    "--d-model": ("d_model", int, "model width"),
+    "--n-layers": ("n_layers", int, "decoder blocks"),
+    "--n-heads": ("n_heads", int, "attention heads"),
+    "--n-kv-heads": ("n_kv_heads", int, "key/value heads (GQA)"),
+    "--ffn-hidden": ("ffn_hidden", int, "SwiGLU hidden width"),
+    "--max-seq-len": ("max_seq_len", int, "training length recorded in the model (default: --seq-len)"),
+    "--tapa-alpha": ("tapa_alpha", float, "TAPA distance exponent alpha"),
+    "--tapa-theta": ("tapa_theta", float, "TAPA amplitude fraction theta"),
+    "--tapa-phase": ("tapa_phase", str, "quadratic, quadratic_full or linear"),
+    "--rope-base": ("rope_base", float, "RoPE base"),
+    "--attn-impl": ("attn_impl", str, "auto, reference or chunked"),
+}
+# fields a resumed run may change freely (they do not change the numbers)
+FREE_ON_RESUME = {"device", "cache_dir", "out"}
+
+
+def _add(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]], dest_prefix: str = "") -> None:
+    for flag, (name, kind, help_text) in flags.items():
+        extra: dict[str, Any] = {}
+        if name == "precision":
+            extra["choices"] = PRECISIONS
+        if name == "positional":
+            extra["choices"] = POSITIONAL_SCHEMES
+        parser.add_argument(
+            flag, dest=dest_prefix + name, type=kind, default=argparse.SUPPRESS, help=help_text, **extra
+        )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the run in --out from its latest checkpoint (or the one given)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary lines")
+    _add(parser, TRAIN_FLAGS)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="pretrain a model from scratch")
+    train.add_argument("--config", help="a train_config.json to start from (flags override it)")
+    _add_common(train)
+    _add(train, PRETRAIN_ONLY)
+    _add(train, MODEL_FLAGS, dest_prefix="model.")
+    train.set_defaults(func=_train)
+
+    fine = sub.add_parser("finetune", help="continue a checkpoint at a longer length (RoPE rescaling optional)")
+    fine.add_argument("checkpoint", help="a model directory (config.json + model.safetensors)")
+    _add_common(fine)
+    group = fine.add_mutually_exclusive_group()
+    group.add_argument("--pi", type=float, help="position interpolation factor (RoPE only)")
+    group.add_argument("--yarn", type=float, help="YaRN factor (RoPE only)")
+    group.add_argument("--ntk", type=float, help="NTK-aware factor (RoPE only)")
+    group.add_argument(
+        "--new-rope-base", dest="rope_base", type=float, help="a larger RoPE base, as in ABF (RoPE only)"
+    )
+    fine.set_defaults(func=_finetune)
+
+
+def _given(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    values = vars(args)
+    train = {name: values[name] for name, _, _ in (*TRAIN_FLAGS.values(), *PRETRAIN_ONLY.values()) if name in values}
+    model = {name: values["model." + name] for name, _, _ in MODEL_FLAGS.values() if "model." + name in values}
+    return train, model
+
+
+def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainConfig:
+    path = Path(out) / "train_config.json"
+    if not path.is_file():
+        raise ConfigError(f"resume: {out} holds no training run (no train_config.json); drop --resume")
+    saved = TrainConfig.load(path)
+    for name, value in train.items():
+        if name not in FREE_ON_RESUME and getattr(saved, name) != value:
+            raise ConfigError(
+                f"resume: --{name.replace('_', '-')} {value} differs from the run's {getattr(saved, name)}; "
+                "drop it, or start a new run with another --out"
+            )
+    for name, value in model.items():
+        if getattr(saved.model, name) != value:
+            raise ConfigError(f"resume: the model's {name} is {getattr(saved.model, name)} in this run, not {value}")
+    return saved.replace(**{k: v for k, v in train.items() if k in FREE_ON_RESUME})
+
+
+def _run(config: TrainConfig, args: argparse.Namespace) -> None:
+    from tapa.train.trainer import run_training
+
+    result = run_training(config, resume=args.resume, progress=not args.no_progress)
+    if not args.no_progress:
+        print(
+            f"done: {result.steps} steps, final train loss {result.final_loss:.4f}, validation "
+            f"{result.val_loss:.4f} nats/token = {result.val_bpb:.4f} bits/byte; "
+            f"{result.tokens_per_second:,.0f} tokens/s; model saved in {result.run_dir}/"
+        )
+
+
+def _train(args: argparse.Namespace) -> None:
+    train, model = _given(args)
+    if args.resume:
+        config = _resumed(args.out, train, model)
+    else:
+        base = TrainConfig.load(args.config) if args.config else TrainConfig()
+        if "seq_len" in train and "max_seq_len" not in model:
+            model["max_seq_len"] = train["seq_len"]
+        model_config = base.model.replace(**model) if model else base.model
+        config = base.replace(**train, out=args.out, model=model_config)
+    _run(config, args)
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from tapa.train.finetune import scaled_model_config
+
+    train, model = _given(args)
+    if args.resume:
+        config = _resumed(args.out, train, model)
+    else:
+        base_model = load_config(args.checkpoint)
+        seq_len = train.pop("seq_len", 4 * base_model.max_seq_len)
+        model_config = scaled_model_config(
+            base_model, seq_len, pi=args.pi, yarn=args.yarn, ntk=args.ntk, rope_base=args.rope_base
+        )
+        config = TrainConfig(
+            out=args.out,
+            tokenizer=args.checkpoint,
+            init_from=args.checkpoint,
+            seq_len=seq_len,
+            **{"steps": 200, "eval_every": 50, **train},
+            model=model_config,
+        )
+    _run(config, args)

@@ -1,0 +1,299 @@
+"""The training loop behind ``tapa train`` and ``tapa finetune``.
+
+One function, :func:`run_training`: validate everything, prepare data (tokenized once and
+cached), build or load the model, then step AdamW with warmup + cosine, gradient
+accumulation, clipping and optional bf16 autocast; log, evaluate and checkpoint. Under
+``torchrun`` each rank takes its slice of every global batch and DDP averages gradients,
+so N processes follow the single-process loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from tapa.data.segments import Sampler, Segments
+from tapa.data.sources import load_corpus
+from tapa.data.token_cache import cached_tokens
+from tapa.data.tokenizer import Tokenizer, build_tokenizer
+from tapa.errors import CheckpointError, ConfigError
+from tapa.model import TapaLM, load_pretrained, save_pretrained
+from tapa.train.checkpoints import list_checkpoints, load_state, resolve_resume, save_checkpoint
+from tapa.train.config import TrainConfig
+from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
+from tapa.train.metrics import MetricsLog
+from tapa.train.schedule import WarmupCosine
+from tapa.utils.files import atomic_write_text
+
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    val_loss: float
+    val_bpb: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+@dataclass
+class Data:
+    tokenizer: Tokenizer
+    train: Segments
+    validation: Segments
+
+
+def prepare_data(config: TrainConfig, env: DistEnv | None = None, verbose: bool = False) -> Data:
+    env = env or DistEnv()
+    corpus = load_corpus(config.data, config.val_data, config.text_field)
+    tokenizer = build_tokenizer(config.tokenizer, corpus.documents("train"), config.bpe_vocab_size)
+    arrays = {}
+    for split in ("train", "validation"):
+        if env.is_main:  # rank 0 fills the cache, the others read it
+            arrays[split] = cached_tokens(corpus, split, tokenizer, config.cache_dir, verbose=verbose)
+        barrier(env)
+        if not env.is_main:
+            arrays[split] = cached_tokens(corpus, split, tokenizer, config.cache_dir)
+    return Data(
+        tokenizer,
+        Segments(arrays["train"], config.seq_len, "train"),
+        Segments(arrays["validation"], config.seq_len, "validation"),
+    )
+
+
+@torch.no_grad()
+def evaluate_segments(
+    model: TapaLM, segments: Segments, indices: np.ndarray, tokenizer: Tokenizer, batch: int, device, autocast
+) -> tuple[float, float, int]:
+    """Mean loss (nats/token), bits per byte of the scored text, and the number of tokens scored."""
+    was_training = model.training
+    model.eval()
+    nats, tokens, n_bytes = 0.0, 0, 0
+    for i in range(0, len(indices), batch):
+        x, y = segments.batch(indices[i : i + batch])
+        with autocast():
+            logits = model(x.to(device))
+        nats += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+        tokens += y.numel()
+        n_bytes += sum(len(tokenizer.decode(row).encode("utf-8")) for row in y)
+    model.train(was_training)
+    return nats / tokens, nats / math.log(2) / max(n_bytes, 1), tokens
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_run_dir(config: TrainConfig, resume: str | None) -> Path:
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a directory; choose another --out")
+    has_run = (out / TRAIN_CONFIG_FILE).is_file() or bool(list_checkpoints(out))
+    if has_run and resume is None:
+        raise ConfigError(
+            f"out: {out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+    if resume is not None and not has_run and resume == "latest":
+        raise ConfigError(f"resume: {out} holds no training run to resume; drop --resume")
+    return out
+
+
+def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
+    if config.model.vocab_size != tokenizer.vocab_size:
+        if config.init_from:
+            raise ConfigError(
+                f"tokenizer: vocabulary {tokenizer.vocab_size} does not match the checkpoint's "
+                f"{config.model.vocab_size}; fine-tune with the checkpoint's own tokenizer"
+            )
+        config.model = config.model.replace(vocab_size=tokenizer.vocab_size)
+    torch.manual_seed(config.seed)
+    model = TapaLM(config.model)
+    if config.init_from:
+        model.load_state_dict(load_pretrained(config.init_from).state_dict())
+    return model
+
+
+def run_training(config: TrainConfig, resume: str | None = None, progress: bool = True) -> TrainResult:
+    """Train (or fine-tune, when ``config.init_from`` is set) and return the final numbers.
+
+    ``resume`` is ``None`` (a new run; the output directory must not hold one), ``"latest"``
+    or a checkpoint directory. Every check runs before anything is written.
+    """
+    config.validate()
+    env = init_distributed(config.device)
+    try:
+        return _train(config, resume, progress, env)
+    finally:
+        shutdown(env)
+
+
+def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv) -> TrainResult:
+    out = _check_run_dir(config, resume)
+    if config.batch_size % (config.grad_accum * env.world):
+        raise ConfigError(
+            f"batch_size: {config.batch_size} does not split over {env.world} ranks x grad_accum {config.grad_accum}"
+        )
+    checkpoint = resolve_resume(out, resume) if resume is not None else None
+    # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
+    data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
+    data = prepare_data(data_config, env, verbose=env.is_main and progress)
+    model = _build_model(config, data.tokenizer)
+    state = load_state(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        try:
+            model.load_state_dict(load_pretrained(checkpoint).state_dict())
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint: {checkpoint} does not fit this run's model ({str(err)[:80]})") from None
+
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            atomic_write_text(out / TRAIN_CONFIG_FILE, config.to_json())
+        data.tokenizer.save(out)
+    barrier(env)
+
+    model.to(env.device)
+    wrapped = DistributedDataParallel(model) if env.enabled else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
+    )
+    schedule = WarmupCosine(config.effective_warmup, config.steps, config.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start_step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_step = int(state["step"])
+    log = MetricsLog(out, enabled=env.is_main)
+    log.truncate_after(start_step)
+
+    sampler = Sampler(len(data.train), config.batch_size, config.seed)
+    eval_idx = data.validation.evenly_spaced(config.eval_segments)
+    micro = config.batch_size // (config.grad_accum * env.world)
+
+    def autocast():
+        if config.precision == "bf16":
+            return torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def save(step: int) -> None:
+        if env.is_main:
+            trainer_state = {
+                "step": step,
+                "sequences_seen": step * config.batch_size,
+                "epoch": sampler.epoch(step),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "train_config": config.to_json(),
+            }
+            save_checkpoint(out, step, model, data.tokenizer.save, trainer_state, config.keep_last)
+        barrier(env)
+
+    if env.is_main and progress:
+        print(model.describe())
+        print(
+            f"data: {len(data.train):,} train segments of {config.seq_len} tokens "
+            f"({config.data}, tokenizer {config.tokenizer}); {config.steps} steps x {config.batch_size} sequences; "
+            f"peak lr {config.peak_lr:.2e}; world size {env.world}"
+        )
+    bar = None
+    if env.is_main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    model.train()
+    tokens_per_step = config.batch_size * config.seq_len
+    loss_value, val_loss, val_bpb = float("nan"), float("nan"), float("nan")
+    started = time.perf_counter()
+    for step in range(start_step + 1, config.steps + 1):
+        t0 = time.perf_counter()
+        indices = sampler.rank_batch(step - 1, env.rank, env.world)
+        total = torch.zeros((), device=env.device)
+        for k in range(config.grad_accum):
+            x, y = data.train.batch(indices[k * micro : (k + 1) * micro])
+            x, y = x.to(env.device), y.to(env.device)
+            sync = nullcontext() if not env.enabled or k == config.grad_accum - 1 else wrapped.no_sync()
+            with sync:
+                with autocast():
+                    logits = wrapped(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / config.grad_accum
+                loss.backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = mean_across_ranks(total, env).item()
+        if not math.isfinite(loss_value):
+            raise ConfigError(
+                f"training diverged at step {step} (loss {loss_value}); lower --lr (now {config.peak_lr:.2e}) "
+                "or raise --warmup-steps, then resume from the last checkpoint or restart"
+            )
+        dt = time.perf_counter() - t0
+        record = {
+            "step": step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": step * tokens_per_step,
+            "tokens_per_s": tokens_per_step / dt,
+        }
+        log.log(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        last = step == config.steps
+        if (config.eval_every and step % config.eval_every == 0) or last:
+            val_loss, val_bpb, n_val = evaluate_segments(
+                model, data.validation, eval_idx, data.tokenizer, micro * config.grad_accum, env.device, autocast
+            )
+            log.log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "val_tokens": n_val})
+            if bar is not None:
+                bar.write(f"step {step}: validation loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte")
+        if (config.save_every and step % config.save_every == 0) or last:
+            save(step)
+    seconds = time.perf_counter() - started
+    if math.isnan(val_loss):  # resumed a finished run: nothing trained, still report
+        val_loss, val_bpb, _ = evaluate_segments(
+            model, data.validation, eval_idx, data.tokenizer, micro * config.grad_accum, env.device, autocast
+        )
+    if bar is not None:
+        bar.close()
+    log.close()
+    if env.is_main:
+        save_pretrained(model, out)
+    barrier(env)
+    steps_run = config.steps - start_step
+    return TrainResult(out, config.steps, steps_run * tokens_per_step, seconds, loss_value, val_loss, val_bpb)

@@ -1,0 +1,273 @@
+"""Training: schedule, exact resume after kill -9, checkpoint integrity, accumulation, bf16,
+fine-tuning options, DDP under torchrun, and one-line errors for bad input."""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tapa.data.tokenizer import Bytes
+from tapa.errors import CheckpointError, ConfigError
+from tapa.model import ModelConfig, load_pretrained
+from tapa.train import checkpoints as ckpt_mod
+from tapa.train.checkpoints import list_checkpoints, resolve_resume
+from tapa.train.config import TrainConfig
+from tapa.train.finetune import scaled_model_config
+from tapa.train.metrics import read_metrics
+from tapa.train.schedule import WarmupCosine
+from tapa.train.trainer import _build_model, run_training
+
+TINY = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("token_cache"))
+
+
+def tiny_config(out, cache_dir, **changes):
+    model = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_seq_len=32, positional=changes.pop("positional", "tapa"))
+    base = dict(out=str(out), seq_len=32, batch_size=4, steps=12, eval_every=0, save_every=4, eval_segments=8)
+    return TrainConfig(**{**base, **changes}, cache_dir=cache_dir, model=model)
+
+
+def cli(*args, cache_dir=None, timeout=300):
+    extra = ["--cache-dir", cache_dir] if cache_dir else []
+    return subprocess.run(
+        [sys.executable, "-m", "tapa.cli", *args, *extra], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    files = (p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_warmup_cosine_closed_form():
+    s = WarmupCosine(warmup=10, total=110, min_ratio=0.1)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0) and s(60) == pytest.approx(0.55) and s(110) == pytest.approx(0.1)
+    assert all(s(i) >= s(i + 1) for i in range(10, 120))
+
+
+def test_train_writes_a_loadable_model_metrics_and_checkpoints(tmp_path, cache_dir):
+    result = run_training(tiny_config(tmp_path / "run", cache_dir, keep_last=2), progress=False)
+    run = tmp_path / "run"
+    assert [ckpt_mod.checkpoint_step(p) for p in list_checkpoints(run)] == [8, 12]  # keep_last=2
+    losses = read_metrics(run)
+    assert sorted(losses) == list(range(1, 13)) and losses[12] == result.final_loss
+    assert losses[12] < losses[1]  # it learns
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
+    assert read_metrics(run, "val_bpb")[12] == pytest.approx(result.val_bpb)
+    # bits per byte of a byte model = nats per token / ln 2 (EOS tokens aside)
+    assert result.val_bpb == pytest.approx(result.val_loss / math.log(2), rel=0.02)
+    model = load_pretrained(run)  # the run directory is itself a checkpoint
+    state = torch.load(list_checkpoints(run)[-1] / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 12 and state["sequences_seen"] == 48 and "exp_avg" in str(state["optimizer"])
+    for name, tensor in load_pretrained(list_checkpoints(run)[-1]).state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_tensorboard_events_when_installed(tmp_path, cache_dir):
+    pytest.importorskip("tensorboard")
+    run_training(tiny_config(tmp_path / "run", cache_dir, steps=2), progress=False)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_kill_9_then_resume_reproduces_every_loss(tmp_path, cache_dir):
+    args = ["train", *TINY, "--steps", "300", "--save-every", "10", "--eval-every", "0", "--no-progress", "--seed", "1"]
+    full = cli(*args, "--out", str(tmp_path / "full"), cache_dir=cache_dir)
+    assert full.returncode == 0, full.stderr
+    reference = read_metrics(tmp_path / "full")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tapa.cli", *args, "--out", str(killed), "--cache-dir", cache_dir])
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 45:
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    logged = read_metrics(killed)
+    assert max(logged) < 300, "the run finished before it could be killed"
+    last_ckpt = ckpt_mod.checkpoint_step(list_checkpoints(killed)[-1])
+    assert last_ckpt < 300
+
+    resumed = cli(*args, "--out", str(killed), "--resume", cache_dir=cache_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    after = read_metrics(killed)
+    assert sorted(after) == list(range(1, 301))
+    assert after == reference  # bit-for-bit, every step before and after the kill
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_still_resumes(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    run_training(tiny_config(run, cache_dir, steps=12, save_every=4), progress=False)
+    reference = read_metrics(run)
+    step4, step8, step12 = list_checkpoints(run)
+    weights = step12 / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern deep in the tensor data
+    weights.write_bytes(bytes(data))
+    before = tree_digest(run)
+
+    res = cli("train", "--out", str(run), "--resume", "--no-progress", cache_dir=cache_dir)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert "step_00000012/model.safetensors is corrupt" in res.stderr and f"--resume {step8}" in res.stderr
+    assert tree_digest(run) == before  # nothing written over
+
+    (step8 / "trainer_state.pt").write_bytes((step8 / "trainer_state.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        resolve_resume(run, str(step8))
+    with pytest.raises(CheckpointError, match=f"--resume {step4}"):
+        resolve_resume(run, "latest")
+
+    run_training(tiny_config(run, cache_dir, steps=12, save_every=4), resume=str(step4), progress=False)
+    assert read_metrics(run) == reference
+
+
+def test_kill_during_checkpoint_write_leaves_no_partial_checkpoint(tmp_path, cache_dir, monkeypatch):
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def dying_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint dies mid-write
+            Path(path).write_bytes(b"partial")
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_config(run, cache_dir, steps=12, save_every=4), progress=False)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000004"]
+    assert resolve_resume(run, "latest").name == "step_00000004"
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, cache_dir):
+    one = run_training(tiny_config(tmp_path / "a", cache_dir, steps=5, batch_size=8), progress=False)
+    acc = run_training(tiny_config(tmp_path / "b", cache_dir, steps=5, batch_size=8, grad_accum=4), progress=False)
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert all(a[s] == pytest.approx(b[s], rel=1e-5) for s in a)
+    assert one.val_loss == pytest.approx(acc.val_loss, rel=1e-5)
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path, cache_dir):
+    run_training(tiny_config(tmp_path / "a", cache_dir, steps=4), progress=False)
+    run_training(tiny_config(tmp_path / "b", cache_dir, steps=4, precision="bf16"), progress=False)
+    fp32, bf16 = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=0.02)
+    assert all(math.isfinite(v) for v in bf16.values())
+
+
+def test_seeded_runs_are_reproducible(tmp_path, cache_dir):
+    run_training(tiny_config(tmp_path / "a", cache_dir, steps=3, seed=5), progress=False)
+    run_training(tiny_config(tmp_path / "b", cache_dir, steps=3, seed=5), progress=False)
+    run_training(tiny_config(tmp_path / "c", cache_dir, steps=3, seed=6), progress=False)
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b") != read_metrics(tmp_path / "c")
+
+
+def test_finetune_scaling_options_map_to_rope_configs():
+    rope = ModelConfig(positional="rope", max_seq_len=256, rope_base=1e4)
+    assert scaled_model_config(rope, 1024, pi=8).rope_scaling == {"rope_type": "linear", "factor": 8}
+    yarn = scaled_model_config(rope, 1024, yarn=8).rope_scaling
+    assert yarn == {"rope_type": "yarn", "factor": 8, "original_max_position_embeddings": 256}
+    assert scaled_model_config(rope, 1024, ntk=4).rope_scaling == {"rope_type": "ntk", "factor": 4}
+    abf = scaled_model_config(rope, 1024, rope_base=5e6)
+    assert abf.rope_base == 5e6 and abf.rope_scaling is None and abf.max_seq_len == 1024
+    assert scaled_model_config(ModelConfig(), 1024).max_seq_len == 1024  # TAPA continues unchanged
+    for scheme in ("tapa", "nope", "alibi"):
+        with pytest.raises(ConfigError, match=f"uses '{scheme}', which continues unchanged"):
+            scaled_model_config(ModelConfig(positional=scheme), 1024, yarn=8)
+    with pytest.raises(ConfigError, match="alternatives"):
+        scaled_model_config(rope, 1024, pi=8, ntk=2)
+    with pytest.raises(ConfigError, match="must be > 1"):
+        scaled_model_config(rope, 1024, pi=0.5)
+
+
+def test_finetune_starts_from_the_checkpoint_at_4x_length(tmp_path, cache_dir):
+    base = tmp_path / "base"
+    run_training(tiny_config(base, cache_dir, steps=3, positional="rope"), progress=False)
+    res = cli("finetune", str(base), "--out", str(tmp_path / "ft"), "--pi", "4", "--steps", "2", "--batch-size", "2",
+              "--no-progress", cache_dir=cache_dir)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    config = TrainConfig.load(tmp_path / "ft" / "train_config.json")
+    assert config.seq_len == 128 and config.model.max_seq_len == 128 and config.init_from == str(base)
+    assert config.model.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+    assert config.peak_lr == pytest.approx(0.2 * TrainConfig(model=ModelConfig(positional="rope")).peak_lr)
+    start = _build_model(config, Bytes())  # before any fine-tuning step: the pretrained weights
+    for name, tensor in load_pretrained(base).state_dict().items():
+        assert torch.equal(start.state_dict()[name], tensor)
+    assert load_pretrained(tmp_path / "ft").config.rope_scaling["factor"] == 4.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "MISSING"], "does not exist"),
+        (["--data", "EMPTY"], "is empty"),
+        (["--seq-len", "2000000", "--max-seq-len", "2000000"], "longer than every train document"),
+        (["--positional", "xpos"], "invalid choice: 'xpos'"),
+        (["--batch-size", "6", "--grad-accum", "4"], "multiple of grad_accum"),
+        (["--lr", "3"], "lr: must be in (0, 1)"),
+    ],
+)
+def test_bad_training_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cache_dir, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "no.txt") if a == "MISSING" else a
+            for a in args]  # fmt: skip
+    res = cli("train", "--out", str(tmp_path / "run"), *args, cache_dir=cache_dir)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_finetuning_tapa_with_a_rope_option_is_refused_and_writes_nothing(tmp_path, cache_dir):
+    run_training(tiny_config(tmp_path / "base", cache_dir, steps=1), progress=False)
+    res = cli("finetune", str(tmp_path / "base"), "--out", str(tmp_path / "ft"), "--yarn", "8", cache_dir=cache_dir)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "continues unchanged at any length" in res.stderr and not (tmp_path / "ft").exists()
+
+
+def test_existing_run_is_never_overwritten(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    run_training(tiny_config(run, cache_dir, steps=2, save_every=0), progress=False)
+    before = tree_digest(run)
+    res = cli("train", "--out", str(run), *TINY, "--steps", "2", cache_dir=cache_dir)
+    assert res.returncode == 2 and "already holds a training run; pass --resume" in res.stderr
+    res = cli("train", "--out", str(run), "--resume", "--lr", "0.1", cache_dir=cache_dir)
+    assert res.returncode == 2 and "--lr 0.1 differs" in res.stderr
+    assert tree_digest(run) == before
+
+
+@pytest.mark.skipif(not shutil.which("torchrun", path=os.path.dirname(sys.executable)), reason="torchrun missing")
+def test_torchrun_two_processes_follow_the_single_process_loss_curve(tmp_path, cache_dir):
+    args = [*TINY[:-2], "--batch-size", "8", "--steps", "8", "--eval-every", "0", "--save-every", "4", "--no-progress"]
+    single = cli("train", "--out", str(tmp_path / "one"), *args, cache_dir=cache_dir)
+    assert single.returncode == 0, single.stderr
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "tapa.cli", "train", "--out", str(tmp_path / "two"),
+         *args, "--cache-dir", cache_dir],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert sorted(two) == list(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), step
+    assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
