@@ -18,10 +18,10 @@ import torch
 from tapa.data.tokenizer import Bytes
 from tapa.errors import CheckpointError, ConfigError
 from tapa.model import ModelConfig, load_pretrained
+from tapa.model.scaling import scaled_model_config
 from tapa.train import checkpoints as ckpt_mod
 from tapa.train.checkpoints import list_checkpoints, resolve_resume
 from tapa.train.config import TrainConfig
-from tapa.train.finetune import scaled_model_config
 from tapa.train.metrics import read_metrics
 from tapa.train.schedule import WarmupCosine
 from tapa.train.trainer import _build_model, run_training

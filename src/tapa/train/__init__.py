@@ -1,7 +1,7 @@
 """Pretraining and long-context fine-tuning: ``run_training`` behind ``tapa train`` / ``tapa finetune``."""
 
+from tapa.model.scaling import scaled_model_config
 from tapa.train.config import DEFAULT_LR, TrainConfig
-from tapa.train.finetune import scaled_model_config
 from tapa.train.trainer import TrainResult, run_training
 
 __all__ = ["DEFAULT_LR", "TrainConfig", "TrainResult", "run_training", "scaled_model_config"]

@@ -158,7 +158,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from tapa.train.finetune import scaled_model_config
+    from tapa.model.scaling import scaled_model_config
 
     train, model = _given(args)
     if args.resume:
