@@ -1,0 +1,160 @@
+"""``tapa eval-ppl``: perplexity by context length for any checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tapa.errors import ConfigError
+from tapa.evaluate.windows import PROTOCOLS, check_window, windows
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pi", type=float, help="inference-time position interpolation factor (RoPE only)")
+    group.add_argument("--yarn", type=float, help="inference-time YaRN factor (RoPE only)")
+    group.add_argument("--ntk", type=float, help="inference-time NTK-aware factor (RoPE only)")
+    group.add_argument("--dynamic", type=float, help="inference-time dynamic NTK factor (RoPE only)")
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="books", help="'books' (default) or your corpus (file, directory, hf:NAME)")
+    parser.add_argument("--split", help="held-out split (default: test for the books, validation otherwise)")
+    parser.add_argument("--cache-dir", help="token cache directory")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def load_for_eval(args: argparse.Namespace, context: str):
+    """The checkpoint's model (with any inference-time RoPE override), tokenizer and device."""
+    from tapa.data.tokenizer import load_checkpoint_tokenizer
+    from tapa.model import TapaLM, load_config, load_pretrained
+    from tapa.model.scaling import scaled_model_config
+    from tapa.train.distributed import pick_device
+
+    config = load_config(args.checkpoint)
+    scaled = scaled_model_config(
+        config, config.max_seq_len, pi=args.pi, yarn=args.yarn, ntk=args.ntk, dynamic=args.dynamic, context=context
+    )
+    model = load_pretrained(args.checkpoint)
+    if scaled != config:
+        rescaled = TapaLM(scaled)
+        rescaled.load_state_dict(model.state_dict())
+        model = rescaled
+    device = pick_device(args.device)
+    return model.to(device).eval(), load_checkpoint_tokenizer(args.checkpoint), device
+
+
+def scaling_label(args: argparse.Namespace) -> str | None:
+    for name in ("pi", "yarn", "ntk", "dynamic"):
+        if getattr(args, name) is not None:
+            return f"{name} x{getattr(args, name):g}"
+    return None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ppl = sub.add_parser("eval-ppl", help="perplexity at several context lengths (sliding window or non-overlapping)")
+    ppl.add_argument("checkpoint", help="a model directory")
+    ppl.add_argument("--lengths", type=positive_int, nargs="+", help="context lengths (default: 1/2x..16x training)")
+    ppl.add_argument("--stride", type=positive_int, help="sliding-window stride (default: a quarter of each length)")
+    ppl.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="sliding")
+    ppl.add_argument("--max-tokens", type=positive_int, default=32768, help="held-out tokens scored per length")
+    ppl.add_argument("--out", required=True, help="directory for results.json")
+    add_scaling_flags(ppl)
+    add_data_flags(ppl)
+    ppl.set_defaults(func=run_eval_ppl)
+
+
+def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
+    from tapa.evaluate.heldout import heldout_documents
+    from tapa.evaluate.perplexity import evaluate_perplexity
+
+    protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    model, tokenizer, device = load_for_eval(args, "eval-ppl")
+    train_len = model.config.max_seq_len
+    lengths = args.lengths or [train_len // 2 * 2**i for i in range(6)]
+    plans = []
+    for length in lengths:
+        for protocol in protocols:
+            stride = length if protocol == "non-overlapping" else args.stride or max(1, length // 4)
+            check_window(length, stride)
+            plans.append((length, protocol, stride))
+    split = args.split or ("test" if args.data == "books" else "validation")
+    docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
+    if not docs:
+        raise ConfigError(f"eval-ppl: the {split} split of {args.data} holds no tokens")
+
+    def byte_count(ids: torch.Tensor) -> int:
+        return len(tokenizer.decode(ids).encode("utf-8"))
+
+    out = Path(args.out)
+    rows = []
+    show = not args.no_progress
+    if show:
+        print(f"{model.describe()}; {sum(len(d) for d in docs):,} held-out tokens ({args.data}/{split})")
+    for length, protocol, stride in plans:
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            total = sum(len(windows(len(d), length, stride)) for d in docs)
+            bar = tqdm(total=total, desc=f"L={length} {protocol}", unit="win", dynamic_ncols=True, leave=False)
+
+        def progress(n: int, nats: float, tokens: int, bar=bar) -> None:
+            if bar is not None:
+                bar.n = n
+                bar.set_postfix(ppl=f"{torch.tensor(nats / max(tokens, 1)).exp().item():.3f}", refresh=True)
+
+        start = time.perf_counter()
+        result = evaluate_perplexity(
+            model, docs, length, stride, batch_size=args.batch_size, byte_count=byte_count, on_window=progress,
+            protocol=protocol,
+        )  # fmt: skip
+        result.seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        rows.append(result.to_dict())
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "model": model.config.to_dict(),
+        "training_length": train_len,
+        "inference_scaling": scaling_label(args),
+        "data": {"source": args.data, "split": split, "max_tokens": args.max_tokens},
+        "environment": {"torch": torch.__version__, "device": str(device), "machine": platform.machine()},
+        "results": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(format_table(rows, train_len))
+    print(f"results in {out / 'results.json'}")
+    return report
+
+
+def format_table(rows: list[dict[str, Any]], train_len: int) -> str:
+    lines = [
+        "| length | x train | protocol | stride | perplexity | bits/byte | tokens scored | windows | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['length']} | {r['length'] / train_len:g} | {r['protocol']} | {r['stride']} | {r['perplexity']:.4f} "
+            f"| {r['bits_per_byte']:.4f} | {r['tokens']:,} | {r['windows']} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
