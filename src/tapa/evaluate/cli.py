@@ -81,6 +81,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_data_flags(ppl)
     ppl.set_defaults(func=run_eval_ppl)
 
+    pos = sub.add_parser("eval-positions", help="mean loss by position in long windows, with a log-scale plot")
+    pos.add_argument("checkpoint", help="a model directory")
+    pos.add_argument("--length", type=positive_int, help="window length (default: 8x the training length)")
+    pos.add_argument("--max-tokens", type=positive_int, default=65536, help="held-out tokens to read")
+    pos.add_argument("--out", required=True, help="directory for positions.json and positions.png")
+    add_scaling_flags(pos)
+    add_data_flags(pos)
+    pos.set_defaults(func=run_eval_positions)
+
 
 def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
     from tapa.evaluate.heldout import heldout_documents
@@ -158,3 +167,40 @@ def format_table(rows: list[dict[str, Any]], train_len: int) -> str:
             f"| {r['bits_per_byte']:.4f} | {r['tokens']:,} | {r['windows']} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def run_eval_positions(args: argparse.Namespace) -> dict[str, Any]:
+    from tapa.evaluate.heldout import heldout_documents
+    from tapa.evaluate.positions import plot_position_losses, position_losses
+
+    model, tokenizer, _ = load_for_eval(args, "eval-positions")
+    train_len = model.config.max_seq_len
+    length = args.length or 8 * train_len
+    split = args.split or ("test" if args.data == "books" else "validation")
+    docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
+    if not any(len(d) > length for d in docs):
+        raise ConfigError(
+            f"eval-positions: no held-out document has more than {length} tokens within --max-tokens "
+            f"{args.max_tokens}; raise --max-tokens or lower --length"
+        )
+    curve = position_losses(model, docs, length, args.batch_size)
+    label = f"{model.config.positional}" + (f" ({scaling_label(args)})" if scaling_label(args) else "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "label": label,
+        "length": length,
+        "training_length": train_len,
+        "windows": int(curve.counts[0]),
+        "data": {"source": args.data, "split": split, "max_tokens": args.max_tokens},
+        "buckets": curve.buckets(),
+        "mean_loss_by_position": curve.mean().tolist(),
+    }
+    (out / "positions.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_position_losses({label: curve}, train_len, out / "positions.png", f"Loss by position, {args.checkpoint}")
+    print("| positions | mean loss (nats) | targets |\n|---|---|---|")
+    for b in report["buckets"]:
+        print(f"| {b['from']}-{b['to']} | {b['loss']:.4f} | {b['targets']:,} |")
+    print(f"results in {out / 'positions.json'} and {out / 'positions.png'}")
+    return report
