@@ -90,6 +90,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_data_flags(pos)
     pos.set_defaults(func=run_eval_positions)
 
+    key = sub.add_parser("passkey", help="passkey retrieval accuracy on a grid of length x depth, with a heatmap")
+    key.add_argument("checkpoint", help="a model directory")
+    key.add_argument(
+        "--lengths", type=positive_int, nargs="+", help="prompt lengths (default: 1x, 2x, 4x, 8x training)"
+    )
+    key.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    key.add_argument("--trials", type=positive_int, default=10, help="keys per cell")
+    key.add_argument("--filler", choices=["books", "grass"], default="books")
+    key.add_argument("--n-candidates", type=positive_int, default=10, help="keys ranked by log-likelihood")
+    key.add_argument("--seed", type=int, default=0)
+    key.add_argument("--out", required=True, help="directory for passkey.json and passkey.png")
+    add_scaling_flags(key)
+    key.add_argument("--device", default="auto")
+    key.add_argument("--no-progress", action="store_true")
+    key.set_defaults(func=run_passkey)
+
+    tune = sub.add_parser("passkey-finetune", help="teach a model the passkey task at its training length only")
+    tune.add_argument("checkpoint", help="a model directory")
+    tune.add_argument("--out", required=True, help="where to save the fine-tuned model")
+    tune.add_argument("--steps", type=positive_int, default=300)
+    tune.add_argument("--batch-size", type=positive_int, default=8)
+    tune.add_argument("--lr", type=float, help="peak LR (default: the scheme's pretraining default)")
+    tune.add_argument("--length", type=positive_int, help="prompt length (default: the training length)")
+    tune.add_argument("--filler", choices=["books", "grass"], default="books")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--no-progress", action="store_true")
+    tune.set_defaults(func=run_passkey_finetune)
+
 
 def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
     from tapa.evaluate.heldout import heldout_documents
@@ -204,3 +232,63 @@ def run_eval_positions(args: argparse.Namespace) -> dict[str, Any]:
         print(f"| {b['from']}-{b['to']} | {b['loss']:.4f} | {b['targets']:,} |")
     print(f"results in {out / 'positions.json'} and {out / 'positions.png'}")
     return report
+
+
+def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
+    from tapa.evaluate.passkey import passkey_grid, plot_passkey
+
+    for depth in args.depths:
+        if not 0 <= depth <= 1:
+            raise ConfigError(f"passkey: depths must be in [0, 1], got {depth}")
+    model, tokenizer, _ = load_for_eval(args, "passkey")
+    train_len = model.config.max_seq_len
+    lengths = args.lengths or [train_len * f for f in (1, 2, 4, 8)]
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(lengths) * len(args.depths), unit="cell", desc="passkey", dynamic_ncols=True)
+    cells = passkey_grid(
+        model, tokenizer, lengths, args.depths, args.trials, args.filler, args.seed, args.n_candidates,
+        on_cell=(lambda cell: bar.update(1)) if bar is not None else None,
+    )  # fmt: skip
+    if bar is not None:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "training_length": train_len,
+        "inference_scaling": scaling_label(args),
+        "filler": args.filler,
+        "trials_per_cell": args.trials,
+        "n_candidates": args.n_candidates,
+        "seed": args.seed,
+        "cells": cells,
+    }
+    (out / "passkey.json").write_text(json.dumps(report, indent=1) + "\n")
+    title = f"Passkey retrieval, {model.config.positional}, trained at {train_len} ({args.trials} keys per cell)"
+    plot_passkey(cells, train_len, out / "passkey.png", title)
+    print("| length | depth | greedy | candidates |\n|---|---|---|---|")
+    for c in cells:
+        print(f"| {c['length']} | {c['depth']:.0%} | {c['greedy']:.0%} | {c['candidates']:.0%} |")
+    print(f"results in {out / 'passkey.json'} and {out / 'passkey.png'}")
+    return report
+
+
+def run_passkey_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from tapa.train.passkey_finetune import passkey_finetune
+
+    out = Path(args.out)
+    if (out / "model.safetensors").exists():
+        raise ConfigError(f"passkey-finetune: {out} already holds a model; choose another --out")
+    result = passkey_finetune(
+        args.checkpoint, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, length=args.length,
+        filler=args.filler, seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"passkey fine-tune: {result['steps']} steps at length {result['length']}, final answer loss "
+        f"{result['final_answer_loss']:.3f} nats/token (chance {result['answer_loss_per_digit_chance']:.3f}); "
+        f"saved in {out}/"
+    )
+    return result
