@@ -40,10 +40,18 @@ def tiny_config(out, cache_dir, **changes):
     return TrainConfig(**{**base, **changes}, cache_dir=cache_dir, model=model)
 
 
+# tiny models run fastest (and identically from run to run) on one thread
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def cli(*args, cache_dir=None, timeout=300):
     extra = ["--cache-dir", cache_dir] if cache_dir else []
     return subprocess.run(
-        [sys.executable, "-m", "tapa.cli", *args, *extra], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tapa.cli", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ONE_THREAD,
     )
 
 
@@ -85,30 +93,32 @@ def test_tensorboard_events_when_installed(tmp_path, cache_dir):
 
 
 def test_kill_9_then_resume_reproduces_every_loss(tmp_path, cache_dir):
-    args = ["train", *TINY, "--steps", "300", "--save-every", "10", "--eval-every", "0", "--no-progress", "--seed", "1"]
+    steps = 150
+    args = ["train", *TINY, "--steps", str(steps), "--save-every", "10", "--eval-every", "0", "--no-progress"]
     full = cli(*args, "--out", str(tmp_path / "full"), cache_dir=cache_dir)
     assert full.returncode == 0, full.stderr
     reference = read_metrics(tmp_path / "full")
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tapa.cli", *args, "--out", str(killed), "--cache-dir", cache_dir])
+    command = [sys.executable, "-m", "tapa.cli", *args, "--out", str(killed), "--cache-dir", cache_dir]
+    proc = subprocess.Popen(command, env=ONE_THREAD)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 45:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 35:
             break
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     logged = read_metrics(killed)
-    assert max(logged) < 300, "the run finished before it could be killed"
+    assert max(logged) < steps, "the run finished before it could be killed"
     last_ckpt = ckpt_mod.checkpoint_step(list_checkpoints(killed)[-1])
-    assert last_ckpt < 300
+    assert 30 <= last_ckpt < steps
 
     resumed = cli(*args, "--out", str(killed), "--resume", cache_dir=cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     after = read_metrics(killed)
-    assert sorted(after) == list(range(1, 301))
+    assert sorted(after) == list(range(1, steps + 1))
     assert after == reference  # bit-for-bit, every step before and after the kill
 
 
@@ -259,11 +269,10 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(tmp_path, c
     single = cli("train", "--out", str(tmp_path / "one"), *args, cache_dir=cache_dir)
     assert single.returncode == 0, single.stderr
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node=2", "-m", "tapa.cli", "train", "--out", str(tmp_path / "two"),
          *args, "--cache-dir", cache_dir],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=ONE_THREAD,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")

@@ -10,12 +10,15 @@ from tapa.attention.reference import reference_attention
 from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
 from tapa.errors import ConfigError
 
-# "auto" keeps the reference (one batched matmul per step, fastest for short rows and for
-# decoding) while a head's score matrix is small and all of them fit in a modest budget;
-# past either bound the chunked kernel is faster and its memory stays linear. Measured on
-# CPU (docs/benchmarks.md): at B=16, H=4, L=256 the reference is 1.4x faster; at B=1,
-# H=4, L=1024 the chunked kernel is; for one decoded query over 16K keys the reference is 3x.
-AUTO_MAX_PER_HEAD = 1 << 19  # Lq * Lk
+# "auto" keeps the reference (one batched matmul per step) for decoding (a few query rows)
+# and for short sequences, while all score matrices fit a modest budget; otherwise the
+# chunked kernel is faster and its memory stays linear. Measured on CPU, whole-model
+# forward + backward (d_model 192, 4 layers, 4 heads): reference and chunked are level at
+# L = 64 and 128, chunked is 1.25x faster at L = 256 (B = 32) and 2.6x at L = 512 (B = 16);
+# for one decoded query over 16K keys the reference is 3x faster (docs/benchmarks.md).
+AUTO_MAX_SHORT = 1 << 15  # Lq * Lk of a "short" sequence (L <= 181)
+AUTO_DECODE_ROWS = 16  # query rows that count as decoding
+AUTO_MAX_PER_HEAD = 1 << 19  # Lq * Lk when decoding
 AUTO_MAX_TOTAL = 1 << 24  # B * H * Lq * Lk (64 MiB per float32 score tensor)
 
 
@@ -23,7 +26,8 @@ def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int) -> str:
     check_impl(impl)
     if impl != "auto":
         return impl
-    small = lq * lk <= AUTO_MAX_PER_HEAD and batch * heads * lq * lk <= AUTO_MAX_TOTAL
+    decoding = lq <= AUTO_DECODE_ROWS and lq * lk <= AUTO_MAX_PER_HEAD
+    small = (decoding or lq * lk <= AUTO_MAX_SHORT) and batch * heads * lq * lk <= AUTO_MAX_TOTAL
     return "reference" if small else "chunked"
 
 

@@ -13,7 +13,7 @@ from tapa.model import ModelConfig
 PRECISIONS = ("fp32", "bf16")
 # Peak learning rates chosen by the sweep in docs/lr_sweep.md (scripts/lr_sweep.py): the best
 # final validation loss for a ~2M-parameter byte model at 256 tokens on the default corpus.
-DEFAULT_LR = {"rope": 2e-3, "tapa": 2e-3, "nope": 2e-3, "alibi": 2e-3}
+DEFAULT_LR = {"rope": 2e-3, "tapa": 1e-3, "nope": 2e-3, "alibi": 1e-3}
 # The paper fine-tunes every method at one peak LR (2e-5, its TAPA pretraining LR).
 FINETUNE_LR_RATIO = 0.2
 
