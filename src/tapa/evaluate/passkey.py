@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,11 @@ class PasskeyPrompt:
     depth: float
 
 
+@lru_cache(maxsize=4)
+def _filler_book(split: str) -> str:
+    return load_split(split)[0]
+
+
 def filler_ids(tokenizer: Tokenizer, kind: str, count: int, offset: int = 0, split: str = "test") -> list[int]:
     """``count`` filler tokens; ``books`` starts ``offset`` tokens into the first book of
     ``split`` (the held-out test book for evaluation; fine-tuning uses a training book)."""
@@ -48,7 +54,7 @@ def filler_ids(tokenizer: Tokenizer, kind: str, count: int, offset: int = 0, spl
         reps = (count + offset) // len(unit) + 1
         return (unit * reps)[offset : offset + count]
     if kind == "books":
-        text = load_split(split)[0]
+        text = _filler_book(split)
         ids = tokenizer.encode(text[: 8 * (count + offset) + 1000])
         if len(ids) < count + offset:
             ids = tokenizer.encode(text)
