@@ -83,5 +83,7 @@ def passkey_finetune(
     save_pretrained(model, out)
     tokenizer.save(out)
     tail = losses[-max(1, steps // 10) :]
+    # a model that knows the format but not the key pays ln(90000) nats over the answer tokens
+    no_retrieval = math.log(9 * 10**4) / len(tokenizer.encode(" 12345"))
     return {"steps": steps, "length": length, "lr": lr, "final_answer_loss": sum(tail) / len(tail),
-            "answer_loss_per_digit_chance": math.log(10)}  # fmt: skip
+            "no_retrieval_loss": no_retrieval}  # fmt: skip
