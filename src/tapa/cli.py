@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.evaluate.cli import add_parsers as add_evaluation_parsers
 
     add_evaluation_parsers(sub)
+    from tapa.theory.cli import add_parsers as add_theory_parsers
+
+    add_theory_parsers(sub)
     return parser
 
 

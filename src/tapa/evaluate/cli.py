@@ -268,7 +268,7 @@ def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "passkey.json").write_text(json.dumps(report, indent=1) + "\n")
     title = f"Passkey retrieval, {model.config.positional}, trained at {train_len} ({args.trials} keys per cell)"
-    plot_passkey(cells, train_len, out / "passkey.png", title)
+    plot_passkey(cells, train_len, out / "passkey.png", title, args.n_candidates)
     print("| length | depth | greedy | candidates |\n|---|---|---|---|")
     for c in cells:
         print(f"| {c['length']} | {c['depth']:.0%} | {c['greedy']:.0%} | {c['candidates']:.0%} |")

@@ -157,7 +157,7 @@ def passkey_grid(
     return cells
 
 
-def plot_passkey(cells: list[dict], training_length: int, path, title: str) -> None:
+def plot_passkey(cells: list[dict], training_length: int, path, title: str, n_candidates: int = 10) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +177,8 @@ def plot_passkey(cells: list[dict], training_length: int, path, title: str) -> N
             for j in range(len(lengths)):
                 ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", color="w" if grid[i, j] < 0.6 else "k")
         ax.set_xlabel("prompt length in tokens (x training length)")
-        ax.set_title("greedy exact match" if metric == "greedy" else "true key ranked first of candidates")
+        ranked = f"true key ranked first of {n_candidates} (chance {1 / n_candidates:.0%})"
+        ax.set_title("greedy exact match" if metric == "greedy" else ranked)
     axes[0].set_ylabel("depth of the key in the filler")
     fig.colorbar(image, ax=axes, label="accuracy", shrink=0.9)
     fig.suptitle(title)
