@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.theory.cli import add_parsers as add_theory_parsers
 
     add_theory_parsers(sub)
+    from tapa.reproduce.cli import add_parsers as add_reproduce_parsers
+
+    add_reproduce_parsers(sub)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""Stages beyond perplexity: passkey, the Appendix I bias, the theory figures."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tapa.data.tokenizer import Bytes
+from tapa.evaluate.passkey import passkey_grid, plot_passkey
+from tapa.model import load_pretrained
+from tapa.reproduce.stages import run_stage
+from tapa.theory.bias import default_distances, moments, plot_bias, sample_bias
+from tapa.theory.report import run_theory
+from tapa.train.passkey_finetune import passkey_finetune
+
+DEPTHS = [0.0, 0.5, 1.0]
+
+
+def passkey_stage(rep, method: str, seed: int, run: str) -> dict[str, Any]:
+    p = rep.preset
+
+    def work(directory: Path) -> dict[str, Any]:
+        tuned = directory / "model"
+        shutil.rmtree(tuned, ignore_errors=True)
+        passkey_finetune(run, tuned, steps=p.passkey_steps, seed=seed, progress=False)
+        model = load_pretrained(tuned)
+        lengths = [p.finetune_len * f for f in (1, 2)]
+        cells = passkey_grid(model, Bytes(), lengths, DEPTHS, p.passkey_trials, seed=seed)
+        figures = rep.out / "figures"
+        figures.mkdir(exist_ok=True)
+        plot_passkey(cells, model.config.max_seq_len, figures / f"passkey_{method}_s{seed}.png", f"Passkey, {method}")
+        random.seed(seed)
+        return {"cells": cells}
+
+    return run_stage(rep.out, f"passkey_{method}_s{seed}", {"run": run, "steps": p.passkey_steps,
+                     "trials": p.passkey_trials}, work, rep.log)  # fmt: skip
+
+
+def bias_stage(rep, runs: dict[str, str]) -> dict[str, Any]:
+    p = rep.preset
+
+    def work(_directory: Path) -> dict[str, Any]:
+        near, far = default_distances(4 * p.seq_len)  # distances reach past the training length, as in the paper
+        samples, out = {}, {}
+        docs = [d for d in rep.docs]
+        for method, run in runs.items():
+            model = load_pretrained(run)
+            sample = sample_bias(model, docs, p.bias_pairs, near, far)
+            samples[method] = sample
+            out[method] = {**sample.summary(), "pooled": moments(sample.deltas.ravel())}
+            out[method].pop("per_head")
+        figures = rep.out / "figures"
+        figures.mkdir(exist_ok=True)
+        plot_bias(samples, figures / "bias.png", "Distance bias of the pretrained models (Appendix I)")
+        return {"near": near, "far": far, "methods": out}
+
+    return run_stage(rep.out, "bias", {"runs": runs, "pairs": p.bias_pairs}, work, rep.log)
+
+
+def theory_stage(rep) -> dict[str, Any]:
+    def work(_directory: Path) -> dict[str, Any]:
+        report = run_theory(rep.out / "figures", samples=rep.preset.theory_samples)
+        slopes = [{k: r[k] for k in ("D", "theta", "alpha", "fitted_slope", "predicted_slope")}
+                  for r in report["tapa"]["decay"]]  # fmt: skip
+        check = report["tapa"]["monte_carlo_vs_closed_form"]
+        return {
+            "theorem_2_2_at_paper_base": report["rope"]["theorem_2_2_at_paper_base"],
+            "theorem_2_3_bias_range_by_base": report["rope"]["theorem_2_3_bias_range_by_base"],
+            "decay_slopes": slopes,
+            "mc_inside_ci": {"mean": check["mean_inside_ci"], "var": check["var_inside_ci"]},
+        }
+
+    return run_stage(rep.out, "theory", {"samples": rep.preset.theory_samples}, work, rep.log)

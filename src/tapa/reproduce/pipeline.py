@@ -1,0 +1,164 @@
+"""``tapa reproduce``: the paper's comparisons at small scale, as cached stages.
+
+Order: pretrain at L0 -> zero-shot perplexity L0/4..16 L0 (Table 2, with inference-time
+PI/YaRN/NTK for RoPE) -> fine-tune at 4 L0 -> perplexity after fine-tuning (Table 1) ->
+phase ablation (Table 3, from the fine-tuned quadratic and linear TAPA) -> alpha x theta
+grid -> passkey -> Appendix I bias -> theory -> verdicts -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tapa.data.tokenizer import Bytes
+from tapa.evaluate.heldout import heldout_documents
+from tapa.evaluate.perplexity import evaluate_perplexity
+from tapa.model import ModelConfig, TapaLM, load_pretrained
+from tapa.model.scaling import scaled_model_config
+from tapa.reproduce.presets import Preset
+from tapa.reproduce.stages import run_stage
+from tapa.train.config import TrainConfig
+from tapa.train.trainer import run_training
+
+ROPE_BASE = 1e4
+BIG_BASE_FACTOR = 400  # the paper's 2e8 / 5e5
+SCALE_FACTOR = 8  # PI and YaRN factor, as in the paper
+FINETUNE_SOURCES = {
+    "rope": ("rope", {}), "rope_big_base": ("rope", {"rope_base": ROPE_BASE * BIG_BASE_FACTOR}),
+    "pi": ("rope", {"pi": SCALE_FACTOR}), "yarn": ("rope", {"yarn": SCALE_FACTOR}), "tapa": ("tapa", {}),
+    "tapa_linear": ("tapa_linear", {}), "nope": ("nope", {}), "alibi": ("alibi", {}),
+}  # fmt: skip
+
+
+def model_config(method: str, preset: Preset) -> ModelConfig:
+    kwargs: dict[str, Any] = {"d_model": preset.d_model, "n_layers": preset.n_layers, "n_heads": preset.n_heads,
+                              "max_seq_len": preset.seq_len, "rope_base": ROPE_BASE}  # fmt: skip
+    if method.startswith("tapa_a"):  # grid point tapa_a{alpha}_t{theta}
+        alpha, theta = method.removeprefix("tapa_a").split("_t")
+        return ModelConfig(positional="tapa", tapa_alpha=float(alpha), tapa_theta=float(theta), **kwargs)
+    if method == "tapa_linear":
+        return ModelConfig(positional="tapa", tapa_phase="linear", **kwargs)
+    return ModelConfig(positional=method, **kwargs)
+
+
+class Reproduction:
+    def __init__(self, preset: Preset, out: Path, cache_dir: str | None = None, verbose: bool = True) -> None:
+        self.preset, self.out, self.cache_dir, self.verbose = preset, out, cache_dir, verbose
+        self.docs = heldout_documents(Bytes(), "books", "test", preset.eval_tokens, cache_dir)
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)
+
+    # -- stages -------------------------------------------------------------------------------
+    def pretrain(self, method: str, seed: int) -> dict[str, Any]:
+        p = self.preset
+        model = model_config(method, p)
+        config = TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed,
+                             eval_every=0, save_every=max(1, p.pretrain_steps // 4), eval_segments=32,
+                             cache_dir=self.cache_dir, model=model)  # fmt: skip
+        return run_stage(self.out, f"pretrain_{method}_s{seed}", {"train": config.to_dict()},
+                         lambda d: self._train(config, d), self.log)  # fmt: skip
+
+    def finetune(self, method: str, seed: int, base_run: str) -> dict[str, Any]:
+        p = self.preset
+        source, scaling = FINETUNE_SOURCES[method]
+        base = load_pretrained(base_run).config
+        model = scaled_model_config(base, p.finetune_len, **scaling)
+        config = TrainConfig(seq_len=p.finetune_len, batch_size=max(1, p.batch_size // 4), steps=p.finetune_steps,
+                             seed=seed, eval_every=0, save_every=max(1, p.finetune_steps // 2), eval_segments=8,
+                             init_from=base_run, tokenizer=base_run, cache_dir=self.cache_dir, model=model)  # fmt: skip
+        return run_stage(self.out, f"finetune_{method}_s{seed}", {"train": config.to_dict(), "from": source},
+                         lambda d: self._train(config, d), self.log)  # fmt: skip
+
+    def _train(self, config: TrainConfig, directory: Path) -> dict[str, Any]:
+        run = directory / "run"
+        config = config.replace(out=str(run))
+        started = (run / "train_config.json").is_file()
+        resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
+        if started and resume is None:  # killed before its first checkpoint: start over
+            shutil.rmtree(run)
+        result = run_training(config, resume=resume, progress=False)
+        return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb,
+                "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
+
+    def perplexity(self, name: str, run: str, lengths: list[int], scaling: dict[str, float] | None = None):
+        def work(_directory: Path) -> dict[str, Any]:
+            model = load_pretrained(run)
+            if scaling:
+                config = scaled_model_config(model.config, model.config.max_seq_len, **scaling, context="reproduce")
+                rescaled = TapaLM(config)
+                rescaled.load_state_dict(model.state_dict())
+                model = rescaled
+            rows = {}
+            for length in lengths:
+                start = time.perf_counter()
+                r = evaluate_perplexity(model.eval(), self.docs, length, max(1, length // 4), batch_size=4)
+                rows[str(length)] = {"perplexity": r.perplexity, "tokens": r.tokens, "windows": r.windows,
+                                     "seconds": time.perf_counter() - start}  # fmt: skip
+            return {"lengths": rows}
+
+        return run_stage(self.out, name, {"run": run, "lengths": lengths, "scaling": scaling,
+                                          "eval_tokens": self.preset.eval_tokens}, work, self.log)  # fmt: skip
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+        "processor": platform.processor(), "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
+def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None, verbose: bool = True) -> dict:
+    from tapa.reproduce.extras import bias_stage, passkey_stage, theory_stage
+    from tapa.reproduce.report import write_report
+    from tapa.reproduce.verdicts import all_verdicts
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rep = Reproduction(preset, out, cache_dir, verbose)
+    lengths = preset.eval_lengths
+    results: dict[str, Any] = {"preset": preset.to_dict(), "environment": environment(), "pretrain": {},
+                               "zero_shot": {}, "finetune": {}, "finetuned": {}, "grid": {}, "passkey": {}}  # fmt: skip
+    grid_methods = [f"tapa_a{a:g}_t{t:g}" for a, t in preset.alpha_theta_grid]
+    for seed in preset.seeds:
+        rep.log(f"seed {seed}: pretraining at {preset.seq_len} tokens")
+        for method in (*preset.pretrain, *grid_methods):
+            res = rep.pretrain(method, seed)
+            results["pretrain"].setdefault(method, {})[str(seed)] = res
+            target = results["grid" if method in grid_methods else "zero_shot"]
+            target.setdefault(method, {})[str(seed)] = rep.perplexity(f"ppl_{method}_s{seed}", res["run"], lengths)
+        if "rope" in preset.pretrain:
+            for name in preset.zero_shot_scaling:
+                ppl = rep.perplexity(f"ppl_rope_{name}_s{seed}", results["pretrain"]["rope"][str(seed)]["run"],
+                                     lengths, {name: SCALE_FACTOR})  # fmt: skip
+                results["zero_shot"].setdefault(f"rope+{name}", {})[str(seed)] = ppl
+        rep.log(f"seed {seed}: fine-tuning at {preset.finetune_len} tokens")
+        for method in preset.finetune:
+            source = FINETUNE_SOURCES[method][0]
+            base = results["pretrain"][source][str(seed)]["run"]
+            res = rep.finetune(method, seed, base)
+            results["finetune"].setdefault(method, {})[str(seed)] = res
+            results["finetuned"].setdefault(method, {})[str(seed)] = rep.perplexity(
+                f"ppl_ft_{method}_s{seed}", res["run"], lengths
+            )
+            if preset.passkey_steps:
+                results["passkey"].setdefault(method, {})[str(seed)] = passkey_stage(rep, method, seed, res["run"])
+    seed0 = str(preset.seeds[0])
+    results["bias"] = bias_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in ("rope", "tapa")
+                                       if m in results["pretrain"]})  # fmt: skip
+    results["theory"] = theory_stage(rep)
+    results["verdicts"] = all_verdicts(results)
+    results["wall_seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_report(results, out)
+    return results

@@ -1,0 +1,204 @@
+"""report.md, a self-contained report.html (figures embedded) from results.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+PAPER_TABLE_2 = {  # pretrain 8K, no fine-tuning; lengths 1K..32K = L0/8 .. 4 L0 (paper's L0 = 8K)
+    "rope": [13.08, 12.63, 12.32, 12.21, 5878.17, 16366.63],
+    "rope+yarn": [13.09, 12.64, 12.33, 12.22, 5869.35, 16342.28],
+    "rope+pi": [13.07, 12.62, 12.30, 12.19, 5872.29, 16350.28],
+    "tapa": [13.12, 12.66, 12.34, 12.22, 17.96, 122.71],
+}
+PAPER_TABLE_1 = {  # fine-tuned at 32K; 1K, 2K, 4K, 8K, 16K, 32K, 48K, 64K
+    "rope": [12.97, 12.53, 12.22, 11.97, 11.79, 12.96, 938.23, 2280.16],
+    "rope_big_base": [13.00, 12.54, 12.23, 11.98, 11.80, 12.96, 942.94, 2284.72],
+    "pi": [12.99, 12.54, 12.23, 11.98, 11.80, 12.97, 939.17, 2282.44],
+    "yarn": [13.05, 12.60, 12.29, 12.03, 11.85, 12.16, 322.14, 1962.55],
+    "tapa": [13.04, 12.62, 12.30, 12.07, 11.83, 11.74, 11.67, 11.75],
+    "tapa_linear": [14.63, 14.15, 13.83, 13.54, 13.29, 13.13, 13.59, 14.82],
+}
+PAPER_LENGTHS_1 = ["1K", "2K", "4K", "8K", "16K", "32K", "48K", "64K"]
+PAPER_LENGTHS_2 = ["1K", "2K", "4K", "8K", "16K", "32K"]
+
+
+def _cell(seeds: dict, length: int) -> str:
+    values = [s["lengths"][str(length)]["perplexity"] for s in seeds.values() if str(length) in s["lengths"]]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def _ppl_table(table: dict, lengths: list[int], train_len: int) -> list[str]:
+    head = "| method | " + " | ".join(f"{n} ({n / train_len:g}x)" for n in lengths) + " |"
+    lines = [head, "|---" * (len(lengths) + 1) + "|"]
+    for method, seeds in table.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(seeds, n) for n in lengths) + " |")
+    return lines
+
+
+def _paper(table: dict, lengths: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(f"{v:g}" for v in row) + " |" for m, row in table.items()]
+    return lines
+
+
+def _cost(results: dict) -> list[str]:
+    lines = [
+        "| stage | method | seed | wall s | peak memory MiB | tokens/s | val bits/byte |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage in ("pretrain", "finetune"):
+        for method, seeds in results[stage].items():
+            for seed, r in seeds.items():
+                mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") else "-"
+                lines.append(f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {mem} | "
+                             f"{r['tokens_per_second']:,.0f} | {r['val_bpb']:.3f} |")  # fmt: skip
+    return lines
+
+
+def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
+    p, env = results["preset"], results["environment"]
+    L0 = p["seq_len"]
+    lengths = p["eval_lengths"]
+    md = [f"# TAPA reproduction, preset `{p['name']}`", ""]
+    if p.get("untested"):
+        md += ["**This preset has not been run by the maintainers (untested).**", ""]
+    md += [
+        f"Command: `tapa reproduce --preset {p['name']} --out DIR`. Wall time {results['wall_seconds'] / 60:.1f} min. "
+        f"Environment: Python {env['python']}, torch {env['torch']}, {env['processor'] or env['machine']}, "
+        f"{env['threads']} threads, GPU {env['cuda'] or 'none'}.",
+        "",
+        f"Models: byte-level, d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads; pretrained at "
+        f"L0 = {L0} tokens for {p['pretrain_steps']} steps of {p['batch_size']} sequences; fine-tuned at "
+        f"{p['finetune_len']} for {p['finetune_steps']} steps; seeds {', '.join(map(str, p['seeds']))}. "
+        f"Perplexity: first {p['eval_tokens']:,} bytes of the test book (Persuasion), sliding window, "
+        "stride = window/4. "
+        "Perplexities are per byte (the paper's are per BPE token on PG19), so compare shapes, not values.",
+        "",
+    ]
+    if p["left_out"]:
+        md += ["Left out by this preset: " + "; ".join(p["left_out"]) + ".", ""]
+    md += ["## Verdicts (SPEC section 4)", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    for key, v in results["verdicts"].items():
+        md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
+    md += ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
+    md += _ppl_table(results["zero_shot"], lengths, L0)
+    md += ["", "Paper (pretrained at 8K, PG19; columns 1/8x .. 4x):", "", *_paper(PAPER_TABLE_2, PAPER_LENGTHS_2)]
+    md += ["", f"## Table 1: after fine-tuning at {p['finetune_len']} (4x)", ""]
+    md += _ppl_table(results["finetuned"], lengths, L0)
+    md += ["", "Paper (fine-tuned at 32K = 4x; columns 1/8x .. 8x):", "", *_paper(PAPER_TABLE_1, PAPER_LENGTHS_1)]
+    md += ["", "## Table 3: phase ablation (fine-tuned TAPA, quadratic vs linear)", ""]
+    md += _ppl_table({m: results["finetuned"][m] for m in ("tapa", "tapa_linear") if m in results["finetuned"]},
+                     lengths, L0)  # fmt: skip
+    if results["grid"]:
+        md += ["", "## Beyond the paper: alpha x theta (zero-shot, pretrained at L0)", ""]
+        md += _ppl_table({"tapa (alpha 0.1, theta 0.5)": results["zero_shot"]["tapa"], **results["grid"]}, lengths, L0)
+    if results["passkey"]:
+        md += ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", ""]
+        cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
+        passkey_lengths = sorted({c["length"] for c in cells})
+        md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
+        md += ["|---|---|" + "---|" * len(passkey_lengths)]
+        for method, seeds in results["passkey"].items():
+            for seed, r in seeds.items():
+                by_len: dict[int, list[float]] = {}
+                for c in r["cells"]:
+                    by_len.setdefault(c["length"], []).append(c["candidates"])
+                md.append(
+                    f"| {method} | {seed} | " + " | ".join(f"{statistics.fmean(v):.0%}" for v in by_len.values()) + " |"
+                )
+    bias = results["bias"]
+    md += ["", f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
+           f"{bias['far'] + bias['near']}])", "", "| model | mean | std | skewness | paper mean | paper std |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    paper = {"rope": (4.1, 0.85), "tapa": (0.03, 3.3)}
+    for method, r in bias["methods"].items():
+        s = r["pooled"]
+        md.append(f"| {method} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
+                  f"{paper.get(method, ('-', '-'))[0]} | {paper.get(method, ('-', '-'))[1]} |")  # fmt: skip
+    th = results["theory"]
+    fraction = th["theorem_2_2_at_paper_base"]["fraction"]
+    ranges = ", ".join(f"{k}: {v:.2f}" for k, v in th["theorem_2_3_bias_range_by_base"].items())
+    slopes = "; ".join(
+        f"D={s['D']}, theta={s['theta']}, alpha={s['alpha']}: {s['fitted_slope']:.2f} vs {s['predicted_slope']:g}"
+        for s in th["decay_slopes"]
+    )
+    md += [
+        "", "## Theory checks", "",
+        f"- Theorem 2.2 at base 5e5: {fraction:.1%} of near/far pairs beat |mu0|/8.",
+        f"- Theorem 2.3, range of E score over 0..8192 by base: {ranges}.",
+        f"- Theorem 3.2 slopes: {slopes}.",
+        f"- Theorem 3.3: Monte Carlo inside the 95% CI of the closed form at {th['mc_inside_ci']['mean']:.0%} "
+        f"(mean) and {th['mc_inside_ci']['var']:.0%} (variance) of the distances.",
+    ]  # fmt: skip
+    md += ["", "## Cost: wall-clock and peak memory", "", *_cost(results)]
+    md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    md += ["", "## Configuration", "", "```json", json.dumps(p, indent=1), "```", ""]
+    return "\n".join(md)
+
+
+def markdown_to_html(md: str, root: Path) -> str:
+    """Enough Markdown for our own reports: headings, tables, lists, code blocks, images (embedded)."""
+    out, in_code, in_table = [], False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            path = root / line[line.index("(") + 1 : -1]
+            data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+            out.append(f'<p><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:90%}img{max-width:100%}pre{background:#f4f4f4}"
+    )
+    head = f"<meta charset='utf-8'><title>TAPA reproduction</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(out)}</body></html>"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    parts = text.split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    figures = sorted(str(p.relative_to(out)) for p in (out / "figures").glob("*.png"))
+    md = build_markdown(results, figures)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(markdown_to_html(md, out))

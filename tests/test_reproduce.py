@@ -1,0 +1,112 @@
+"""tapa reproduce: verdict logic on synthetic results, the smoke preset end to end (report
+sections, results.json), and resuming after a kill without redoing finished stages."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tapa.reproduce.presets import get_preset
+from tapa.reproduce.verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, all_verdicts
+
+L0 = 32
+LENGTHS = [8, 16, 32, 64, 128, 256, 512]
+
+
+def table(curves: dict[str, list[float]], seeds=1, jitter=0.0) -> dict:
+    def run(vals, s):
+        return {"lengths": {str(n): {"perplexity": v * (1 + jitter * s)} for n, v in zip(LENGTHS, vals, strict=True)}}
+
+    return {m: {str(s): run(vals, s) for s in range(seeds)} for m, vals in curves.items()}
+
+
+def synthetic(zero_shot, finetuned, bias=None) -> dict:
+    return {"preset": {"seq_len": L0, "eval_lengths": LENGTHS}, "zero_shot": table(zero_shot),
+            "finetuned": table(finetuned), "bias": {"methods": bias or {}}}  # fmt: skip
+
+
+FLAT = [10.0, 9.8, 9.7, 9.7, 9.7, 9.7, 9.7]
+BLOWUP = [10.0, 9.8, 9.7, 40.0, 400.0, 900.0, 2000.0]
+FT_BLOWUP = [10.0, 9.8, 9.7, 9.6, 9.5, 300.0, 900.0]  # fine-tuned at 4 L0 = 128: collapses past it
+
+
+def test_paper_like_results_are_reproduced():
+    v = all_verdicts(synthetic({"rope": BLOWUP, "rope+pi": BLOWUP, "tapa": [10.1, 9.9, 9.8, 10.5, 11.0, 12.0, 13.0],
+                                "tapa_linear": [11.0] * 7},
+                               {"rope": FT_BLOWUP, "pi": FT_BLOWUP, "tapa": FLAT, "tapa_linear": [11.0] * 7},
+                               {"rope": {"pooled": {"mean": 4.1, "std": 0.85, "skewness": 0.5}},
+                                "tapa": {"pooled": {"mean": 0.03, "std": 3.3, "skewness": 0.0}}}))  # fmt: skip
+    assert {k: x["verdict"] for k, x in v.items()} == {"1": REPRODUCED, "2": REPRODUCED, "3": REPRODUCED,
+                                                         "4": REPRODUCED, "5": REPRODUCED}  # fmt: skip
+
+
+def test_tapa_collapsing_past_the_training_length_is_not_reproduced():
+    collapse = [10.0, 9.8, 9.7, 60.0, 800.0, 3000.0, 9000.0]
+    v = all_verdicts(synthetic({"rope": BLOWUP, "tapa": collapse}, {"rope": FT_BLOWUP, "tapa": FT_BLOWUP}))
+    assert v["2"]["verdict"] == NOT_REPRODUCED and v["3"]["verdict"] == NOT_REPRODUCED
+
+
+def test_results_within_noise_are_inconclusive():
+    same = [10.0, 9.9, 9.8, 9.9, 10.0, 10.1, 10.2]
+    nearly = [10.05, 9.95, 9.85, 9.95, 10.05, 10.15, 10.25]
+    v = all_verdicts(synthetic({"rope": same, "tapa": nearly, "tapa_linear": same},
+                               {"rope": same, "tapa": nearly, "tapa_linear": same},
+                               {"rope": {"pooled": {"mean": 0.01, "std": 1.0, "skewness": 0.0}},
+                                "tapa": {"pooled": {"mean": 0.5, "std": 1.0, "skewness": 0.0}}}))  # fmt: skip
+    assert v["2"]["verdict"] == INCONCLUSIVE and v["3"]["verdict"] == INCONCLUSIVE
+    assert v["4"]["verdict"] == INCONCLUSIVE and v["5"]["verdict"] == NOT_REPRODUCED
+    assert v["1"]["verdict"] == REPRODUCED  # within a few percent at <= L0
+
+
+def test_seed_spread_widens_the_noise_band():
+    base = {"rope": [10.0] * 7, "tapa": [10.0] * 7, "tapa_linear": [10.6] * 7}
+    results = synthetic(base, base)
+    assert all_verdicts(results)["4"]["verdict"] == REPRODUCED
+    results["finetuned"] = table(base, seeds=3, jitter=0.05)  # 10% spread across seeds swamps a 6% gap
+    assert all_verdicts(results)["4"]["verdict"] == INCONCLUSIVE
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "tapa.cli", "reproduce", "--preset", "huge", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "invalid choice: 'huge'" in res.stderr
+    with pytest.raises(Exception, match="unknown 'huge'"):
+        get_preset("huge")
+
+
+def test_smoke_preset_resumes_after_kill_and_writes_a_complete_report(tmp_path):
+    out = tmp_path / "rep"
+    command = [sys.executable, "-m", "tapa.cli", "reproduce", "--preset", "smoke", "--out", str(out), "--quiet",
+               "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(out.glob("stages/*/result.json"))) < 4:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("stages/*/result.json")}
+    assert len(finished) >= 4 and not (out / "results.json").exists()
+
+    res = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished stages were not redone
+
+    results = json.loads((out / "results.json").read_text())
+    preset = get_preset("smoke")
+    for method in (*preset.pretrain, "rope+pi", "rope+yarn", "rope+ntk"):
+        assert set(results["zero_shot"][method]["0"]["lengths"]) == {str(n) for n in preset.eval_lengths}
+    for method in preset.finetune:
+        assert set(results["finetuned"][method]["0"]["lengths"]) == {str(n) for n in preset.eval_lengths}
+    assert set(results["verdicts"]) == {"1", "2", "3", "4", "5"}
+    assert all(v["verdict"] in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE) for v in results["verdicts"].values())
+    report = (out / "report.md").read_text()
+    for section in ("## Verdicts", "## Table 2", "## Table 1", "## Table 3", "## Appendix I", "## Theory checks",
+                    "## Cost", "## Figures", "## Configuration", "Left out by this preset"):  # fmt: skip
+        assert section in report
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "<table>" in page
