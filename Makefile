@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - the main job (creates .venv and installs what is missing)
+#   make demo   - the main job: tapa reproduce --preset quick (creates .venv and installs what is missing)
 #   make test   - lint + the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tapa demo --seconds 60 --out runs/demo
+	$(VENV)/bin/tapa reproduce --preset quick --out runs/reproduce-quick
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -110,3 +110,19 @@ def test_smoke_preset_resumes_after_kill_and_writes_a_complete_report(tmp_path):
         assert section in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "<table>" in page
+
+
+def test_grid_and_passkey_stages_run_in_a_tiny_preset(tmp_path):
+    from dataclasses import replace
+
+    from tapa.reproduce.pipeline import run_reproduce
+
+    preset = replace(get_preset("smoke"), name="tiny", pretrain=("rope", "tapa"), finetune=("tapa",),
+                     zero_shot_scaling=("pi",), alpha_theta_grid=((0.5, 0.5),), passkey_steps=1, passkey_trials=1,
+                     eval_tokens=600, bias_pairs=20, theory_samples=5000, seq_len=64)  # fmt: skip
+    results = run_reproduce(preset, tmp_path / "out", cache_dir=str(tmp_path / "cache"), verbose=False)
+    assert set(results["grid"]) == {"tapa_a0.5_t0.5"}
+    assert len(results["passkey"]["tapa"]["0"]["cells"]) == 2 * 3  # 2 lengths x 3 depths
+    assert "## Beyond the paper: alpha x theta" in (tmp_path / "out" / "report.md").read_text()
+    figures = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
+    assert {"perplexity_by_length.png", "positions.png", "bias.png", "passkey_tapa_s0.png"} <= figures

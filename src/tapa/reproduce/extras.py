@@ -73,3 +73,55 @@ def theory_stage(rep) -> dict[str, Any]:
         }
 
     return run_stage(rep.out, "theory", {"samples": rep.preset.theory_samples}, work, rep.log)
+
+
+def positions_stage(rep, runs: dict[str, str]) -> dict[str, Any]:
+    """Loss by position in windows of 8 x L0 for each pretrained model (one figure)."""
+    from tapa.evaluate.positions import plot_position_losses, position_losses
+
+    length = 8 * rep.preset.seq_len
+
+    def work(_directory: Path) -> dict[str, Any]:
+        curves = {method: position_losses(load_pretrained(run), rep.docs, length) for method, run in runs.items()}
+        figures = rep.out / "figures"
+        figures.mkdir(exist_ok=True)
+        title = f"Loss by position in windows of {length} tokens (pretrained at {rep.preset.seq_len})"
+        plot_position_losses(curves, rep.preset.seq_len, figures / "positions.png", title)
+        return {"length": length, "methods": {m: {"buckets": c.buckets(), "windows": int(c.counts[0])}
+                                              for m, c in curves.items()}}  # fmt: skip
+
+    return run_stage(rep.out, "positions", {"runs": runs, "length": length}, work, rep.log)
+
+
+def plot_perplexity(results: dict[str, Any], path: Path) -> None:
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preset = results["preset"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    panels = (
+        (axes[0], "zero_shot", "pretrained at L0, no fine-tuning (Table 2)"),
+        (axes[1], "finetuned", f"after fine-tuning at {preset['finetune_len']} (Table 1)"),
+    )
+    for ax, key, title in panels:
+        for method, seeds in results[key].items():
+            lengths = preset["eval_lengths"]
+            values = [statistics.fmean(s["lengths"][str(n)]["perplexity"] for s in seeds.values()) for n in lengths]
+            ax.plot(lengths, values, marker="o", ms=3, label=method)
+        ax.axvline(preset["seq_len"], color="grey", ls="--", lw=0.8, label="L0")
+        if key == "finetuned":
+            ax.axvline(preset["finetune_len"], color="grey", ls=":", lw=0.8, label="fine-tuning length")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens, log scale)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("perplexity per byte (log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -118,7 +118,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None, verbose: bool = True) -> dict:
-    from tapa.reproduce.extras import bias_stage, passkey_stage, theory_stage
+    from tapa.reproduce.extras import bias_stage, passkey_stage, plot_perplexity, positions_stage, theory_stage
     from tapa.reproduce.report import write_report
     from tapa.reproduce.verdicts import all_verdicts
 
@@ -156,7 +156,10 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
     seed0 = str(preset.seeds[0])
     results["bias"] = bias_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in ("rope", "tapa")
                                        if m in results["pretrain"]})  # fmt: skip
+    results["positions"] = positions_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in preset.pretrain})
     results["theory"] = theory_stage(rep)
+    (out / "figures").mkdir(exist_ok=True)
+    plot_perplexity(results, out / "figures" / "perplexity_by_length.png")
     results["verdicts"] = all_verdicts(results)
     results["wall_seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -58,10 +58,11 @@ PRESETS = {
         left_out=("ALiBi", "RoPE at a larger base", "the alpha x theta grid", "passkey"),
     ),
     "quick": Preset(
-        "quick", d_model=96, n_layers=3, n_heads=4, seq_len=128, batch_size=16, pretrain_steps=250, finetune_steps=40,
-        eval_tokens=4096, seeds=(0,), pretrain=("rope", "tapa", "tapa_linear", "nope"),
-        finetune=("rope", "pi", "yarn", "tapa", "tapa_linear"), bias_pairs=2000, theory_samples=100_000,
-        left_out=("ALiBi", "RoPE at a larger base", "NoPE fine-tuning", "the alpha x theta grid", "passkey"),
+        "quick", d_model=96, n_layers=3, n_heads=4, seq_len=128, batch_size=16, pretrain_steps=600, finetune_steps=100,
+        eval_tokens=8192, seeds=(0,), pretrain=("rope", "tapa", "tapa_linear", "nope", "alibi"),
+        finetune=("rope", "rope_big_base", "pi", "yarn", "tapa", "tapa_linear"), bias_pairs=4000,
+        theory_samples=100_000,
+        left_out=("NoPE and ALiBi fine-tuning", "the alpha x theta grid", "passkey", "seeds beyond one"),
     ),
     "small": Preset(
         "small", d_model=192, n_layers=4, n_heads=4, seq_len=256, batch_size=16, pretrain_steps=600,
