@@ -132,7 +132,8 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
     grid_methods = [f"tapa_a{a:g}_t{t:g}" for a, t in preset.alpha_theta_grid]
     for seed in preset.seeds:
         rep.log(f"seed {seed}: pretraining at {preset.seq_len} tokens")
-        for method in (*preset.pretrain, *grid_methods):
+        first = seed == preset.seeds[0]  # the alpha x theta grid and passkey run for the first seed only
+        for method in (*preset.pretrain, *(grid_methods if first else ())):
             res = rep.pretrain(method, seed)
             results["pretrain"].setdefault(method, {})[str(seed)] = res
             target = results["grid" if method in grid_methods else "zero_shot"]
@@ -151,7 +152,7 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
             results["finetuned"].setdefault(method, {})[str(seed)] = rep.perplexity(
                 f"ppl_ft_{method}_s{seed}", res["run"], lengths
             )
-            if preset.passkey_steps:
+            if preset.passkey_steps and first:
                 results["passkey"].setdefault(method, {})[str(seed)] = passkey_stage(rep, method, seed, res["run"])
     seed0 = str(preset.seeds[0])
     results["bias"] = bias_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in ("rope", "tapa")
