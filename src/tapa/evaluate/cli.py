@@ -42,22 +42,23 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def heldout_split(args: argparse.Namespace) -> str:
+    """The split evaluated: --split, else the test book for the default corpus, else validation."""
+    return args.split or ("test" if args.data == "books" else "validation")
+
+
 def load_for_eval(args: argparse.Namespace, context: str):
     """The checkpoint's model (with any inference-time RoPE override), tokenizer and device."""
     from tapa.data.tokenizer import load_checkpoint_tokenizer
-    from tapa.model import TapaLM, load_config, load_pretrained
-    from tapa.model.scaling import scaled_model_config
+    from tapa.model import load_config, load_pretrained
+    from tapa.model.scaling import scaled_model_config, with_config
     from tapa.train.distributed import pick_device
 
     config = load_config(args.checkpoint)
     scaled = scaled_model_config(
         config, config.max_seq_len, pi=args.pi, yarn=args.yarn, ntk=args.ntk, dynamic=args.dynamic, context=context
     )
-    model = load_pretrained(args.checkpoint)
-    if scaled != config:
-        rescaled = TapaLM(scaled)
-        rescaled.load_state_dict(model.state_dict())
-        model = rescaled
+    model = with_config(load_pretrained(args.checkpoint), scaled)
     device = pick_device(args.device)
     return model.to(device).eval(), load_checkpoint_tokenizer(args.checkpoint), device
 
@@ -133,7 +134,7 @@ def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
             stride = length if protocol == "non-overlapping" else args.stride or max(1, length // 4)
             check_window(length, stride)
             plans.append((length, protocol, stride))
-    split = args.split or ("test" if args.data == "books" else "validation")
+    split = heldout_split(args)
     docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
     if not docs:
         raise ConfigError(f"eval-ppl: the {split} split of {args.data} holds no tokens")
@@ -204,7 +205,7 @@ def run_eval_positions(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer, _ = load_for_eval(args, "eval-positions")
     train_len = model.config.max_seq_len
     length = args.length or 8 * train_len
-    split = args.split or ("test" if args.data == "books" else "validation")
+    split = heldout_split(args)
     docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
     if not any(len(d) > length for d in docs):
         raise ConfigError(

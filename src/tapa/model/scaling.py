@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tapa.errors import ConfigError
 from tapa.model.config import ModelConfig
+from tapa.model.transformer import TapaLM
 
 SCALING_OPTIONS = ("pi", "yarn", "ntk", "rope_base", "dynamic")
 FLAG_NAMES = {"pi": "--pi", "yarn": "--yarn", "ntk": "--ntk", "rope_base": "--new-rope-base", "dynamic": "--dynamic"}
@@ -56,3 +57,12 @@ def scaled_model_config(
         original = base.max_seq_len
         changes["rope_scaling"] = {"rope_type": "dynamic", "factor": dynamic, "max_position_embeddings": original}
     return base.replace(**changes)
+
+
+def with_config(model: TapaLM, config: ModelConfig) -> TapaLM:
+    """The same weights under another config (a RoPE rescaling or a new length); ``model`` if unchanged."""
+    if config == model.config:
+        return model
+    rebuilt = TapaLM(config)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt

@@ -20,8 +20,8 @@ import torch
 from tapa.data.tokenizer import Bytes
 from tapa.evaluate.heldout import heldout_documents
 from tapa.evaluate.perplexity import evaluate_perplexity
-from tapa.model import ModelConfig, TapaLM, load_pretrained
-from tapa.model.scaling import scaled_model_config
+from tapa.model import ModelConfig, load_pretrained
+from tapa.model.scaling import scaled_model_config, with_config
 from tapa.reproduce.presets import Preset
 from tapa.reproduce.stages import run_stage
 from tapa.train.config import TrainConfig
@@ -94,9 +94,7 @@ class Reproduction:
             model = load_pretrained(run)
             if scaling:
                 config = scaled_model_config(model.config, model.config.max_seq_len, **scaling, context="reproduce")
-                rescaled = TapaLM(config)
-                rescaled.load_state_dict(model.state_dict())
-                model = rescaled
+                model = with_config(model, config)
             rows = {}
             for length in lengths:
                 start = time.perf_counter()

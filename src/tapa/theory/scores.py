@@ -47,19 +47,20 @@ def pair_scores(
     config = model.config
     length = qk[0][0].shape[2]
     m, n = m.long(), n.long()
+    tables = model.rope(torch.arange(length)) if config.positional == "rope" else None
     out = []
     for layer, (q, k) in enumerate(qk):
         attn = model.blocks[layer].attn
         q, k = q[:1], _expand(k[:1], q.shape[1])
         if config.positional == "tapa":
             parts = attn.phase(q, k)
-            amp = (parts.qa[0][:, m] * _expand(parts.ka, q.shape[1])[0][:, n]).sum(-1)
-            prod = (parts.qp[0][:, m] * _expand(parts.kp, q.shape[1])[0][:, n]).sum(-1)
+            amp = (parts.qa[0][:, m] * parts.ka[0][:, n]).sum(-1)
+            prod = (parts.qp[0][:, m] * parts.kp[0][:, n]).sum(-1)
             distance = (m - n).abs().double().pow(config.tapa_alpha)
             out.append((amp * torch.cos(2 * math.pi * distance.to(prod.dtype) * prod)).float())
             continue
-        if config.positional == "rope":
-            cos, sin = model.rope(torch.arange(length))
+        if tables is not None:
+            cos, sin = tables
             q = apply_rotary(q, cos, sin, config.rope_interleaved)
             k = apply_rotary(k, cos, sin, config.rope_interleaved)
         scores = (q[0][:, m] * k[0][:, n]).sum(-1) / math.sqrt(q.shape[-1])
