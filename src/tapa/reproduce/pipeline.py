@@ -90,21 +90,32 @@ class Reproduction:
                 "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
 
     def perplexity(self, name: str, run: str, lengths: list[int], scaling: dict[str, float] | None = None):
+        """Perplexity at each length. ``scaling`` ({"pi": 8}) applies inference-time RoPE scaling
+        with factor min(8, L / L_train) at length L: none at or below the training length (as in
+        the paper's Table 2, where PI and YaRN equal RoPE there), the full factor from 8x on."""
+
         def work(_directory: Path) -> dict[str, Any]:
-            model = load_pretrained(run)
-            if scaling:
-                config = scaled_model_config(model.config, model.config.max_seq_len, **scaling, context="reproduce")
-                model = with_config(model, config)
+            trained = load_pretrained(run)
             rows = {}
             for length in lengths:
+                model, factor = trained, 1.0
+                if scaling:
+                    ((kind, cap),) = scaling.items()
+                    factor = max(1.0, min(cap, length / trained.config.max_seq_len))
+                    if factor > 1:
+                        config = scaled_model_config(trained.config, trained.config.max_seq_len, **{kind: factor},
+                                                     context="reproduce")  # fmt: skip
+                        model = with_config(trained, config)
                 start = time.perf_counter()
                 r = evaluate_perplexity(model.eval(), self.docs, length, max(1, length // 4), batch_size=4)
                 rows[str(length)] = {"perplexity": r.perplexity, "tokens": r.tokens, "windows": r.windows,
-                                     "seconds": time.perf_counter() - start}  # fmt: skip
+                                     "seconds": time.perf_counter() - start, "scale_factor": factor}  # fmt: skip
             return {"lengths": rows}
 
-        return run_stage(self.out, name, {"run": run, "lengths": lengths, "scaling": scaling,
-                                          "eval_tokens": self.preset.eval_tokens}, work, self.log)  # fmt: skip
+        key = {"run": run, "lengths": lengths, "scaling": scaling, "eval_tokens": self.preset.eval_tokens}
+        if scaling:
+            key["per_length"] = True  # factor min(cap, L / L_train); earlier runs used the cap at every length
+        return run_stage(self.out, name, key, work, self.log)
 
 
 def environment() -> dict[str, Any]:

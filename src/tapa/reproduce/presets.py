@@ -65,10 +65,10 @@ PRESETS = {
         left_out=("NoPE and ALiBi fine-tuning", "the alpha x theta grid", "passkey", "seeds beyond one"),
     ),
     "small": Preset(
-        "small", d_model=192, n_layers=4, n_heads=4, seq_len=256, batch_size=16, pretrain_steps=600,
-        finetune_steps=100, eval_tokens=32768, seeds=(0, 1, 2), pretrain=PRETRAIN_METHODS, finetune=FINETUNE_METHODS,
+        "small", d_model=96, n_layers=3, n_heads=4, seq_len=128, batch_size=16, pretrain_steps=1000,
+        finetune_steps=150, eval_tokens=16384, seeds=(0, 1, 2), pretrain=PRETRAIN_METHODS, finetune=FINETUNE_METHODS,
         bias_pairs=10_000, theory_samples=400_000, alpha_theta_grid=GRID,
-        passkey_steps=1000, passkey_trials=5,
+        passkey_steps=500, passkey_trials=5,
     ),
     "gpu": Preset(
         "gpu", d_model=512, n_layers=8, n_heads=8, seq_len=1024, batch_size=32, pretrain_steps=2000,
