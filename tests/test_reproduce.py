@@ -126,3 +126,22 @@ def test_grid_and_passkey_stages_run_in_a_tiny_preset(tmp_path):
     assert "## Beyond the paper: alpha x theta" in (tmp_path / "out" / "report.md").read_text()
     figures = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
     assert {"perplexity_by_length.png", "positions.png", "bias.png", "passkey_tapa_s0.png"} <= figures
+
+    # zero-shot PI: no scaling at or below L0 (equal to RoPE), factor min(8, L / L0) above, and the
+    # number at 2 L0 equals a direct evaluation of the model rescaled with PI x2
+    from tapa.evaluate.perplexity import evaluate_perplexity
+    from tapa.model import load_pretrained
+    from tapa.model.scaling import scaled_model_config, with_config
+    from tapa.reproduce.pipeline import Reproduction
+
+    rope, pi = results["zero_shot"]["rope"]["0"]["lengths"], results["zero_shot"]["rope+pi"]["0"]["lengths"]
+    for n in preset.eval_lengths:
+        assert pi[str(n)]["scale_factor"] == max(1.0, min(8.0, n / preset.seq_len))
+        if n <= preset.seq_len:
+            assert pi[str(n)]["perplexity"] == rope[str(n)]["perplexity"]
+    model = load_pretrained(results["pretrain"]["rope"]["0"]["run"])
+    model = with_config(model, scaled_model_config(model.config, preset.seq_len, pi=2.0)).eval()
+    docs = Reproduction(preset, tmp_path / "out", cache_dir=str(tmp_path / "cache"), verbose=False).docs
+    direct = evaluate_perplexity(model, docs, 2 * preset.seq_len, preset.seq_len // 2, batch_size=4).perplexity
+    assert pi[str(2 * preset.seq_len)]["perplexity"] == pytest.approx(direct, rel=1e-5)
+    assert pi[str(2 * preset.seq_len)]["perplexity"] != pytest.approx(rope[str(2 * preset.seq_len)]["perplexity"])

@@ -90,6 +90,10 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
     md += ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
     md += _ppl_table(results["zero_shot"], lengths, L0)
+    if any("+" in m for m in results["zero_shot"]):
+        md += ["", "rope+pi / rope+yarn / rope+ntk: the pretrained RoPE model with inference-time scaling of factor "
+               "min(8, L / L0) at length L, so none at or below L0 (as in the paper, where these rows equal RoPE "
+               "there) and the paper's factor 8 from 8x on."]  # fmt: skip
     md += ["", "Paper (pretrained at 8K, PG19; columns 1/8x .. 4x):", "", *_paper(PAPER_TABLE_2, PAPER_LENGTHS_2)]
     md += ["", f"## Table 1: after fine-tuning at {p['finetune_len']} (4x)", ""]
     md += _ppl_table(results["finetuned"], lengths, L0)
