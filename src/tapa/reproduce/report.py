@@ -60,6 +60,33 @@ def _cost(results: dict) -> list[str]:
                 mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") else "-"
                 lines.append(f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {mem} | "
                              f"{r['tokens_per_second']:,.0f} | {r['val_bpb']:.3f} |")  # fmt: skip
+    lines += ["", "| evaluation | method | seed | wall s, all lengths | s at the longest | peak memory MiB |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for stage in ("zero_shot", "finetuned"):
+        for method, seeds in results[stage].items():
+            for seed, r in seeds.items():
+                longest = r["lengths"][max(r["lengths"], key=int)]["seconds"] if r["lengths"] else float("nan")
+                mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") else "-"
+                lines.append(
+                    f"| {stage.replace('_', '-')} | {method} | {seed} | {r['seconds']:.1f} | {longest:.1f} | {mem} |"
+                )
+    return lines
+
+
+def _relative_cost(results: dict) -> list[str]:
+    """Mean wall time of each method's pretraining and zero-shot evaluation relative to RoPE's."""
+
+    def mean_seconds(stage: str, method: str) -> float | None:
+        runs = results[stage].get(method, {})
+        return statistics.fmean(r["seconds"] for r in runs.values()) if runs else None
+
+    lines = []
+    for stage, label in (("pretrain", "pretraining"), ("zero_shot", "zero-shot evaluation")):
+        rope = mean_seconds(stage, "rope")
+        if not rope:
+            continue
+        parts = [f"{m} {t / rope:.2f}x" for m in results[stage] if m != "rope" and (t := mean_seconds(stage, m))]
+        lines.append(f"- {label} wall time relative to RoPE: " + ", ".join(parts) + ".")
     return lines
 
 
@@ -142,7 +169,7 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         f"- Theorem 3.3: Monte Carlo inside the 95% CI of the closed form at {th['mc_inside_ci']['mean']:.0%} "
         f"(mean) and {th['mc_inside_ci']['var']:.0%} (variance) of the distances.",
     ]  # fmt: skip
-    md += ["", "## Cost: wall-clock and peak memory", "", *_cost(results)]
+    md += ["", "## Cost: wall-clock and peak memory", "", *_relative_cost(results), "", *_cost(results)]
     md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     md += ["", "## Configuration", "", "```json", json.dumps(p, indent=1), "```", ""]
     return "\n".join(md)
