@@ -98,7 +98,9 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     if p.get("untested"):
         md += ["**This preset has not been run by the maintainers (untested).**", ""]
     md += [
-        f"Command: `tapa reproduce --preset {p['name']} --out DIR`. Wall time {results['wall_seconds'] / 60:.1f} min. "
+        f"Command: `tapa reproduce --preset {p['name']} --out DIR`. "
+        f"Compute time {results.get('stage_seconds', results['wall_seconds']) / 60:.1f} min (all stages; this "
+        f"invocation {results['wall_seconds'] / 60:.1f} min, less when stages were cached). "
         f"Environment: Python {env['python']}, torch {env['torch']}, {env['processor'] or env['machine']}, "
         f"{env['threads']} threads, GPU {env['cuda'] or 'none'}.",
         "",
