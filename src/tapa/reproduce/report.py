@@ -134,7 +134,11 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         md += ["", "## Beyond the paper: alpha x theta (zero-shot, pretrained at L0)", ""]
         md += _ppl_table({"tapa (alpha 0.1, theta 0.5)": results["zero_shot"]["tapa"], **results["grid"]}, lengths, L0)
     if results["passkey"]:
-        md += ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", ""]
+        md += ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", "",
+               f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
+               f"{p['passkey_steps']} steps; a prompt counts as correct when the true 5-digit key scores best "
+               f"among 10 candidates (chance 10%); {p['passkey_trials']} keys per length and depth. Greedy "
+               "exact-match accuracy and the per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
         cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
         passkey_lengths = sorted({c["length"] for c in cells})
         md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
