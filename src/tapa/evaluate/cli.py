@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from tapa.errors import ConfigError
+from tapa.evaluate.passkey import N_CANDIDATES
 from tapa.evaluate.windows import PROTOCOLS, check_window, windows
 
 
@@ -99,7 +100,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     key.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     key.add_argument("--trials", type=positive_int, default=10, help="keys per cell")
     key.add_argument("--filler", choices=["books", "grass"], default="books")
-    key.add_argument("--n-candidates", type=positive_int, default=10, help="keys ranked by log-likelihood")
+    key.add_argument("--n-candidates", type=positive_int, default=N_CANDIDATES, help="keys ranked by log-likelihood")
     key.add_argument("--seed", type=int, default=0)
     key.add_argument("--out", required=True, help="directory for passkey.json and passkey.png")
     add_scaling_flags(key)

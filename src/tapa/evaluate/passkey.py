@@ -29,6 +29,8 @@ INTRO = "Find the pass key hidden in this text and remember it.\n"  # short: byt
 GRASS = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
+KEY_DIGITS = 5
+N_CANDIDATES = 10  # keys ranked by log-likelihood; chance accuracy 1 / N_CANDIDATES
 FILLERS = ("books", "grass")
 
 
@@ -64,7 +66,7 @@ def filler_ids(tokenizer: Tokenizer, kind: str, count: int, offset: int = 0, spl
     raise ConfigError(f"passkey: unknown filler {kind!r}; choose one of {', '.join(FILLERS)}")
 
 
-def random_key(rng: random.Random, digits: int = 5) -> str:
+def random_key(rng: random.Random, digits: int = KEY_DIGITS) -> str:
     return str(rng.randrange(10 ** (digits - 1), 10**digits))
 
 
@@ -110,7 +112,7 @@ def candidate_scores(model: TapaLM, prompt: PasskeyPrompt, candidates: list[list
 
 
 def candidate_correct(
-    model: TapaLM, tokenizer: Tokenizer, prompt: PasskeyPrompt, rng: random.Random, n_candidates: int = 10
+    model: TapaLM, tokenizer: Tokenizer, prompt: PasskeyPrompt, rng: random.Random, n_candidates: int = N_CANDIDATES
 ) -> bool:
     """The true key ranks first (strictly) among itself and ``n_candidates - 1`` other keys."""
     others: list[list[int]] = []
@@ -134,7 +136,7 @@ def passkey_grid(
     trials: int,
     filler: str = "books",
     seed: int = 0,
-    n_candidates: int = 10,
+    n_candidates: int = N_CANDIDATES,
     on_cell=None,
 ) -> list[dict]:
     """Accuracy (greedy and candidate ranking) for every (length, depth); ``trials`` keys each."""

@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tapa.evaluate.passkey import KEY_DIGITS, N_CANDIDATES
+
 PAPER_TABLE_2 = {  # pretrain 8K, no fine-tuning; lengths 1K..32K = L0/8 .. 4 L0 (paper's L0 = 8K)
     "rope": [13.08, 12.63, 12.32, 12.21, 5878.17, 16366.63],
     "rope+yarn": [13.09, 12.64, 12.33, 12.22, 5869.35, 16342.28],
@@ -49,6 +51,11 @@ def _paper(table: dict, lengths: list[str]) -> list[str]:
     return lines
 
 
+def _mib(stage_result: dict) -> str:
+    peak = stage_result.get("peak_memory_mib")
+    return f"{peak:.0f}" if peak else "-"
+
+
 def _cost(results: dict) -> list[str]:
     lines = [
         "| stage | method | seed | wall s | peak memory MiB | tokens/s | val bits/byte |",
@@ -57,8 +64,7 @@ def _cost(results: dict) -> list[str]:
     for stage in ("pretrain", "finetune"):
         for method, seeds in results[stage].items():
             for seed, r in seeds.items():
-                mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") else "-"
-                lines.append(f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {mem} | "
+                lines.append(f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {_mib(r)} | "
                              f"{r['tokens_per_second']:,.0f} | {r['val_bpb']:.3f} |")  # fmt: skip
     lines += ["", "| evaluation | method | seed | wall s, all lengths | s at the longest | peak memory MiB |",
               "|---|---|---|---|---|---|"]  # fmt: skip
@@ -66,10 +72,8 @@ def _cost(results: dict) -> list[str]:
         for method, seeds in results[stage].items():
             for seed, r in seeds.items():
                 longest = r["lengths"][max(r["lengths"], key=int)]["seconds"] if r["lengths"] else float("nan")
-                mem = f"{r['peak_memory_mib']:.0f}" if r.get("peak_memory_mib") else "-"
-                lines.append(
-                    f"| {stage.replace('_', '-')} | {method} | {seed} | {r['seconds']:.1f} | {longest:.1f} | {mem} |"
-                )
+                label = stage.replace("_", "-")
+                lines.append(f"| {label} | {method} | {seed} | {r['seconds']:.1f} | {longest:.1f} | {_mib(r)} |")
     return lines
 
 
@@ -99,7 +103,7 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         md += ["**This preset has not been run by the maintainers (untested).**", ""]
     md += [
         f"Command: `tapa reproduce --preset {p['name']} --out DIR`. "
-        f"Compute time {results.get('stage_seconds', results['wall_seconds']) / 60:.1f} min (all stages; this "
+        f"Compute time {results['stage_seconds'] / 60:.1f} min (all stages; this "
         f"invocation {results['wall_seconds'] / 60:.1f} min, less when stages were cached). "
         f"Environment: Python {env['python']}, torch {env['torch']}, {env['processor'] or env['machine']}, "
         f"{env['threads']} threads, GPU {env['cuda'] or 'none'}.",
@@ -136,9 +140,10 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     if results["passkey"]:
         md += ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", "",
                f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
-               f"{p['passkey_steps']} steps; a prompt counts as correct when the true 5-digit key scores best "
-               f"among 10 candidates (chance 10%); {p['passkey_trials']} keys per length and depth. Greedy "
-               "exact-match accuracy and the per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
+               f"{p['passkey_steps']} steps; a prompt counts as correct when the true {KEY_DIGITS}-digit key "
+               f"scores best among {N_CANDIDATES} candidates (chance {1 / N_CANDIDATES:.0%}); "
+               f"{p['passkey_trials']} keys per length and depth. Greedy exact-match accuracy and the "
+               "per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
         cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
         passkey_lengths = sorted({c["length"] for c in cells})
         md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
