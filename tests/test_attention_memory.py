@@ -49,3 +49,13 @@ def test_chunked_forward_backward_peak_below_one_score_matrix_at_8192():
     one_matrix_one_head = length * length * 4  # 256 MiB
     peak = peak_bytes(length, "chunked")
     assert peak < one_matrix_one_head, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_fused_forward_backward_peak_below_one_score_matrix_at_8192():
+    from tapa.attention.fused_cpu import fused_cpu_available
+
+    if not fused_cpu_available():
+        pytest.skip("fused CPU kernel unavailable")
+    length = 8192
+    peak = peak_bytes(length, "fused")
+    assert peak < length * length * 4, f"peak {peak / 2**20:.0f} MiB"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 
 from tapa.attention.chunked import DEFAULT_BLOCK, chunked_attention
+from tapa.attention.fused_cpu import fused_cpu_attention, fused_cpu_available
 from tapa.attention.phase import Parts, quadratic_parts
 from tapa.attention.reference import reference_attention
 from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
 from tapa.errors import ConfigError
 
-# "auto" keeps the reference (one batched matmul per step) for decoding (a few query rows)
+# On CPU, "auto" uses the fused kernel whenever it could be built (tapa.attention.fused_cpu):
+# it is faster than the reference and the chunked kernel at every size measured, decoding
+# included (docs/benchmarks.md). Without it (or on other devices) "auto" keeps the reference (one batched matmul per step) for decoding (a few query rows)
 # and for short sequences, while all score matrices fit a modest budget; otherwise the
 # chunked kernel is faster and its memory stays linear. Measured on CPU, whole-model
 # forward + backward (d_model 192, 4 layers, 4 heads): reference and chunked are level at
@@ -22,10 +25,13 @@ AUTO_MAX_PER_HEAD = 1 << 19  # Lq * Lk when decoding
 AUTO_MAX_TOTAL = 1 << 24  # B * H * Lq * Lk (64 MiB per float32 score tensor)
 
 
-def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int) -> str:
+def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int, device: torch.device | None = None) -> str:
+    """The kernel ``impl`` stands for: itself, or for ``"auto"`` the fastest available one."""
     check_impl(impl)
     if impl != "auto":
         return impl
+    if (device is None or device.type == "cpu") and fused_cpu_available():
+        return "fused"
     decoding = lq <= AUTO_DECODE_ROWS and lq * lk <= AUTO_MAX_PER_HEAD
     small = (decoding or lq * lk <= AUTO_MAX_SHORT) and batch * heads * lq * lk <= AUTO_MAX_TOTAL
     return "reference" if small else "chunked"
@@ -50,8 +56,16 @@ def tapa_attention_parts(
         raise ConfigError(f"block_size: must be a positive integer, got {block_size!r}")
     b, h, lq, _ = parts.qa.shape
     lk = parts.ka.shape[2]
-    if resolve_impl(impl, b, h, lq, lk) == "reference":
+    chosen = resolve_impl(impl, b, h, lq, lk, parts.qa.device)
+    if chosen == "reference":
         return reference_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
+    if chosen == "fused":
+        if parts.qa.device.type != "cpu":
+            raise ConfigError(f"impl: 'fused' is the CPU kernel, got tensors on {parts.qa.device}; use impl='auto'")
+        if not fused_cpu_available():
+            raise ConfigError("impl: the fused CPU kernel could not be built on this machine; use impl='auto'")
+        out = fused_cpu_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
+        return out.to(parts.qa.dtype)
     out = chunked_attention(
         parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset, block_size=block_size
     )
@@ -76,8 +90,9 @@ def tapa_attention(
     Queries sit at positions ``q_offset .. q_offset + Lq - 1``, keys at ``0 .. Lk - 1``;
     with ``causal`` a query sees the keys at its own position or before (KV-cache decoding
     passes ``q_offset = Lk - Lq``). ``impl``: ``"reference"`` materialises the score
-    matrix, ``"chunked"`` works tile by tile with O(L) memory and exact gradients,
-    ``"auto"`` picks chunked for large inputs. Scores, phases and the softmax are computed
+    matrix, ``"chunked"`` works tile by tile with O(L) memory and exact gradients
+    (plain PyTorch), ``"fused"`` is the same algorithm as one C++ kernel on CPU, and
+    ``"auto"`` picks fused on CPU when it is available, else chunked for large inputs. Scores, phases and the softmax are computed
     in float32; the output has the dtype of q.
     """
     check_qkv(q, k, v)

@@ -8,7 +8,7 @@ import torch
 
 from tapa.errors import ConfigError, ShapeError
 
-IMPLS = ("auto", "reference", "chunked")
+IMPLS = ("auto", "reference", "chunked", "fused")
 
 
 def check_alpha(alpha: float) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,13 @@ import numpy as np
 
 from tapa.data.sources import Corpus
 from tapa.data.tokenizer import Bytes, HFTokenizer, Tokenizer
-from tapa.utils.files import atomic_write_bytes
+from tapa.utils.files import atomic_write_bytes, cache_root
 
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("TAPA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "tapa")
-    return Path(root).expanduser() / "tokens"
+    return cache_root() / "tokens"
 
 
 @dataclass

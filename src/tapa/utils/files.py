@@ -8,6 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """tapa's cache folder: ``$TAPA_CACHE``, else ``$XDG_CACHE_HOME/tapa``, else ``~/.cache/tapa``."""
+    root = os.environ.get("TAPA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "tapa")
+    return Path(root).expanduser()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -1,0 +1,166 @@
+"""Fused CPU TAPA: a C++/OpenMP kernel built on first use and cached.
+
+The kernel (``csrc/tapa_fused_cpu.cpp``) computes the same function as the chunked kernel:
+
+    s = (qa . ka) * cos(2 pi |m - n|^alpha (qp . kp)),   out = softmax(s) v
+
+with the online softmax of flash attention, and the backward by recomputation from the row
+log-sum-exp (formulas in :mod:`tapa.attention.chunked`). What it changes is where the work
+happens: per tile, two BLAS products fill the amplitude and phase tiles, then one
+vectorised pass (SLEEF cos/sin/exp from libtorch on AVX2 CPUs) turns them into
+probabilities while they are still in cache; the distance factor comes from a 1-D table
+indexed by the signed distance. For one or a few query rows (decoding) the keys are split
+across threads and the partial softmaxes combined by their log-sum-exp (flash-decoding).
+
+Building needs a C++ compiler and ``ninja`` (a dependency of tapa); the build takes about
+half a minute once per machine and torch version and is cached under
+``$TAPA_CACHE/kernels`` (default ``~/.cache/tapa/kernels``). Where it cannot be built,
+:func:`fused_cpu_available` is False, one line says why, and ``impl="auto"`` falls back to
+the plain-PyTorch chunked kernel. ``TAPA_DISABLE_FUSED=1`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from tapa.attention.phase import Parts, compute_dtype
+from tapa.utils.files import cache_root
+
+SOURCE = Path(__file__).with_name("csrc") / "tapa_fused_cpu.cpp"
+DEFAULT_BLOCK_Q = 64
+DEFAULT_BLOCK_K = 128
+
+_state: dict[str, object] = {}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _build_flags() -> list[str]:
+    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+        flags += ["-mavx2", "-mfma", "-DTAPA_AVX2"]
+    return flags
+
+
+def _build_dir(flags: list[str]) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(flags).encode()):
+        key.update(part)
+    return cache_root() / "kernels" / f"fused_cpu-{key.hexdigest()[:16]}"
+
+
+def _load() -> None:
+    if os.environ.get("TAPA_DISABLE_FUSED") == "1":
+        raise RuntimeError("disabled by TAPA_DISABLE_FUSED=1")
+    from torch.utils import cpp_extension
+
+    flags = _build_flags()
+    build = _build_dir(flags)
+    build.mkdir(parents=True, exist_ok=True)
+    lib = build / "tapa_fused_cpu.so"
+    if lib.exists():
+        torch.ops.load_library(str(lib))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpp_extension.load(
+            name="tapa_fused_cpu",
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
+
+
+def fused_cpu_available() -> bool:
+    """Whether the fused CPU kernel is built and loaded (builds it on the first call)."""
+    if "ok" not in _state:
+        try:
+            _load()
+            _state["ok"] = True
+        except Exception as err:  # no compiler, no ninja, a link error: fall back, say so once
+            _state["ok"] = False
+            reason = str(err).strip().splitlines()
+            _state["reason"] = reason[-1] if reason else type(err).__name__
+            if os.environ.get("TAPA_DISABLE_FUSED") != "1":
+                print(
+                    f"tapa: fused CPU attention unavailable ({_state['reason'][:200]}); using the chunked kernel",
+                    file=sys.stderr,
+                )
+    return bool(_state["ok"])
+
+
+def unavailable_reason() -> str | None:
+    fused_cpu_available()
+    return None if _state["ok"] else str(_state["reason"])
+
+
+def _contiguous(*ts: torch.Tensor) -> list[torch.Tensor]:
+    return [t.contiguous() for t in ts]
+
+
+class _FusedTapa(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_q, block_k, splits):
+        dtype = compute_dtype(qa.dtype)
+        qa, ka, qp, kp, vc = _contiguous(*(t.to(dtype) for t in (qa, ka, qp, kp, v)))
+        out, lse = torch.ops.tapa_fused_cpu.forward(
+            qa, ka, qp, kp, vc, alpha, causal, q_offset, k_offset, block_q, block_k, splits
+        )
+        ctx.save_for_backward(qa, ka, qp, kp, vc, out, lse)
+        ctx.args = (alpha, causal, q_offset, k_offset, block_q, block_k)  # the backward needs no splits
+        ctx.dtypes = (v.dtype,)
+        return out.to(v.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        qa, ka, qp, kp, v, out, lse = ctx.saved_tensors
+        d_out = d_out.to(out.dtype).contiguous()
+        delta = (d_out * out).sum(-1)
+        dqa, dka, dqp, dkp, dv = torch.ops.tapa_fused_cpu.backward(qa, ka, qp, kp, v, d_out, lse, delta, *ctx.args)
+        return dqa, dka, dqp, dkp, dv.to(ctx.dtypes[0]), None, None, None, None, None, None, None
+
+
+def fused_cpu_attention(
+    parts: Parts,
+    v: torch.Tensor,
+    *,
+    alpha: float,
+    causal: bool,
+    q_offset: int = 0,
+    k_offset: int = 0,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_k: int = DEFAULT_BLOCK_K,
+    splits: int = 0,
+) -> torch.Tensor:
+    """TAPA attention by the fused CPU kernel; float32 (float64 for float64 parts) output (B, H, Lq, Dv).
+
+    ``splits``: how many parts the keys of each query block are split into, their partial
+    softmaxes combined by log-sum-exp (flash-decoding); 0 chooses: more than 1 only when
+    there are fewer (batch, head, query block) tasks than threads, as in decoding.
+
+    Raises RuntimeError when the kernel cannot be built (see :func:`fused_cpu_available`).
+    """
+    if not fused_cpu_available():
+        raise RuntimeError(f"the fused CPU kernel is unavailable: {_state['reason']}")
+    args = (float(alpha), bool(causal), int(q_offset), int(k_offset), int(block_q), int(block_k), int(splits))
+    return _FusedTapa.apply(*parts, v, *args)
