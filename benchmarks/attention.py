@@ -1,4 +1,4 @@
-"""Attention benchmark: TAPA reference vs TAPA chunked vs RoPE + PyTorch SDPA.
+"""Attention benchmark: TAPA reference, chunked and fused kernels vs RoPE + PyTorch SDPA.
 
 For each length L it times the forward pass (no grad) and forward + backward, as medians
 of several repeats, and measures the peak memory of forward + backward (peak RSS above the
@@ -7,6 +7,7 @@ a Markdown table with the ratios TAPA / SDPA from the same run.
 
     python benchmarks/attention.py                      # L = 1K..8K, B=1, H=4, D=64, causal
     python benchmarks/attention.py --lengths 1024 2048 --repeats 5 --json out.json
+    python benchmarks/attention.py --methods tapa_fused tapa_chunked --lengths 4096 16384
 """
 
 from __future__ import annotations
@@ -42,8 +43,18 @@ def methods(head_dim: int) -> dict[str, Callable]:
     return {
         "tapa_reference": lambda q, k, v: tapa_attention(q, k, v, impl="reference"),
         "tapa_chunked": lambda q, k, v: tapa_attention(q, k, v, impl="chunked"),
+        "tapa_fused": lambda q, k, v: tapa_attention(q, k, v, impl="fused"),
         "rope_sdpa": rope_sdpa(rope),
     }
+
+
+def selected(args: argparse.Namespace) -> dict[str, Callable]:
+    """The methods asked for, always with the baseline (rope_sdpa) last."""
+    every = methods(args.head_dim)
+    if args.device != "cpu":
+        every.pop("tapa_fused")
+    names = [m for m in args.methods if m in every and m != "rope_sdpa"] + ["rope_sdpa"]
+    return {name: every[name] for name in names}
 
 
 def sync(device: torch.device) -> None:
@@ -125,7 +136,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
         q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, args.dtype)) for _ in range(3))
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
         row: dict = {"L": length}
-        for name, attn in methods(args.head_dim).items():
+        for name, attn in selected(args).items():
             if name == "tapa_reference" and length > args.max_reference_len:
                 continue
             repeats = args.repeats if length <= 4096 else max(1, args.repeats // 2)
@@ -152,28 +163,29 @@ def bench(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    def ratio(row, name, key):
-        a, b = row.get(f"{name}_{key}"), row.get(f"rope_sdpa_{key}")
-        return f"{a / b:.1f}x" if a is not None and b else "-"
+def table(rows: list[dict], names: list[str]) -> str:
+    """One column group per method: forward, forward + backward, their ratios to SDPA, peak memory."""
 
     def cell(row, key, fmt):
         return fmt.format(row[key]) if key in row else "-"
 
-    lines = [
-        "| L | SDPA fwd | chunked fwd | ref fwd | SDPA f+b | chunked f+b | ref f+b | chunked/SDPA f+b | ref/SDPA f+b "
-        "| SDPA peak | chunked peak | ref peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    def ratio(row, name, key):
+        a, b = row.get(f"{name}_{key}"), row.get(f"rope_sdpa_{key}")
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    tapa = [n for n in names if n != "rope_sdpa"]
+    head = ["L", "SDPA fwd", "SDPA f+b", "SDPA peak"]
+    for n in tapa:
+        short = n.removeprefix("tapa_")
+        head += [f"{short} fwd", f"{short} f+b", f"{short}/SDPA fwd", f"{short}/SDPA f+b", f"{short} peak"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(
-            f"| {r['L']} | {cell(r, 'rope_sdpa_fwd_s', '{:.3f} s')} | {cell(r, 'tapa_chunked_fwd_s', '{:.3f} s')} "
-            f"| {cell(r, 'tapa_reference_fwd_s', '{:.3f} s')} | {cell(r, 'rope_sdpa_fwdbwd_s', '{:.3f} s')} "
-            f"| {cell(r, 'tapa_chunked_fwdbwd_s', '{:.3f} s')} | {cell(r, 'tapa_reference_fwdbwd_s', '{:.3f} s')} "
-            f"| {ratio(r, 'tapa_chunked', 'fwdbwd_s')} | {ratio(r, 'tapa_reference', 'fwdbwd_s')} "
-            f"| {cell(r, 'rope_sdpa_peak_mib', '{:.0f} MiB')} | {cell(r, 'tapa_chunked_peak_mib', '{:.0f} MiB')} "
-            f"| {cell(r, 'tapa_reference_peak_mib', '{:.0f} MiB')} |"
-        )
+        cells = [str(r["L"]), cell(r, "rope_sdpa_fwd_s", "{:.3f} s"), cell(r, "rope_sdpa_fwdbwd_s", "{:.3f} s")]
+        cells.append(cell(r, "rope_sdpa_peak_mib", "{:.0f} MiB"))
+        for n in tapa:
+            cells += [cell(r, f"{n}_fwd_s", "{:.3f} s"), cell(r, f"{n}_fwdbwd_s", "{:.3f} s")]
+            cells += [ratio(r, n, "fwd_s"), ratio(r, n, "fwdbwd_s"), cell(r, f"{n}_peak_mib", "{:.0f} MiB")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -187,6 +199,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-reference-len", type=int, default=8192)
+    parser.add_argument(
+        "--methods", nargs="+", default=["tapa_reference", "tapa_chunked", "tapa_fused"], help="TAPA kernels to time"
+    )
     parser.add_argument("--json", help="also write the raw numbers here")
     parser.add_argument("--peak-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -202,7 +217,7 @@ def main() -> None:
     print(env)
     rows = bench(args)
     print()
-    print(table(rows))
+    print(table(rows, list(selected(args))))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=2)

@@ -4,6 +4,7 @@ length, and their ratio, measured in one run with the schemes interleaved.
 
     python benchmarks/training.py                              # ~2M-param byte model, L = 256, 1024
     python benchmarks/training.py --lengths 256 --repeats 9 --json out.json
+    python benchmarks/training.py --head-dim 128 --d-model 256 --lengths 512 2048
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from tapa.model import ModelConfig, TapaLM
 
 def make(positional: str, args: argparse.Namespace, length: int, device: torch.device):
     torch.manual_seed(0)
+    n_heads = args.d_model // args.head_dim if args.head_dim else args.n_heads
     config = ModelConfig(
-        d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, max_seq_len=length, positional=positional
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=n_heads,
+        max_seq_len=length,
+        positional=positional,
+        attn_impl=args.tapa_impl if positional == "tapa" else "auto",
     )
     model = TapaLM(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
@@ -49,6 +56,8 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=192)
     parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, help="sets the heads to d_model / head_dim (overrides --n-heads)")
+    parser.add_argument("--tapa-impl", default="auto", help="attention kernel of the TAPA model")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the results here")
@@ -56,7 +65,11 @@ def main() -> None:
     device = torch.device(args.device)
 
     rows = []
-    print(f"# training tokens/s, {args.d_model}x{args.n_layers} layers, {args.tokens_per_step} tokens/step, {device}")
+    head_dim = args.head_dim or args.d_model // args.n_heads
+    print(
+        f"# training tokens/s, d_model {args.d_model}, {args.n_layers} layers, head_dim {head_dim}, "
+        f"{args.tokens_per_step} tokens/step, TAPA impl {args.tapa_impl}, {device}, {torch.get_num_threads()} threads"
+    )
     print(f"| L | {' | '.join(f'{s} tok/s' for s in args.schemes)} | {args.schemes[0]} / {args.schemes[-1]} |")
     print("|---" * (len(args.schemes) + 2) + "|")
     for length in args.lengths:

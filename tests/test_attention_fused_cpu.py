@@ -161,3 +161,31 @@ def test_auto_picks_fused_on_cpu_and_model_decoding_matches_reference():
     cache = fused.new_cache()
     steps = [fused(ids[:, :200], cache)] + [fused(ids[:, i : i + 1], cache) for i in range(200, 300)]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_strided_key_views_equal_contiguous_copies():
+    # the key parts are slices of the keys (row stride D, not d): read in place, same result
+    q, k, v = (torch.randn(2, 4, 50, 24, dtype=torch.float64) for _ in range(3))
+    views = quadratic_parts(q, k, 0.25)
+    assert not views.ka.is_contiguous() and views.ka.data_ptr() == k.data_ptr()
+    d_out = torch.randn(2, 4, 50, 24, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_(True) for t in (*views, v)]  # detach keeps the strides
+    out = fused_cpu_attention(Parts(*leaves[:4]), leaves[4], alpha=0.1, causal=True, block_q=16, block_k=16)
+    grads = torch.autograd.grad(out, leaves, d_out)
+    copies = Parts(*(t.contiguous() for t in views))
+    ref_out, ref_grads = run(fused_cpu_attention, copies, v, d_out, alpha=0.1, causal=True, block_q=16, block_k=16)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    for g, rg in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, rg, rtol=0, atol=0)
+
+
+def test_gradients_bit_identical_between_runs():
+    # exact resume after a kill needs a deterministic backward (dq is summed over threads)
+    q, k, v = (torch.randn(1, 2, 700, 32) for _ in range(3))
+    d_out = torch.randn(1, 2, 700, 32)
+    parts = quadratic_parts(q, k, 0.5)
+    first = run(fused_cpu_attention, parts, v, d_out, alpha=0.1, causal=True, block_q=32, block_k=32)
+    for _ in range(3):
+        again = run(fused_cpu_attention, parts, v, d_out, alpha=0.1, causal=True, block_q=32, block_k=32)
+        assert torch.equal(again[0], first[0])
+        assert all(torch.equal(a, b) for a, b in zip(again[1], first[1], strict=True))

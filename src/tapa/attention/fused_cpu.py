@@ -113,15 +113,16 @@ def unavailable_reason() -> str | None:
     return None if _state["ok"] else str(_state["reason"])
 
 
-def _contiguous(*ts: torch.Tensor) -> list[torch.Tensor]:
-    return [t.contiguous() for t in ts]
+def _unit_stride(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """The kernel reads rows with any stride (slices of a head need no copy) but unit stride within a row."""
+    return [t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in ts]
 
 
 class _FusedTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_q, block_k, splits):
         dtype = compute_dtype(qa.dtype)
-        qa, ka, qp, kp, vc = _contiguous(*(t.to(dtype) for t in (qa, ka, qp, kp, v)))
+        qa, ka, qp, kp, vc = _unit_stride(*(t.to(dtype) for t in (qa, ka, qp, kp, v)))
         out, lse = torch.ops.tapa_fused_cpu.forward(
             qa, ka, qp, kp, vc, alpha, causal, q_offset, k_offset, block_q, block_k, splits
         )

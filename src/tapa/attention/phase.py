@@ -5,8 +5,9 @@ Every TAPA variant is computed by one kernel that sees four tensors, already sca
     score(m, n) = (qa . ka) * cos(2 pi |m - n|^alpha * (qp . kp))
 
 - ``quadratic`` (Eq. 12, the default): qa, ka are the first D_A = theta*D coordinates
-  scaled by D_A^(-1/4) each (so their dot product carries 1/sqrt(D_A)); qp, kp the last
-  D_P = D - D_A coordinates scaled by D_P^(-1/4) each.
+  and qp, kp the last D_P = D - D_A; the queries carry the scales (qa = q_A / sqrt(D_A),
+  qp = q_P / sqrt(D_P)), so that the key parts are views of the keys, never copied (a KV
+  cache is read in place when decoding).
 - ``quadratic_full`` (Eq. 9/10): learnable per-head D x D matrices M and N,
   qa = q M, ka = k, qp = q N, kp = k. Initialised to the Eq. 13 blocks, so at
   initialisation it equals ``quadratic``.
@@ -47,8 +48,7 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
-    sa, sp = d_a**-0.25, d_p**-0.25
-    return Parts(q32[..., :d_a] * sa, k32[..., :d_a] * sa, q32[..., d_a:] * sp, k32[..., d_a:] * sp)
+    return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], q32[..., d_a:] * d_p**-0.5, k32[..., d_a:])
 
 
 def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
@@ -56,12 +56,11 @@ def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
-    sa = d_a**-0.25
     q_sum = q32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
     k_sum = k32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
     qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1)
     kp = torch.cat([torch.ones_like(k_sum), k_sum], dim=-1)
-    return Parts(q32[..., :d_a] * sa, k32[..., :d_a] * sa, qp, kp)
+    return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], qp, kp)
 
 
 def eq13_matrices(head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

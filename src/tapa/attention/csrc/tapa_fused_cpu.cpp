@@ -14,7 +14,8 @@
 // by the signed distance n - m, contiguous along a row of a tile.
 //
 // Parallelism: forward over (batch, head, query block, key split); backward over
-// (batch, kv head, key block), which owns its dk, dv rows, with per-thread dq buffers.
+// (batch, kv head, key block), which owns its dk, dv rows, with per-thread dq buffers
+// (statically assigned, so results are bit-identical from run to run at a given thread count).
 // Memory is O((Lq + Lk) * D) plus O(threads * block^2): linear in the sequence length.
 
 #include <ATen/ATen.h>
@@ -226,6 +227,22 @@ struct Geometry {
   int64_t table_index(int64_t q_index, int64_t ks) const { return (k_offset + ks) - (q_offset + q_index) - diff_min; }
 };
 
+// An input (B, H, L, d) with unit stride along d and any other strides (e.g. a slice of a
+// head's dimensions, so the key parts need no copy).
+template <typename T>
+struct Strided {
+  const T* data;
+  int64_t sb, sh, sr;
+  explicit Strided(const at::Tensor& t)
+      : data(t.data_ptr<T>()),
+        sb(t.stride(0)),
+        sh(t.stride(1)),
+        // a single row may carry any stride; BLAS wants a leading dimension >= its width
+        sr(t.size(2) == 1 ? std::max<int64_t>(t.stride(2), t.size(3)) : t.stride(2)) {}
+  const T* row(int64_t b, int64_t h, int64_t r) const { return data + b * sb + h * sh + r * sr; }
+  int ld() const { return static_cast<int>(sr); }
+};
+
 template <typename T>
 std::vector<T> distance_table(const Geometry& g, double alpha) {
   const int64_t diff_max = (g.k_offset + g.lk - 1) - g.q_offset;
@@ -264,7 +281,7 @@ void check_inputs(const std::vector<at::Tensor>& ts, int64_t block_q, int64_t bl
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "tapa fused cpu: float32 or float64 parts expected");
   for (const auto& t : ts) {
     TORCH_CHECK(t.device().is_cpu(), "tapa fused cpu: CPU tensors expected");
-    TORCH_CHECK(t.is_contiguous(), "tapa fused cpu: contiguous tensors expected");
+    TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, "tapa fused cpu: unit stride along the last dim expected");
     TORCH_CHECK(t.scalar_type() == dtype, "tapa fused cpu: all tensors must share one dtype");
     TORCH_CHECK(t.dim() == 4 || t.dim() == 3, "tapa fused cpu: 4-d tensors expected");
   }
@@ -274,8 +291,8 @@ void check_inputs(const std::vector<at::Tensor>& ts, int64_t block_q, int64_t bl
 // ---- forward ----
 
 template <typename T>
-void forward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, const T* kp, const T* v, T* out,
-                    T* lse, int64_t splits, double alpha) {
+void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
+                    T* out, T* lse, int64_t splits, double alpha) {
   const std::vector<T> table = distance_table<T>(g, alpha);
   const int64_t nqb = g.q_blocks(), nkb = g.k_blocks();
   const int64_t tasks = g.batch * g.heads * nqb * splits;
@@ -305,18 +322,15 @@ void forward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, co
       const int64_t kblocks = (end + BK - 1) / BK;
       const int64_t per_split = (kblocks + splits - 1) / splits;
       const int64_t kb0 = split * per_split, kb1 = std::min(kblocks, kb0 + per_split);
-      const T* qa_b = qa + ((b * g.heads + h) * g.lq + qs) * g.da;
-      const T* qp_b = qp + ((b * g.heads + h) * g.lq + qs) * g.dp;
-      const T* ka_h = ka + (b * g.kv_heads + hk) * g.lk * g.da;
-      const T* kp_h = kp + (b * g.kv_heads + hk) * g.lk * g.dp;
-      const T* v_h = v + (b * g.kv_heads + hk) * g.lk * g.dv;
+      const T* qa_b = qa.row(b, h, qs);
+      const T* qp_b = qp.row(b, h, qs);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), T(0));
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
-        gemm(false, true, bq, bk, g.da, T(1), qa_b, g.da, ka_h + ks * g.da, g.da, T(0), s_buf.data(), BK);
-        gemm(false, true, bq, bk, g.dp, T(1), qp_b, g.dp, kp_h + ks * g.dp, g.dp, T(0), p_buf.data(), BK);
+        gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
+        gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
         for (int64_t i = 0; i < bq; ++i) {
           T* s = s_buf.data() + i * BK;
           const int n = g.visible(qs + i, ks, bk);
@@ -337,7 +351,7 @@ void forward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, co
           }
           m[i] = m_new;
         }
-        gemm(false, false, bq, g.dv, bk, T(1), s_buf.data(), BK, v_h + ks * g.dv, g.dv, T(1), acc.data(), g.dv);
+        gemm(false, false, bq, g.dv, bk, T(1), s_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
       }
       for (int64_t i = 0; i < bq; ++i) {
         const int64_t row = (b * g.heads + h) * g.lq + qs + i;
@@ -397,8 +411,8 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
     splits = row_tasks >= threads ? 1 : std::min<int64_t>((threads + row_tasks - 1) / row_tasks, g.k_blocks());
   }
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "tapa_fused_forward", [&] {
-    forward_kernel<scalar_t>(g, qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), qp.data_ptr<scalar_t>(),
-                             kp.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+    forward_kernel<scalar_t>(g, Strided<scalar_t>(qa), Strided<scalar_t>(ka), Strided<scalar_t>(qp),
+                             Strided<scalar_t>(kp), Strided<scalar_t>(v), out.data_ptr<scalar_t>(),
                              lse.data_ptr<scalar_t>(), std::max<int64_t>(1, splits), alpha);
   });
   return {out, lse};
@@ -407,9 +421,9 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
 // ---- backward ----
 
 template <typename T>
-void backward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, const T* kp, const T* v, const T* d_out,
-                     const T* lse, const T* delta, T* dqa_all, T* dqp_all, T* dka, T* dkp, T* dv, int threads,
-                     double alpha) {
+void backward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
+                     const T* d_out, const T* lse, const T* delta, T* dqa_all, T* dqp_all, T* dka, T* dkp, T* dv,
+                     int threads, double alpha) {
   const std::vector<T> table = distance_table<T>(g, alpha);
   const int64_t nqb = g.q_blocks(), nkb = g.k_blocks();
   const int64_t tasks = g.batch * g.kv_heads * nkb;
@@ -424,15 +438,17 @@ void backward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, c
     T* dqa = dqa_all + tid * q_elems_a;
     T* dqp = dqp_all + tid * q_elems_p;
     std::vector<T> a_buf(BQ * BK), p_buf(BQ * BK), g_buf(BQ * BK), prob(BQ * BK);
-#pragma omp for schedule(dynamic, 1)
+    // static round-robin: which thread adds which key block into its dq buffer, and so the
+    // order of the final sum, depends only on the thread count: gradients are bit-reproducible
+#pragma omp for schedule(static, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t kb = t % nkb, bh = t / nkb;
       const int64_t b = bh / g.kv_heads, hk = bh % g.kv_heads;
       const int64_t ks = kb * BK, bk = std::min(ks + BK, g.lk) - ks;
       const int64_t kv_row = (b * g.kv_heads + hk) * g.lk + ks;
-      const T* ka_b = ka + kv_row * g.da;
-      const T* kp_b = kp + kv_row * g.dp;
-      const T* v_b = v + kv_row * g.dv;
+      const T* ka_b = ka.row(b, hk, ks);
+      const T* kp_b = kp.row(b, hk, ks);
+      const T* v_b = v.row(b, hk, ks);
       T* dka_b = dka + kv_row * g.da;
       T* dkp_b = dkp + kv_row * g.dp;
       T* dv_b = dv + kv_row * g.dv;
@@ -442,12 +458,12 @@ void backward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, c
           const int64_t qs = qb * BQ, qe = std::min(qs + BQ, g.lq), bq = qe - qs;
           if (g.visible(qe - 1, ks, bk) == 0) continue;  // no query of the block sees these keys
           const int64_t q_row = (b * g.heads + h) * g.lq + qs;
-          const T* qa_b = qa + q_row * g.da;
-          const T* qp_b = qp + q_row * g.dp;
+          const T* qa_b = qa.row(b, h, qs);
+          const T* qp_b = qp.row(b, h, qs);
           const T* do_b = d_out + q_row * g.dv;
-          gemm(false, true, bq, bk, g.da, T(1), qa_b, g.da, ka_b, g.da, T(0), a_buf.data(), BK);
-          gemm(false, true, bq, bk, g.dp, T(1), qp_b, g.dp, kp_b, g.dp, T(0), p_buf.data(), BK);
-          gemm(false, true, bq, bk, g.dv, T(1), do_b, g.dv, v_b, g.dv, T(0), g_buf.data(), BK);
+          gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka_b, ka.ld(), T(0), a_buf.data(), BK);
+          gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp_b, kp.ld(), T(0), p_buf.data(), BK);
+          gemm(false, true, bq, bk, g.dv, T(1), do_b, g.dv, v_b, v.ld(), T(0), g_buf.data(), BK);
           for (int64_t i = 0; i < bq; ++i) {
             const int64_t off = i * BK;
             const T row_lse = lse[q_row + i];
@@ -458,10 +474,10 @@ void backward_kernel(const Geometry& g, const T* qa, const T* ka, const T* qp, c
                             static_cast<int>(bk), row_lse, delta[q_row + i]);
           }
           gemm(true, false, bk, g.dv, bq, T(1), prob.data(), BK, do_b, g.dv, T(1), dv_b, g.dv);
-          gemm(false, false, bq, g.da, bk, T(1), a_buf.data(), BK, ka_b, g.da, T(1), dqa + q_row * g.da, g.da);
-          gemm(false, false, bq, g.dp, bk, T(1), p_buf.data(), BK, kp_b, g.dp, T(1), dqp + q_row * g.dp, g.dp);
-          gemm(true, false, bk, g.da, bq, T(1), a_buf.data(), BK, qa_b, g.da, T(1), dka_b, g.da);
-          gemm(true, false, bk, g.dp, bq, T(1), p_buf.data(), BK, qp_b, g.dp, T(1), dkp_b, g.dp);
+          gemm(false, false, bq, g.da, bk, T(1), a_buf.data(), BK, ka_b, ka.ld(), T(1), dqa + q_row * g.da, g.da);
+          gemm(false, false, bq, g.dp, bk, T(1), p_buf.data(), BK, kp_b, kp.ld(), T(1), dqp + q_row * g.dp, g.dp);
+          gemm(true, false, bk, g.da, bq, T(1), a_buf.data(), BK, qa_b, qa.ld(), T(1), dka_b, g.da);
+          gemm(true, false, bk, g.dp, bq, T(1), p_buf.data(), BK, qp_b, qp.ld(), T(1), dkp_b, g.dp);
         }
       }
     }
@@ -473,17 +489,19 @@ std::vector<at::Tensor> tapa_backward(const at::Tensor& qa, const at::Tensor& ka
                                       const at::Tensor& lse, const at::Tensor& delta, double alpha, bool causal,
                                       int64_t q_offset, int64_t k_offset, int64_t block_q, int64_t block_k) {
   check_inputs({qa, ka, qp, kp, v, d_out, lse, delta}, block_q, block_k);
+  TORCH_CHECK(d_out.is_contiguous() && lse.is_contiguous() && delta.is_contiguous(), "tapa fused cpu: contiguous grads");
   const Geometry g = make_geometry(qa, ka, qp, v, causal, q_offset, k_offset, block_q, block_k);
-  auto dka = at::zeros_like(ka), dkp = at::zeros_like(kp), dv = at::zeros_like(v);
-  if (g.lq == 0 || g.lk == 0) return {at::zeros_like(qa), dka, at::zeros_like(qp), dkp, dv};
+  auto dka = at::zeros(ka.sizes(), ka.options()), dkp = at::zeros(kp.sizes(), kp.options());
+  auto dv = at::zeros(v.sizes(), v.options());
+  if (g.lq == 0 || g.lk == 0) return {at::zeros(qa.sizes(), qa.options()), dka, at::zeros(qp.sizes(), qp.options()), dkp, dv};
   const int64_t tasks = g.batch * g.kv_heads * g.k_blocks();
   const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(tasks)));
   // per-thread dq buffers: key-block tasks of one head write the same dq rows
   auto dqa = at::zeros({threads, g.batch, g.heads, g.lq, g.da}, qa.options());
   auto dqp = at::zeros({threads, g.batch, g.heads, g.lq, g.dp}, qa.options());
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "tapa_fused_backward", [&] {
-    backward_kernel<scalar_t>(g, qa.data_ptr<scalar_t>(), ka.data_ptr<scalar_t>(), qp.data_ptr<scalar_t>(),
-                              kp.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), d_out.data_ptr<scalar_t>(),
+    backward_kernel<scalar_t>(g, Strided<scalar_t>(qa), Strided<scalar_t>(ka), Strided<scalar_t>(qp),
+                              Strided<scalar_t>(kp), Strided<scalar_t>(v), d_out.data_ptr<scalar_t>(),
                               lse.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), dqa.data_ptr<scalar_t>(),
                               dqp.data_ptr<scalar_t>(), dka.data_ptr<scalar_t>(), dkp.data_ptr<scalar_t>(),
                               dv.data_ptr<scalar_t>(), threads, alpha);
