@@ -13,8 +13,8 @@ from tapa.errors import ConfigError
 
 # On CPU, "auto" uses the fused kernel whenever it could be built (tapa.attention.fused_cpu):
 # it is faster than the reference and the chunked kernel at every size measured, decoding
-# included (docs/benchmarks.md). Without it (or on other devices) "auto" keeps the reference (one batched matmul per step) for decoding (a few query rows)
-# and for short sequences, while all score matrices fit a modest budget; otherwise the
+# included (docs/benchmarks.md). Without it (or on other devices) "auto" keeps the
+# reference (one batched matmul per step) for decoding (a few query rows) and for short sequences, while all score matrices fit a modest budget; otherwise the
 # chunked kernel is faster and its memory stays linear. Measured on CPU, whole-model
 # forward + backward (d_model 192, 4 layers, 4 heads): reference and chunked are level at
 # L = 64 and 128, chunked is 1.25x faster at L = 256 (B = 32) and 2.6x at L = 512 (B = 16);
@@ -92,8 +92,8 @@ def tapa_attention(
     passes ``q_offset = Lk - Lq``). ``impl``: ``"reference"`` materialises the score
     matrix, ``"chunked"`` works tile by tile with O(L) memory and exact gradients
     (plain PyTorch), ``"fused"`` is the same algorithm as one C++ kernel on CPU, and
-    ``"auto"`` picks fused on CPU when it is available, else chunked for large inputs. Scores, phases and the softmax are computed
-    in float32; the output has the dtype of q.
+    ``"auto"`` picks fused on CPU when it is available, else chunked for large inputs.
+    Scores, phases and the softmax are computed in float32; the output has the dtype of q.
     """
     check_qkv(q, k, v)
     parts = quadratic_parts(q, k, theta)
