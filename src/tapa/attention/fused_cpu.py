@@ -164,4 +164,9 @@ def fused_cpu_attention(
     if not fused_cpu_available():
         raise RuntimeError(f"the fused CPU kernel is unavailable: {_state['reason']}")
     args = (float(alpha), bool(causal), int(q_offset), int(k_offset), int(block_q), int(block_k), int(splits))
-    return _FusedTapa.apply(*parts, v, *args)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*parts, v)):
+        return _FusedTapa.apply(*parts, v, *args)
+    # inference (decoding): the op directly, without the autograd wrapper's overhead
+    dtype = compute_dtype(parts.qa.dtype)
+    out, _ = torch.ops.tapa_fused_cpu.forward(*_unit_stride(*(t.to(dtype) for t in (*parts, v))), *args)
+    return out.to(v.dtype)

@@ -27,6 +27,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #if defined(TAPA_AVX2)
@@ -61,6 +64,39 @@ void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, 
           double beta, double* c, int ldc) {
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   dgemm_(&cb, &ca, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+}
+
+// Few query rows (decoding): products as plain vector loops. BLAS's gemv path costs more
+// than the memory traffic it has to do, which is all there is to a decoding step.
+constexpr int64_t kFewRows = 4;
+
+template <typename T>
+void few_rows_scores(int64_t rows, int64_t cols, int64_t d, const T* q, int64_t ldq, const T* k, int64_t ldk, T* out,
+                     int64_t ldo) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* qi = q + i * ldq;
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* kj = k + j * ldk;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = 0; t < d; ++t) sum += qi[t] * kj[t];
+      out[i * ldo + j] = sum;
+    }
+  }
+}
+
+template <typename T>
+void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const T* p, int64_t ldp, const T* v, int64_t ldv,
+                         T* acc) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* a = acc + i * dv;
+    for (int64_t j = 0; j < cols; ++j) {
+      const T w = p[i * ldp + j];
+      const T* vj = v + j * ldv;
+#pragma omp simd
+      for (int64_t t = 0; t < dv; ++t) a[t] += w * vj[t];
+    }
+  }
 }
 
 // One BLAS thread inside each of our OpenMP threads (MKL; other BLAS run serially here anyway).
@@ -243,14 +279,33 @@ struct Strided {
   int ld() const { return static_cast<int>(sr); }
 };
 
+// 2 pi d^alpha for d = 0 .. n-1, kept between calls (decoding would otherwise recompute a
+// power per cached token at every step); grown on demand, one table per (dtype, alpha).
+template <typename T>
+std::shared_ptr<const std::vector<T>> power_table(double alpha, int64_t n) {
+  static std::mutex mutex;
+  static std::map<double, std::shared_ptr<const std::vector<T>>> tables;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& table = tables[alpha];
+  if (!table || static_cast<int64_t>(table->size()) < n) {
+    auto grown = std::make_shared<std::vector<T>>(static_cast<size_t>(std::max<int64_t>(n, 2 * (table ? table->size() : 0))));
+    const T two_pi = static_cast<T>(kTwoPi), a = static_cast<T>(alpha);
+    for (size_t d = 0; d < grown->size(); ++d) (*grown)[d] = two_pi * std::pow(static_cast<T>(d), a);
+    table = grown;
+  }
+  return table;
+}
+
+// The factor of every signed distance (key position - query position) this call meets:
+// table[diff - diff_min] = 2 pi |diff|^alpha, so a tile row reads it contiguously.
 template <typename T>
 std::vector<T> distance_table(const Geometry& g, double alpha) {
   const int64_t diff_max = (g.k_offset + g.lk - 1) - g.q_offset;
+  const int64_t far = std::max<int64_t>(std::abs(g.diff_min), std::abs(diff_max));
+  const auto powers = power_table<T>(alpha, far + 1);
   std::vector<T> table(static_cast<size_t>(diff_max - g.diff_min + 1));
-  const T two_pi = static_cast<T>(kTwoPi), a = static_cast<T>(alpha);
   for (int64_t d = g.diff_min; d <= diff_max; ++d) {
-    const T dist = static_cast<T>(d < 0 ? -d : d);
-    table[static_cast<size_t>(d - g.diff_min)] = two_pi * std::pow(dist, a);
+    table[static_cast<size_t>(d - g.diff_min)] = (*powers)[static_cast<size_t>(d < 0 ? -d : d)];
   }
   return table;
 }
@@ -329,8 +384,13 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
       std::fill(l.begin(), l.end(), T(0));
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
-        gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
-        gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
+        if (bq <= kFewRows) {
+          few_rows_scores(bq, bk, g.da, qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), s_buf.data(), BK);
+          few_rows_scores(bq, bk, g.dp, qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), p_buf.data(), BK);
+        } else {
+          gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
+          gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
+        }
         for (int64_t i = 0; i < bq; ++i) {
           T* s = s_buf.data() + i * BK;
           const int n = g.visible(qs + i, ks, bk);
@@ -351,7 +411,11 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
           }
           m[i] = m_new;
         }
-        gemm(false, false, bq, g.dv, bk, T(1), s_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
+        if (bq <= kFewRows) {
+          few_rows_accumulate(bq, bk, g.dv, s_buf.data(), BK, v.row(b, hk, ks), v.ld(), acc.data());
+        } else {
+          gemm(false, false, bq, g.dv, bk, T(1), s_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
+        }
       }
       for (int64_t i = 0; i < bq; ++i) {
         const int64_t row = (b * g.heads + h) * g.lq + qs + i;
