@@ -8,6 +8,7 @@ from tapa.attention.chunked import DEFAULT_BLOCK, chunked_attention
 from tapa.attention.fused_cpu import fused_cpu_attention, fused_cpu_available
 from tapa.attention.phase import Parts, quadratic_parts
 from tapa.attention.reference import reference_attention
+from tapa.attention.triton_kernel import triton_attention, triton_available
 from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
 from tapa.errors import ConfigError
 
@@ -33,6 +34,8 @@ def resolve_impl(impl: str, batch: int, heads: int, lq: int, lk: int, device: to
         return impl
     if (device is None or device.type == "cpu") and fused_cpu_available():
         return "fused"
+    if device is not None and device.type == "cuda" and triton_available():
+        return "triton"
     decoding = lq <= AUTO_DECODE_ROWS and lq * lk <= AUTO_MAX_PER_HEAD
     small = (decoding or lq * lk <= AUTO_MAX_SHORT) and batch * heads * lq * lk <= AUTO_MAX_TOTAL
     return "reference" if small else "chunked"
@@ -67,6 +70,14 @@ def tapa_attention_parts(
             raise ConfigError("impl: the fused CPU kernel could not be built on this machine; use impl='auto'")
         out = fused_cpu_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
         return out.to(parts.qa.dtype)
+    if chosen == "triton":
+        if not triton_available():
+            raise ConfigError("impl: 'triton' needs the triton package: pip install 'tapa[triton]'")
+        dtype = parts.qa.dtype
+        if v.dtype in (torch.bfloat16, torch.float16):  # half-precision products, float32 phases in the kernel
+            parts = Parts(*(t.to(v.dtype) for t in parts))
+        out = triton_attention(parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset)
+        return out.to(dtype)
     out = chunked_attention(
         parts, v, alpha=alpha, causal=causal, q_offset=q_offset, k_offset=k_offset, block_size=block_size
     )
@@ -92,8 +103,9 @@ def tapa_attention(
     with ``causal`` a query sees the keys at its own position or before (KV-cache decoding
     passes ``q_offset = Lk - Lq``). ``impl``: ``"reference"`` materialises the score
     matrix, ``"chunked"`` works tile by tile with O(L) memory and exact gradients
-    (plain PyTorch), ``"fused"`` is the same algorithm as one C++ kernel on CPU, and
-    ``"auto"`` picks fused on CPU when it is available, else chunked for large inputs.
+    (plain PyTorch), ``"fused"`` is the same algorithm as one C++ kernel on CPU,
+    ``"triton"`` as Triton kernels on CUDA, and ``"auto"`` picks fused on CPU and triton on
+    CUDA when they are available, else chunked for large inputs.
     Scores, phases and the softmax are computed in float32; the output has the dtype of q.
     """
     check_qkv(q, k, v)

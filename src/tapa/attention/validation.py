@@ -8,7 +8,7 @@ import torch
 
 from tapa.errors import ConfigError, ShapeError
 
-IMPLS = ("auto", "reference", "chunked", "fused")
+IMPLS = ("auto", "reference", "chunked", "fused", "triton")
 
 
 def check_alpha(alpha: float) -> float:

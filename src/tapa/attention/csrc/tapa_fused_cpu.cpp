@@ -8,8 +8,7 @@
 //     da = dS * cos(c p),  dp = -dS * a * c * sin(c p)
 //     dqa = da ka, dka = da^T qa, dqp = dp kp, dkp = dp^T qp, dv = P^T dO
 // Each tile costs matrix products (BLAS sgemm/dgemm from libtorch, one thread per task)
-// and one vectorised elementwise pass (SLEEF cos/sin (3.5 ulp) and exp (1 ulp) from libtorch
-// on AVX2), so the
+// and one vectorised elementwise pass (AVX2 polynomial cos/sin/exp), so the
 // scores never leave the cache. The distance factor c is read from a 1-D table indexed
 // by the signed distance n - m, contiguous along a row of a tile.
 //
@@ -34,11 +33,6 @@
 
 #if defined(TAPA_AVX2)
 #include <immintrin.h>
-extern "C" {
-__m256 Sleef_cosf8_u35avx2(__m256);
-__m256 Sleef_sinf8_u35avx2(__m256);
-__m256 Sleef_expf8_u10avx2(__m256);
-}
 #endif
 
 extern "C" {
@@ -152,6 +146,59 @@ void backward_row(T* a, T* p, const T* g, T* prob, const T* c, int n, int bk, T 
 }
 
 #if defined(TAPA_AVX2)
+// float32 cos, sin and exp on 8 lanes (Cephes-style minimax polynomials). The phase is
+// reduced modulo pi/2 in three FMA steps (Cody-Waite): error ~1e-7 absolute for |x| up to
+// ~1e5, past which a float32 phase has no fractional digits left anyway. exp is the
+// Cephes expf polynomial (~1 ulp); it gives 0 below -87.3 and keeps NaN.
+struct SinCos {
+  __m256 sin, cos;
+};
+
+inline SinCos sincos8(__m256 x) {
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.636619772367581343f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.5703125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(4.837512969970703125e-4f), r);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(7.54978995489188216e-8f), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 ps = _mm256_fmadd_ps(_mm256_set1_ps(-1.9515295891e-4f), r2, _mm256_set1_ps(8.3321608736e-3f));
+  ps = _mm256_fmadd_ps(ps, r2, _mm256_set1_ps(-1.6666654611e-1f));
+  ps = _mm256_fmadd_ps(_mm256_mul_ps(ps, r2), r, r);  // sin r
+  __m256 pc = _mm256_fmadd_ps(_mm256_set1_ps(2.443315711809948e-5f), r2, _mm256_set1_ps(-1.388731625493765e-3f));
+  pc = _mm256_fmadd_ps(pc, r2, _mm256_set1_ps(4.166664568298827e-2f));
+  pc = _mm256_fmadd_ps(_mm256_mul_ps(pc, r2), r2, _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), r2, _mm256_set1_ps(1.0f)));
+  // quadrant q = n mod 4: sin x = (sin r, cos r, -sin r, -cos r)[q], cos x = (cos r, -sin r, -cos r, sin r)[q]
+  const __m256i q = _mm256_cvtps_epi32(n);
+  const __m256 swap = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(q, _mm256_set1_epi32(1)),
+                                                             _mm256_set1_epi32(1)));
+  const __m256 sin_sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(q, _mm256_set1_epi32(2)), 30));
+  const __m256 cos_sign = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(q, _mm256_set1_epi32(1)), _mm256_set1_epi32(2)), 30));
+  const __m256 sin_x = _mm256_xor_ps(_mm256_blendv_ps(ps, pc, swap), sin_sign);
+  const __m256 cos_x = _mm256_xor_ps(_mm256_blendv_ps(pc, ps, swap), cos_sign);
+  return {sin_x, cos_x};
+}
+
+inline __m256 cos8(__m256 x) { return sincos8(x).cos; }
+
+inline __m256 exp8(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  // max/min return their second operand when either is NaN: x second keeps NaN
+  x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
 inline float hmax(__m256 v) {
   alignas(32) float x[8];
   _mm256_store_ps(x, v);
@@ -176,7 +223,7 @@ float scores_row<float>(float* a, const float* p, const float* c, int n) {
   int j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 ph = _mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j));
-    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a + j), Sleef_cosf8_u35avx2(ph));
+    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(ph));
     _mm256_storeu_ps(a + j, s);
     vmax = _mm256_max_ps(vmax, s);
     vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
@@ -196,7 +243,7 @@ float exp_row<float>(float* s, int n, int bk, float m) {
   __m256 vsum = _mm256_setzero_ps();
   int j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 e = Sleef_expf8_u10avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
     _mm256_storeu_ps(s + j, e);
     vsum = _mm256_add_ps(vsum, e);
   }
@@ -218,8 +265,9 @@ void backward_row<float>(float* a, float* p, const float* g, float* prob, const 
   for (; j + 8 <= n; j += 8) {
     const __m256 vc = _mm256_loadu_ps(c + j), va = _mm256_loadu_ps(a + j);
     const __m256 ph = _mm256_mul_ps(vc, _mm256_loadu_ps(p + j));
-    const __m256 cs = Sleef_cosf8_u35avx2(ph), sn = Sleef_sinf8_u35avx2(ph);
-    const __m256 pr = Sleef_expf8_u10avx2(_mm256_sub_ps(_mm256_mul_ps(va, cs), vlse));
+    const SinCos sc = sincos8(ph);
+    const __m256 cs = sc.cos, sn = sc.sin;
+    const __m256 pr = exp8(_mm256_sub_ps(_mm256_mul_ps(va, cs), vlse));
     const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(_mm256_loadu_ps(g + j), vdelta));
     _mm256_storeu_ps(prob + j, pr);
     const __m256 dp = _mm256_mul_ps(_mm256_mul_ps(ds, va), _mm256_mul_ps(vc, sn));
