@@ -34,8 +34,8 @@ from tapa.attention.phase import Parts, compute_dtype
 from tapa.utils.files import cache_root
 
 SOURCE = Path(__file__).with_name("csrc") / "tapa_fused_cpu.cpp"
-DEFAULT_BLOCK_Q = 64
-DEFAULT_BLOCK_K = 128
+DEFAULT_BLOCK_Q = 128
+DEFAULT_BLOCK_K = 256
 
 _state: dict[str, object] = {}
 
