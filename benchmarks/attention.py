@@ -8,6 +8,8 @@ a Markdown table with the ratios TAPA / SDPA from the same run.
     python benchmarks/attention.py                      # L = 1K..8K, B=1, H=4, D=64, causal
     python benchmarks/attention.py --lengths 1024 2048 --repeats 5 --json out.json
     python benchmarks/attention.py --methods tapa_fused tapa_chunked --lengths 4096 16384
+    python benchmarks/attention.py --device cuda --dtype bfloat16 --methods tapa_triton tapa_chunked \
+        --lengths 2048 8192 16384 32768 --max-reference-len 0
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def methods(head_dim: int) -> dict[str, Callable]:
         "tapa_reference": lambda q, k, v: tapa_attention(q, k, v, impl="reference"),
         "tapa_chunked": lambda q, k, v: tapa_attention(q, k, v, impl="chunked"),
         "tapa_fused": lambda q, k, v: tapa_attention(q, k, v, impl="fused"),
+        "tapa_triton": lambda q, k, v: tapa_attention(q, k, v, impl="triton"),
         "rope_sdpa": rope_sdpa(rope),
     }
 
@@ -51,8 +54,7 @@ def methods(head_dim: int) -> dict[str, Callable]:
 def selected(args: argparse.Namespace) -> dict[str, Callable]:
     """The methods asked for, always with the baseline (rope_sdpa) last."""
     every = methods(args.head_dim)
-    if args.device != "cpu":
-        every.pop("tapa_fused")
+    every.pop("tapa_fused" if args.device != "cpu" else "tapa_triton")
     names = [m for m in args.methods if m in every and m != "rope_sdpa"] + ["rope_sdpa"]
     return {name: every[name] for name in names}
 
@@ -200,7 +202,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-reference-len", type=int, default=8192)
     parser.add_argument(
-        "--methods", nargs="+", default=["tapa_reference", "tapa_chunked", "tapa_fused"], help="TAPA kernels to time"
+        "--methods",
+        nargs="+",
+        default=["tapa_reference", "tapa_chunked", "tapa_fused", "tapa_triton"],
+        help="TAPA kernels to time (tapa_fused on CPU only, tapa_triton on CUDA only)",
     )
     parser.add_argument("--json", help="also write the raw numbers here")
     parser.add_argument("--peak-only", help=argparse.SUPPRESS)

@@ -189,3 +189,22 @@ def test_gradients_bit_identical_between_runs():
         again = run(fused_cpu_attention, parts, v, d_out, alpha=0.1, causal=True, block_q=32, block_k=32)
         assert torch.equal(again[0], first[0])
         assert all(torch.equal(a, b) for a, b in zip(again[1], first[1], strict=True))
+
+
+def test_build_failure_falls_back_to_chunked_with_one_line_notice(monkeypatch, capsys):
+    import tapa.attention.fused_cpu as fused
+
+    def broken() -> None:
+        raise RuntimeError("Error building extension 'tapa_fused_cpu'\ng++: not found")
+
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setattr(fused, "_load", broken)
+    from tapa.attention import resolve_impl
+
+    assert resolve_impl("auto", 1, 2, 4096, 4096, torch.device("cpu")) == "chunked"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "g++: not found" in err and "using the chunked kernel" in err
+    assert resolve_impl("auto", 1, 2, 4096, 4096, torch.device("cpu")) == "chunked"
+    assert capsys.readouterr().err == ""  # said once per process
+    with pytest.raises(Exception, match="could not be built"):
+        tapa_attention(*(torch.randn(1, 1, 8, 4) for _ in range(3)), impl="fused")

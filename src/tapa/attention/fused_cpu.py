@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -71,23 +73,30 @@ def _load() -> None:
     from torch.utils import cpp_extension
 
     flags = _build_flags()
-    build = _build_dir(flags)
-    build.mkdir(parents=True, exist_ok=True)
-    lib = build / "tapa_fused_cpu.so"
+    lib = _build_dir(flags) / "tapa_fused_cpu.so"
     if lib.exists():
         torch.ops.load_library(str(lib))
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cpp_extension.load(
-            name="tapa_fused_cpu",
-            sources=[str(SOURCE)],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build),
-            is_python_module=False,
-            verbose=False,
-        )
+    # build in a private folder, then move the library into the cache atomically: a build
+    # killed half-way leaves no lock or partial library behind, and concurrent builds do
+    # not wait on each other
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=lib.parent, prefix=".build-"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cpp_extension.load(
+                name="tapa_fused_cpu",
+                sources=[str(SOURCE)],
+                extra_cflags=flags,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(tmp),
+                is_python_module=False,
+                verbose=False,
+            )
+        os.replace(tmp / "tapa_fused_cpu.so", lib)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fused_cpu_available() -> bool:

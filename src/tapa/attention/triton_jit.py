@@ -18,8 +18,22 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _tile(qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL: tl.constexpr,
-          PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _tile(
+    qa,
+    qp,
+    ka,
+    kp,
+    offs_m,
+    offs_n,
+    q_offset,
+    k_offset,
+    lq,
+    lk,
+    alpha,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Scores of one tile and what the backward needs: (s, a, c, cp, valid)."""
     amp = _dot(qa, tl.trans(ka), PRECISION, UPCAST)
     prod = _dot(qp, tl.trans(kp), PRECISION, UPCAST)
@@ -34,14 +48,53 @@ def _tile(qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAU
         valid = valid & (k_pos[None, :] <= q_pos[:, None])
     return s, amp, c, cp, valid
 
+
 @triton.jit
-def tapa_fwd(QA, KA, QP, KP, V, OUT, LSE,
-         sqa_b, sqa_h, sqa_l, ska_b, ska_h, ska_l, sqp_b, sqp_h, sqp_l, skp_b, skp_h, skp_l,
-         sv_b, sv_h, sv_l, so_b, so_h, so_l,
-         heads, groups, lq, lk, da, dp, dv, q_offset, k_offset, alpha,
-         CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-         DA: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr):
+def tapa_fwd(
+    QA,
+    KA,
+    QP,
+    KP,
+    V,
+    OUT,
+    LSE,
+    sqa_b,
+    sqa_h,
+    sqa_l,
+    ska_b,
+    ska_h,
+    ska_l,
+    sqp_b,
+    sqp_h,
+    sqp_l,
+    skp_b,
+    skp_h,
+    skp_l,
+    sv_b,
+    sv_h,
+    sv_l,
+    so_b,
+    so_h,
+    so_l,
+    heads,
+    groups,
+    lq,
+    lk,
+    da,
+    dp,
+    dv,
+    q_offset,
+    k_offset,
+    alpha,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DA: tl.constexpr,
+    DP: tl.constexpr,
+    DV: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
@@ -52,10 +105,16 @@ def tapa_fwd(QA, KA, QP, KP, V, OUT, LSE,
     offs_p = tl.arange(0, DP)
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < lq
-    qa = tl.load(QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-                 mask=row_ok[:, None] & (offs_a[None, :] < da), other=0.0)
-    qp = tl.load(QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-                 mask=row_ok[:, None] & (offs_p[None, :] < dp), other=0.0)
+    qa = tl.load(
+        QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
+        mask=row_ok[:, None] & (offs_a[None, :] < da),
+        other=0.0,
+    )
+    qp = tl.load(
+        QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
+        mask=row_ok[:, None] & (offs_p[None, :] < dp),
+        other=0.0,
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV], tl.float32)
@@ -65,28 +124,42 @@ def tapa_fwd(QA, KA, QP, KP, V, OUT, LSE,
     for start_n in range(0, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         col_ok = offs_n < lk
-        ka = tl.load(KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :],
-                     mask=col_ok[:, None] & (offs_a[None, :] < da), other=0.0)
-        kp = tl.load(KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :],
-                     mask=col_ok[:, None] & (offs_p[None, :] < dp), other=0.0)
-        s, _a, _c, _cp, valid = _tile(qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL,
-                                      PRECISION, UPCAST)
+        ka = tl.load(
+            KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :],
+            mask=col_ok[:, None] & (offs_a[None, :] < da),
+            other=0.0,
+        )
+        kp = tl.load(
+            KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :],
+            mask=col_ok[:, None] & (offs_p[None, :] < dp),
+            other=0.0,
+        )
+        s, _a, _c, _cp, valid = _tile(
+            qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+        )
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         corr = tl.exp(m_i - m_safe)
         l_i = l_i * corr + tl.sum(p, 1)
-        v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
-                    mask=col_ok[:, None] & (offs_v[None, :] < dv), other=0.0)
+        v = tl.load(
+            V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
+            mask=col_ok[:, None] & (offs_v[None, :] < dv),
+            other=0.0,
+        )
         acc = acc * corr[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
         m_i = m_new
     seen = l_i != 0.0  # NaN counts as seen: it propagates
     out = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
-    tl.store(OUT + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_v[None, :], out.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_v[None, :] < dv))
+    tl.store(
+        OUT + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_v[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_v[None, :] < dv),
+    )
     tl.store(LSE + bh * lq + offs_m, lse, mask=row_ok)
+
 
 @triton.jit
 def _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps):
@@ -98,14 +171,58 @@ def _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps):
     d_prod = -ds * amp * c * tl.sin(cp)
     return p, d_amp, d_prod
 
+
 @triton.jit
-def tapa_bwd_kv(QA, KA, QP, KP, V, DO, LSE, DELTA, DKA, DKP, DV_,
-            sqa_b, sqa_h, sqa_l, ska_b, ska_h, ska_l, sqp_b, sqp_h, sqp_l, skp_b, skp_h, skp_l,
-            sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
-            heads, kv_heads, groups, lq, lk, da, dp, dv, q_offset, k_offset, alpha,
-            CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            DA: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr):
+def tapa_bwd_kv(
+    QA,
+    KA,
+    QP,
+    KP,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DKA,
+    DKP,
+    DV_,
+    sqa_b,
+    sqa_h,
+    sqa_l,
+    ska_b,
+    ska_h,
+    ska_l,
+    sqp_b,
+    sqp_h,
+    sqp_l,
+    skp_b,
+    skp_h,
+    skp_l,
+    sv_b,
+    sv_h,
+    sv_l,
+    sdo_b,
+    sdo_h,
+    sdo_l,
+    heads,
+    kv_heads,
+    groups,
+    lq,
+    lk,
+    da,
+    dp,
+    dv,
+    q_offset,
+    k_offset,
+    alpha,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DA: tl.constexpr,
+    DP: tl.constexpr,
+    DV: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // kv_heads
@@ -132,17 +249,27 @@ def tapa_bwd_kv(QA, KA, QP, KP, V, DO, LSE, DELTA, DKA, DKP, DV_,
         for start_m in range(start, lq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < lq
-            qa = tl.load(QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-                         mask=row_ok[:, None] & (offs_a[None, :] < da), other=0.0)
-            qp = tl.load(QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-                         mask=row_ok[:, None] & (offs_p[None, :] < dp), other=0.0)
-            do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
-                         mask=row_ok[:, None] & (offs_v[None, :] < dv), other=0.0)
+            qa = tl.load(
+                QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
+                mask=row_ok[:, None] & (offs_a[None, :] < da),
+                other=0.0,
+            )
+            qp = tl.load(
+                QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
+                mask=row_ok[:, None] & (offs_p[None, :] < dp),
+                other=0.0,
+            )
+            do = tl.load(
+                DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
+                mask=row_ok[:, None] & (offs_v[None, :] < dv),
+                other=0.0,
+            )
             row = (b * heads + h) * lq + offs_m
             lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
             delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-            s, amp, c, cp, valid = _tile(qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL,
-                                         PRECISION, UPCAST)
+            s, amp, c, cp, valid = _tile(
+                qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+            )
             dps = _dot(do, tl.trans(v), PRECISION, UPCAST)
             p, d_amp, d_prod = _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps)
             dvv += _dot(tl.trans(p).to(do.dtype), do, PRECISION, UPCAST)
@@ -153,14 +280,56 @@ def tapa_bwd_kv(QA, KA, QP, KP, V, DO, LSE, DELTA, DKA, DKP, DV_,
     tl.store(DKP + base * dp + offs_p[None, :], dkp.to(DKP.dtype.element_ty), mask=mask_kp)
     tl.store(DV_ + base * dv + offs_v[None, :], dvv.to(DV_.dtype.element_ty), mask=mask_v)
 
+
 @triton.jit
-def tapa_bwd_q(QA, KA, QP, KP, V, DO, LSE, DELTA, DQA, DQP,
-           sqa_b, sqa_h, sqa_l, ska_b, ska_h, ska_l, sqp_b, sqp_h, sqp_l, skp_b, skp_h, skp_l,
-           sv_b, sv_h, sv_l, sdo_b, sdo_h, sdo_l,
-           heads, groups, lq, lk, da, dp, dv, q_offset, k_offset, alpha,
-           CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-           DA: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr):
+def tapa_bwd_q(
+    QA,
+    KA,
+    QP,
+    KP,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQA,
+    DQP,
+    sqa_b,
+    sqa_h,
+    sqa_l,
+    ska_b,
+    ska_h,
+    ska_l,
+    sqp_b,
+    sqp_h,
+    sqp_l,
+    skp_b,
+    skp_h,
+    skp_l,
+    sv_b,
+    sv_h,
+    sv_l,
+    sdo_b,
+    sdo_h,
+    sdo_l,
+    heads,
+    groups,
+    lq,
+    lk,
+    da,
+    dp,
+    dv,
+    q_offset,
+    k_offset,
+    alpha,
+    CAUSAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DA: tl.constexpr,
+    DP: tl.constexpr,
+    DV: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
@@ -171,12 +340,21 @@ def tapa_bwd_q(QA, KA, QP, KP, V, DO, LSE, DELTA, DQA, DQP,
     offs_p = tl.arange(0, DP)
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < lq
-    qa = tl.load(QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-                 mask=row_ok[:, None] & (offs_a[None, :] < da), other=0.0)
-    qp = tl.load(QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-                 mask=row_ok[:, None] & (offs_p[None, :] < dp), other=0.0)
-    do = tl.load(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
-                 mask=row_ok[:, None] & (offs_v[None, :] < dv), other=0.0)
+    qa = tl.load(
+        QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
+        mask=row_ok[:, None] & (offs_a[None, :] < da),
+        other=0.0,
+    )
+    qp = tl.load(
+        QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
+        mask=row_ok[:, None] & (offs_p[None, :] < dp),
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
+        mask=row_ok[:, None] & (offs_v[None, :] < dv),
+        other=0.0,
+    )
     row = bh * lq + offs_m
     lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
     delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
@@ -192,15 +370,25 @@ def tapa_bwd_q(QA, KA, QP, KP, V, DO, LSE, DELTA, DQA, DQP,
         mask_kp = col_ok[:, None] & (offs_p[None, :] < dp)
         ka = tl.load(KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :], mask=mask_ka, other=0.0)
         kp = tl.load(KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :], mask=mask_kp, other=0.0)
-        s, amp, c, cp, valid = _tile(qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL,
-                                     PRECISION, UPCAST)
-        v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
-                    mask=col_ok[:, None] & (offs_v[None, :] < dv), other=0.0)
+        s, amp, c, cp, valid = _tile(
+            qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+        )
+        v = tl.load(
+            V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
+            mask=col_ok[:, None] & (offs_v[None, :] < dv),
+            other=0.0,
+        )
         dps = _dot(do, tl.trans(v), PRECISION, UPCAST)
         _p, d_amp, d_prod = _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps)
         dqa += _dot(d_amp.to(ka.dtype), ka, PRECISION, UPCAST)
         dqp += _dot(d_prod.to(kp.dtype), kp, PRECISION, UPCAST)
-    tl.store(DQA + row[:, None] * da + offs_a[None, :], dqa.to(DQA.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_a[None, :] < da))
-    tl.store(DQP + row[:, None] * dp + offs_p[None, :], dqp.to(DQP.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_p[None, :] < dp))
+    tl.store(
+        DQA + row[:, None] * da + offs_a[None, :],
+        dqa.to(DQA.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_a[None, :] < da),
+    )
+    tl.store(
+        DQP + row[:, None] * dp + offs_p[None, :],
+        dqp.to(DQP.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_p[None, :] < dp),
+    )
