@@ -179,3 +179,20 @@ def test_auto_uses_chunked_for_large_inputs_and_matches(monkeypatch):
     auto = tapa_attention(q, k, v, impl="auto")
     ref = tapa_attention(q, k, v, impl="reference")
     assert rel_err(auto, ref) < 1e-4
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_nan_propagates_but_blind_rows_are_zero(impl):
+    # a NaN key reaches every query that sees it (a model with NaN weights must not produce
+    # finite logits); rows that see no key at all are exactly zero
+    q, k, v = torch.randn(1, 1, 12, 8), torch.randn(1, 1, 12, 8), torch.randn(1, 1, 12, 8)
+    k[0, 0, 6, 0] = float("nan")
+    parts = quadratic_parts(q, k, 0.5)
+    kw = {"alpha": 0.1, "causal": True, "q_offset": 0, "k_offset": 2}
+    if impl == "reference":
+        out = reference_attention(parts, v, **kw)
+    else:
+        out = chunked_attention(parts, v, block_size=4, **kw)
+    assert out[0, 0, :2].abs().max() == 0  # queries 0, 1 see no key (keys start at position 2)
+    assert torch.isfinite(out[0, 0, 2:8]).all()  # query 2..7 sees keys 2..7 = indices 0..5
+    assert torch.isnan(out[0, 0, 8:]).all()  # queries from position 8 see key index 6

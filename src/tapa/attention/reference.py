@@ -93,7 +93,13 @@ def reference_attention(
     k_pos = default_positions(lk, k_offset, device)
     scores = parts_scores(parts, q_pos, k_pos, alpha)
     if causal:
-        scores = scores.masked_fill(causal_mask(q_pos, k_pos), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0)  # rows with no visible key attend to nothing
+        future = causal_mask(q_pos, k_pos)
+        scores = scores.masked_fill(future, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        # rows with no visible key attend to nothing; a NaN anywhere else propagates
+        blind = future.all(-1, keepdim=True)
+        if bool(blind.any()):
+            probs = probs.masked_fill(blind, 0.0)
+    else:
+        probs = torch.softmax(scores, dim=-1)
     return probs @ _expand_heads(v.to(probs.dtype), parts.qa.shape[1])
