@@ -280,3 +280,36 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(tmp_path, c
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4), step
     assert len(list_checkpoints(tmp_path / "two")) == 2  # written once, by rank 0
+
+
+def test_resume_into_a_copy_and_after_a_move_writes_only_there(tmp_path, cache_dir):
+    # --out wins over the folder stored in train_config.json: runs are relocatable
+    args = ["train", *TINY, "--steps", "12", "--save-every", "4", "--eval-every", "0", "--no-progress"]
+    full = cli(*args, "--out", str(tmp_path / "full"), cache_dir=cache_dir)
+    assert full.returncode == 0, full.stderr
+    reference = read_metrics(tmp_path / "full")
+
+    original = tmp_path / "original"
+    partial = cli(*args, "--out", str(original), cache_dir=cache_dir)
+    assert partial.returncode == 0, partial.stderr
+    # pretend the run stopped after step 8: drop the last checkpoint, the final model and the late metrics
+    shutil.rmtree(list_checkpoints(original)[-1])
+    lines = (original / "metrics.jsonl").read_text().splitlines()
+    (original / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l).get("step", 0) <= 8) + "\n")
+    for name in ("model.safetensors", "config.json"):
+        (original / name).unlink(missing_ok=True)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    before = tree_digest(original)
+    res = cli("train", "--out", str(copy), "--resume", "--no-progress", cache_dir=cache_dir)
+    assert res.returncode == 0, res.stderr
+    assert tree_digest(original) == before  # the original is untouched
+    assert read_metrics(copy) == reference
+
+    moved = tmp_path / "moved"
+    original.rename(moved)
+    res = cli("train", "--out", str(moved), "--resume", "--no-progress", cache_dir=cache_dir)
+    assert res.returncode == 0, res.stderr
+    assert not original.exists()
+    assert read_metrics(moved) == reference

@@ -1,15 +1,19 @@
-"""TAPA attention: scores (Eq. 12), reference and memory-efficient chunked kernels, phase variants."""
+"""TAPA attention: scores (Eq. 12), the reference (oracle), chunked, fused CPU and Triton kernels, phase variants."""
 
 from tapa.attention.api import resolve_impl, tapa_attention, tapa_attention_parts
 from tapa.attention.chunked import chunked_attention
+from tapa.attention.fused_cpu import fused_cpu_attention, fused_cpu_available
 from tapa.attention.phase import PHASES, Parts, TapaPhase, linear_parts, quadratic_parts
 from tapa.attention.reference import parts_scores, phase_scale, reference_attention, tapa_scores
+from tapa.attention.triton_kernel import triton_attention, triton_available
 
 __all__ = [
     "PHASES",
     "Parts",
     "TapaPhase",
     "chunked_attention",
+    "fused_cpu_attention",
+    "fused_cpu_available",
     "linear_parts",
     "parts_scores",
     "phase_scale",
@@ -19,4 +23,6 @@ __all__ = [
     "tapa_attention",
     "tapa_attention_parts",
     "tapa_scores",
+    "triton_attention",
+    "triton_available",
 ]

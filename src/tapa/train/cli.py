@@ -129,7 +129,8 @@ def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainCon
     for name, value in model.items():
         if getattr(saved.model, name) != value:
             raise ConfigError(f"resume: the model's {name} is {getattr(saved.model, name)} in this run, not {value}")
-    return saved.replace(**{k: v for k, v in train.items() if k in FREE_ON_RESUME})
+    # --out wins over the folder the run was started in: a copied or moved run resumes in place
+    return saved.replace(**{k: v for k, v in train.items() if k in FREE_ON_RESUME}, out=out)
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:
