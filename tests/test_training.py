@@ -295,7 +295,7 @@ def test_resume_into_a_copy_and_after_a_move_writes_only_there(tmp_path, cache_d
     # pretend the run stopped after step 8: drop the last checkpoint, the final model and the late metrics
     shutil.rmtree(list_checkpoints(original)[-1])
     lines = (original / "metrics.jsonl").read_text().splitlines()
-    (original / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l).get("step", 0) <= 8) + "\n")
+    (original / "metrics.jsonl").write_text("\n".join(x for x in lines if json.loads(x).get("step", 0) <= 8) + "\n")
     for name in ("model.safetensors", "config.json"):
         (original / name).unlink(missing_ok=True)
 
