@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
 from tapa.errors import TapaError
+from tapa.utils.lock import locked_output
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -86,9 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        from tapa.cli_checks import check_args
+
+        check_args(args)  # output folder, device, numbers: before anything is read or written
+        out = getattr(args, "out", None)
+        if out is None or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 holds the lock
+            args.func(args)
+        else:
+            with locked_output(out):
+                args.func(args)
     except TapaError as err:
         print(f"tapa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path the checks could not foresee (disk full, permissions changed)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"tapa {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tapa {args.command}: interrupted", file=sys.stderr)

@@ -139,6 +139,13 @@ def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
     docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
     if not docs:
         raise ConfigError(f"eval-ppl: the {split} split of {args.data} holds no tokens")
+    longest = max(len(d) for d in docs)
+    too_long = [length for length in lengths if length > longest]
+    if too_long:  # a window longer than every document would be reported as if measured at that length
+        raise ConfigError(
+            f"eval-ppl: --lengths {too_long[0]} is longer than the longest held-out document ({longest} tokens "
+            f"within --max-tokens {args.max_tokens}); raise --max-tokens or drop that length"
+        )
 
     def byte_count(ids: torch.Tensor) -> int:
         return len(tokenizer.decode(ids).encode("utf-8"))
@@ -237,11 +244,17 @@ def run_eval_positions(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
-    from tapa.evaluate.passkey import passkey_grid, plot_passkey
+    from tapa.evaluate.passkey import KEY_DIGITS, passkey_grid, plot_passkey
 
     for depth in args.depths:
         if not 0 <= depth <= 1:
             raise ConfigError(f"passkey: depths must be in [0, 1], got {depth}")
+    n_keys = 9 * 10 ** (KEY_DIGITS - 1)  # keys have KEY_DIGITS digits, no leading zero
+    if not 2 <= args.n_candidates <= n_keys:
+        raise ConfigError(
+            f"passkey: --n-candidates {args.n_candidates} must be in [2, {n_keys}] (the true key ranked among "
+            f"that many {KEY_DIGITS}-digit keys)"
+        )
     model, tokenizer, _ = load_for_eval(args, "passkey")
     train_len = model.config.max_seq_len
     lengths = args.lengths or [train_len * f for f in (1, 2, 4, 8)]

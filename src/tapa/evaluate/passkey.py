@@ -123,7 +123,10 @@ def candidate_correct(
         if ids != prompt.answer and len(ids) == len(prompt.answer) and ids not in others:
             others.append(ids)
     if not others:
-        raise ConfigError("passkey: the tokenizer gives no other key the same token length; use --n-candidates 1")
+        raise ConfigError(
+            "passkey: this tokenizer gives no other key the same number of tokens as the true one, so keys "
+            "cannot be ranked; use a byte or BPE tokenizer that splits digits evenly"
+        )
     scores = candidate_scores(model, prompt, [prompt.answer, *others])
     return bool((scores[0] > scores[1:]).all())
 

@@ -121,7 +121,8 @@ def _bias(args: argparse.Namespace) -> None:
     for checkpoint in args.checkpoints:
         model, docs = _documents(checkpoint, args.max_tokens, args.cache_dir)
         near, far = default_distances(model.config.max_seq_len)
-        near, far = args.near or near, args.far or far
+        near = args.near if args.near is not None else near
+        far = args.far if args.far is not None else far
         if near < 1 or far <= near:
             raise ConfigError(f"bias: need 1 <= near < far, got near={near}, far={far}")
         label = f"{model.config.positional} ({Path(checkpoint).name})"

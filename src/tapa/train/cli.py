@@ -154,8 +154,21 @@ def _train(args: argparse.Namespace) -> None:
         if "seq_len" in train and "max_seq_len" not in model:
             model["max_seq_len"] = train["seq_len"]
         model_config = base.model.replace(**model) if model else base.model
+        _check_scheme_flags(model, model_config.positional)
         config = base.replace(**train, out=args.out, model=model_config)
     _run(config, args)
+
+
+# model flags that only mean something for one positional scheme
+SCHEME_FLAGS = {"tapa_alpha": "tapa", "tapa_theta": "tapa", "tapa_phase": "tapa", "rope_base": "rope"}
+
+
+def _check_scheme_flags(given: dict[str, Any], positional: str) -> None:
+    """A flag of another scheme would be silently ignored: refuse it."""
+    for name, scheme in SCHEME_FLAGS.items():
+        if name in given and positional != scheme:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} applies to --positional {scheme}, not {positional}; drop it")
 
 
 def _finetune(args: argparse.Namespace) -> None:

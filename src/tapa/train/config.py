@@ -124,6 +124,8 @@ class TrainConfig:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ConfigError(f"train config: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"train config: {path} holds a JSON {type(data).__name__}, not an object of settings")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> TrainConfig:
