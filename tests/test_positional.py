@@ -22,7 +22,7 @@ def test_interleaved_equals_half_split_up_to_a_permutation():
 
 
 def test_interleaved_matches_spec_pair_formula():
-    # SPEC section 1: pair d = (x_{2d}, x_{2d+1}) rotated by m * base^(-2d/D)
+    # docs/paper.md section 1: pair d = (x_{2d}, x_{2d+1}) rotated by m * base^(-2d/D)
     d, base, m = 8, 10000.0, 7
     x = torch.randn(d)
     rope = RotaryEmbedding(d, base, interleaved=True)

@@ -14,7 +14,7 @@ Every TAPA variant is computed by one kernel that sees four tensors, already sca
 - ``linear`` (Eq. 16, ablation): phase = (sum(q_P) + sum(k_P)) / sqrt(D_P), written
   as a dot product of qp = [sum(q_P)/sqrt(D_P), 1] and kp = [1, sum(k_P)/sqrt(D_P)].
 
-The parts are float32 (SPEC: phases in float32 even when the model runs in bf16), or
+The parts are float32 (docs/paper.md: phases in float32 even when the model runs in bf16), or
 float64 for float64 inputs (useful for exact equivalence tests).
 """
 

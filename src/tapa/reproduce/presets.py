@@ -1,4 +1,4 @@
-"""Scale presets for ``tapa reproduce`` (SPEC section 5: keep the paper's ratios).
+"""Scale presets for ``tapa reproduce`` (docs/paper.md section 5: keep the paper's ratios).
 
 Fine-tuning length = 4 x L0, perplexity from L0/4 to 16 x L0, PI and YaRN factor 8, a
 larger RoPE base for the ABF row (the paper's 2e8 / 5e5 = 400x), sliding stride = W/4.

@@ -118,7 +118,7 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     ]
     if p["left_out"]:
         md += ["Left out by this preset: " + "; ".join(p["left_out"]) + ".", ""]
-    md += ["## Verdicts (SPEC section 4)", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    md += ["## Verdicts (docs/paper.md section 4)", "", "| claim | verdict | evidence |", "|---|---|---|"]
     for key, v in results["verdicts"].items():
         md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
     md += ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]

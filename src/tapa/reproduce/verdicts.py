@@ -1,4 +1,4 @@
-"""A verdict per claim of SPEC section 4: reproduced / not reproduced / inconclusive.
+"""A verdict per claim of docs/paper.md section 4: reproduced / not reproduced / inconclusive.
 
 Perplexities are averaged over seeds; "noise" is the larger of the seed spread (max - min
 of the per-seed values, relative) and a floor of 2%.

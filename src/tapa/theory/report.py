@@ -1,4 +1,4 @@
-"""``tapa theory``: every statement of SPEC sections 1-2 as numbers (theory.json) and figures."""
+"""``tapa theory``: every statement of docs/paper.md sections 1-2 as numbers (theory.json) and figures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RoPE's token-agnostic distance bias (SPEC section 1, the paper's Section 2).
+"""RoPE's token-agnostic distance bias (docs/paper.md section 1, the paper's Section 2).
 
 Under Assumption 2.1 (E A_d = mu_0 and E B_d = nu_0 for every d):
 

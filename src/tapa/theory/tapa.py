@@ -1,4 +1,4 @@
-"""TAPA's distance bias and its variance (SPEC section 2, Theorems 3.2 and 3.3).
+"""TAPA's distance bias and its variance (docs/paper.md section 2, Theorems 3.2 and 3.3).
 
 Score of Eq. 12 at distance lambda for one (q, k) pair:
 
