@@ -313,3 +313,30 @@ def test_resume_into_a_copy_and_after_a_move_writes_only_there(tmp_path, cache_d
     assert res.returncode == 0, res.stderr
     assert not original.exists()
     assert read_metrics(moved) == reference
+
+
+def test_half_deleted_checkpoint_is_cleaned_on_resume_and_finished_run_says_so(tmp_path, cache_dir):
+    args = ["train", *TINY, "--steps", "12", "--save-every", "4", "--keep-last", "3", "--eval-every", "0"]
+    full = cli(*args, "--no-progress", "--out", str(tmp_path / "full"), cache_dir=cache_dir)
+    assert full.returncode == 0, full.stderr
+    reference = read_metrics(tmp_path / "full")
+
+    run = tmp_path / "run"
+    assert cli(*args, "--no-progress", "--out", str(run), cache_dir=cache_dir).returncode == 0
+    step4, _step8, step12 = list_checkpoints(run)
+    # a kill in the middle of an old-style deletion: step 4 keeps its manifest but lost its weights;
+    # step 12 and the final model are gone too, so the run resumes from step 8
+    (step4 / "model.safetensors").unlink()
+    shutil.rmtree(step12)
+    (run / "model.safetensors").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(x for x in lines if json.loads(x)["step"] <= 8) + "\n")
+    (run / "checkpoints" / ".step_00000004.deleting").mkdir()  # a hidden leftover of an atomic deletion
+    res = cli("train", "--out", str(run), "--resume", "--no-progress", cache_dir=cache_dir)
+    assert res.returncode == 0, res.stderr
+    assert not step4.exists() and not (run / "checkpoints" / ".step_00000004.deleting").exists()
+    assert read_metrics(run) == reference
+
+    again = cli("train", "--out", str(run), "--resume", cache_dir=cache_dir)
+    assert again.returncode == 0 and "already finished all 12 steps" in again.stdout
+    assert "nan" not in again.stdout

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.reproduce.cli import add_parsers as add_reproduce_parsers
 
     add_reproduce_parsers(sub)
+    for verb in sub.choices.values():  # every flag's default in --help (flags with none show nothing)
+        verb.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+        for action in verb._actions:
+            has_default = action.default is not None and action.default is not False
+            if action.help is None and action.option_strings and has_default:
+                action.help = "(default: %(default)s)"
     return parser
 
 

@@ -77,8 +77,31 @@ def save_checkpoint(
     for stale in root.glob(f".{PREFIX}*"):  # leftovers of runs killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        # hide it first (one atomic rename): a kill during the deletion leaves a hidden
+        # folder, removed by the next save, never a half-deleted checkpoint with its manifest
+        trash = old.with_name(f".{old.name}.deleting")
+        old.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return final
+
+
+def clean_incomplete(run_dir: str | Path) -> list[Path]:
+    """Remove hidden leftovers and checkpoints whose manifest names files that are gone
+    (half-deleted by a kill, before deletions were made atomic). Returns what it removed."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    removed = [p for p in root.glob(f".{PREFIX}*") if p.is_dir()]
+    for ckpt in list_checkpoints(run_dir):
+        try:
+            files = json.loads((ckpt / MANIFEST_FILE).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable manifests are reported by verify_checkpoint when used
+        if any(not (ckpt / name).is_file() for name in files):
+            removed.append(ckpt)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def verify_checkpoint(path: str | Path) -> None:

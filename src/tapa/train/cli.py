@@ -61,8 +61,18 @@ MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
 FREE_ON_RESUME = {"device", "cache_dir", "out"}
 
 
+def _default_of(name: str, dest_prefix: str) -> Any:
+    from tapa.model import ModelConfig
+
+    source = ModelConfig() if dest_prefix == "model." else TrainConfig()
+    return getattr(source, name, None)
+
+
 def _add(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]], dest_prefix: str = "") -> None:
     for flag, (name, kind, help_text) in flags.items():
+        if "default" not in help_text:  # every flag shows its default in --help
+            default = _default_of(name, dest_prefix)
+            help_text = f"{help_text} (default: {'none' if default in (None, '') else default})"
         extra: dict[str, Any] = {}
         if name == "precision":
             extra["choices"] = PRECISIONS
@@ -134,7 +144,14 @@ def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainCon
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:
+    from tapa.train.checkpoints import checkpoint_step, list_checkpoints
     from tapa.train.trainer import run_training
+
+    done = list_checkpoints(config.out)
+    finished = done and checkpoint_step(done[-1]) >= config.steps and (Path(config.out) / "model.safetensors").is_file()
+    if args.resume == "latest" and finished:
+        print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")
+        return
 
     result = run_training(config, resume=args.resume, progress=not args.no_progress)
     if not args.no_progress:

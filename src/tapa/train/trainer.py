@@ -28,7 +28,7 @@ from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer, build_tokenizer
 from tapa.errors import CheckpointError, ConfigError
 from tapa.model import TapaLM, load_pretrained, save_pretrained
-from tapa.train.checkpoints import list_checkpoints, load_state, resolve_resume, save_checkpoint
+from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_state, resolve_resume, save_checkpoint
 from tapa.train.config import TrainConfig
 from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
 from tapa.train.metrics import MetricsLog
@@ -160,6 +160,9 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         raise ConfigError(
             f"batch_size: {config.batch_size} does not split over {env.world} ranks x grad_accum {config.grad_accum}"
         )
+    if resume is not None and env.is_main:
+        clean_incomplete(out)  # half-deleted checkpoints of an earlier kill
+    barrier(env)
     checkpoint = resolve_resume(out, resume) if resume is not None else None
     # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
     data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
