@@ -70,7 +70,11 @@ def test_save_load_round_trip_keeps_logits(tmp_path):
             )
         ).eval()
         save_pretrained(model, tmp_path / positional)
-        assert sorted(p.name for p in (tmp_path / positional).iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in (tmp_path / positional).iterdir()) == [
+            "config.json",
+            "manifest.json",
+            "model.safetensors",
+        ]
         loaded = load_pretrained(tmp_path / positional).eval()
         assert loaded.config == model.config
         assert loaded.lm_head.weight.data_ptr() == loaded.embed.weight.data_ptr()  # still tied
@@ -86,6 +90,10 @@ def test_missing_truncated_and_mismatched_checkpoints(tmp_path):
     weights = ckpt / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors is truncated") as info:
+        load_pretrained(ckpt)  # the manifest names the file
+    assert "\n" not in str(info.value)
+    (ckpt / "manifest.json").unlink()  # without a manifest the loader's own checks still hold
     with pytest.raises(CheckpointError, match=r"corrupt or truncated") as info:
         load_pretrained(ckpt)
     assert "\n" not in str(info.value)
@@ -93,6 +101,7 @@ def test_missing_truncated_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match=r"corrupt or truncated"):
         load_pretrained(ckpt)
     save_pretrained(model, ckpt)
+    (ckpt / "manifest.json").unlink()
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["d_model"] = 128
     (ckpt / "config.json").write_text(json.dumps(cfg))
@@ -111,3 +120,29 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     save_pretrained(model, tmp_path)
     save_pretrained(model, tmp_path)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_flipped_bytes_in_a_saved_model_are_refused_on_load(tmp_path):
+    from tapa.errors import CheckpointError
+    from tapa.model import ModelConfig, TapaLM, load_pretrained, save_pretrained
+
+    save_pretrained(TapaLM(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2)), tmp_path / "m")
+    load_pretrained(tmp_path / "m")  # intact: loads
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one bit deep in the tensor data: safetensors itself cannot notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        load_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").unlink()  # a plain folder without a manifest still loads
+    load_pretrained(tmp_path / "m")
+
+
+def test_resume_from_another_runs_checkpoint_is_refused(tmp_path):
+    from tapa.errors import CheckpointError
+    from tapa.train.checkpoints import resolve_resume
+
+    other = tmp_path / "other" / "checkpoints" / "step_00000004"
+    other.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="not a checkpoint of the run"):
+        resolve_resume(tmp_path / "mine", str(other))

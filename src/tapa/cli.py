@@ -18,10 +18,17 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from tapa.model import load_pretrained
+    from tapa.utils.manifest import MANIFEST_FILE
 
     model = load_pretrained(args.checkpoint)
     print(model.describe())
+    if (Path(args.checkpoint) / MANIFEST_FILE).exists():
+        print(f"integrity: every file matches {MANIFEST_FILE} (sizes and SHA-256)")
+    else:
+        print(f"integrity: not verified (no {MANIFEST_FILE} in this folder; saved by an older tapa or another tool)")
     print(model.config.to_json())
 
 

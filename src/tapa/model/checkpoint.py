@@ -12,6 +12,7 @@ from tapa.errors import CheckpointError, ConfigError
 from tapa.model.config import ModelConfig
 from tapa.model.transformer import TapaLM
 from tapa.utils.files import atomic_write
+from tapa.utils.manifest import verify_manifest, write_manifest
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +34,7 @@ def save_pretrained(model: TapaLM, directory: str | Path) -> Path:
     atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config_text))
     state = _unique_state(model)
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE])  # checked by every load_pretrained
     return directory
 
 
@@ -53,6 +55,7 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
     """Rebuild the model from ``config.json`` and load ``model.safetensors``."""
     directory = Path(directory)
     config = load_config(directory)
+    verify_manifest(directory, required=False)  # sizes and SHA-256 when the folder has a manifest
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint: {path} is missing; re-save the model or use another checkpoint")

@@ -10,7 +10,6 @@ bit-flipped file is reported by name rather than loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -21,19 +20,11 @@ import torch
 
 from tapa.errors import CheckpointError
 from tapa.model import TapaLM, save_pretrained
+from tapa.utils.manifest import MANIFEST_FILE, verify_manifest, write_manifest
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
-MANIFEST_FILE = "manifest.json"
 PREFIX = "step_"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -60,9 +51,8 @@ def save_checkpoint(
         save_pretrained(model, tmp)
         save_tokenizer(tmp)
         torch.save(state, tmp / STATE_FILE)
-        files = sorted(p for p in tmp.iterdir() if p.is_file())
-        manifest = {"step": step, "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+        write_manifest(tmp, names, step=step)
         if final.exists():  # re-saving a step (after a resume): swap, never leave a gap
             trash = final.with_name(f".{final.name}.old")
             shutil.rmtree(trash, ignore_errors=True)
@@ -109,26 +99,19 @@ def verify_checkpoint(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: no such directory {path}")
-    manifest_path = path / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint: {path} has no readable {MANIFEST_FILE}; it is incomplete") from None
-    for name, info in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint: {file} is missing")
-        if file.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"checkpoint: {file} is truncated ({file.stat().st_size} of {info['bytes']} bytes)")
-        if _sha256(file) != info["sha256"]:
-            raise CheckpointError(f"checkpoint: {file} is corrupt (its SHA-256 does not match the manifest)")
+    verify_manifest(path)
 
 
 def resolve_resume(run_dir: str | Path, resume: str) -> Path:
     """``resume`` is ``"latest"`` or a checkpoint directory; the result is verified."""
     if resume != "latest":
         path = Path(resume)
+        own = (Path(run_dir) / CHECKPOINT_DIR).resolve()
+        if path.resolve().parent != own:
+            raise CheckpointError(
+                f"resume: {path} is not a checkpoint of the run in {run_dir}; a run resumes only from its own "
+                "checkpoints (continue another model with tapa finetune)"
+            )
         verify_checkpoint(path)
         return path
     checkpoints = list_checkpoints(run_dir)

@@ -144,12 +144,13 @@ def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainCon
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:
-    from tapa.train.checkpoints import checkpoint_step, list_checkpoints
+    from tapa.train.checkpoints import checkpoint_step, list_checkpoints, resolve_resume
     from tapa.train.trainer import run_training
 
     done = list_checkpoints(config.out)
     finished = done and checkpoint_step(done[-1]) >= config.steps and (Path(config.out) / "model.safetensors").is_file()
     if args.resume == "latest" and finished:
+        resolve_resume(config.out, "latest")  # a damaged final checkpoint is still reported, with the fix
         print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")
         return
 
