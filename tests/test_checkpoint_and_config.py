@@ -132,7 +132,7 @@ def test_flipped_bytes_in_a_saved_model_are_refused_on_load(tmp_path):
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01  # one bit deep in the tensor data: safetensors itself cannot notice
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt"):
         load_pretrained(tmp_path / "m")
     (tmp_path / "m" / "manifest.json").unlink()  # a plain folder without a manifest still loads
     load_pretrained(tmp_path / "m")

@@ -340,3 +340,25 @@ def test_half_deleted_checkpoint_is_cleaned_on_resume_and_finished_run_says_so(t
     again = cli("train", "--out", str(run), "--resume", cache_dir=cache_dir)
     assert again.returncode == 0 and "already finished all 12 steps" in again.stdout
     assert "nan" not in again.stdout
+
+
+def test_tensorboard_tags_are_grouped_and_checkpoints_have_normal_permissions(tmp_path, cache_dir):
+    from tapa.train.metrics import tensorboard_tag
+
+    assert tensorboard_tag("loss") == "train/loss" and tensorboard_tag("lr") == "train/lr"
+    assert tensorboard_tag("val_loss") == "val/loss" and tensorboard_tag("val_bpb") == "val/bpb"
+    run = tmp_path / "run"
+    run_training(tiny_config(run, cache_dir, steps=4, save_every=4), progress=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    (ckpt,) = list_checkpoints(run)
+    assert ckpt.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_garbled_json_in_a_checkpoint_is_reported_as_invalid_json(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    run_training(tiny_config(run, cache_dir, steps=4, save_every=4), progress=False)
+    (ckpt,) = list_checkpoints(run)
+    (ckpt / "config.json").write_text("{garbage")
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
+        resolve_resume(run, "latest")

@@ -34,7 +34,8 @@ def save_pretrained(model: TapaLM, directory: str | Path) -> Path:
     atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(config_text))
     state = _unique_state(model)
     atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE])  # checked by every load_pretrained
+    # the weights' size and SHA-256, checked by every load_pretrained (config.json stays editable)
+    write_manifest(directory, [WEIGHTS_FILE])
     return directory
 
 

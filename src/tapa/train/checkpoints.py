@@ -11,6 +11,7 @@ bit-flipped file is reported by name rather than loaded.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,6 +48,9 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700: give the checkpoint normal permissions
     try:
         save_pretrained(model, tmp)
         save_tokenizer(tmp)

@@ -154,8 +154,11 @@ def _run(config: TrainConfig, args: argparse.Namespace) -> None:
         print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")
         return
 
-    result = run_training(config, resume=args.resume, progress=not args.no_progress)
-    if not args.no_progress:
+    import os
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    result = run_training(config, resume=args.resume, progress=not args.no_progress and main_rank)
+    if not args.no_progress and main_rank:
         print(
             f"done: {result.steps} steps, final train loss {result.final_loss:.4f}, validation "
             f"{result.val_loss:.4f} nats/token = {result.val_bpb:.4f} bits/byte; "

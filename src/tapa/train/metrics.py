@@ -39,11 +39,16 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float):
-                    self.writer.add_scalar(key, value, record["step"])
+                    self.writer.add_scalar(tensorboard_tag(key), value, record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def tensorboard_tag(key: str) -> str:
+    """Group TensorBoard's charts: ``val_loss`` -> ``val/loss``, ``loss`` -> ``train/loss``."""
+    return "val/" + key.removeprefix("val_") if key.startswith("val_") else "train/" + key
 
 
 def read_metrics(run_dir: str | Path, key: str = "loss") -> dict[int, float]:

@@ -45,6 +45,11 @@ def verify_manifest(directory: str | Path, required: bool = True) -> bool:
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint: {file} is missing")
+        if file.suffix == ".json":  # an edited or garbled JSON file: say what is wrong with it
+            try:
+                json.loads(file.read_text())
+            except (UnicodeDecodeError, ValueError) as err:
+                raise CheckpointError(f"checkpoint: {file} is not valid JSON ({str(err)[:80]})") from None
         if file.stat().st_size != info["bytes"]:
             raise CheckpointError(f"checkpoint: {file} is truncated ({file.stat().st_size} of {info['bytes']} bytes)")
         if sha256_file(file) != info["sha256"]:
