@@ -114,6 +114,16 @@ def test_smoke_preset_resumes_after_kill_and_writes_a_complete_report(tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "<table>" in page
 
+    # a moved reproduce folder keeps every finished stage (paths inside it are stored as $OUT/...)
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    stamps = {p.relative_to(moved): p.stat().st_mtime_ns for p in moved.glob("stages/*/result.json")}
+    moved_command = [str(moved) if part == str(out) else part for part in command]
+    again = subprocess.run(moved_command, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr
+    assert {p.relative_to(moved): p.stat().st_mtime_ns for p in moved.glob("stages/*/result.json")} == stamps
+    assert json.loads((moved / "results.json").read_text())["verdicts"] == results["verdicts"]
+
 
 def test_grid_and_passkey_stages_run_in_a_tiny_preset(tmp_path):
     from dataclasses import replace
