@@ -147,3 +147,22 @@ def test_untrained_model_is_near_uniform():
     model = TapaLM(ModelConfig(d_model=32, n_layers=1, n_heads=2)).eval()
     result = evaluate_perplexity(model, [torch.randint(0, 256, (65,))], 16, 8)
     assert result.perplexity == pytest.approx(259, rel=0.1)  # init_std 0.02: logits near 0
+
+
+def test_single_file_corpus_is_scored_whole_and_vocab_mismatch_is_one_line(tmp_path, capsys):
+    from tapa.cli import main
+    from tapa.model import ModelConfig, TapaLM, save_pretrained
+
+    text = "It is a truth universally acknowledged, that a single man must be in want of a wife. " * 20
+    (tmp_path / "one.txt").write_text(text)
+    save_pretrained(TapaLM(ModelConfig(vocab_size=259, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)), tmp_path / "m")
+    args = ["eval-ppl", str(tmp_path / "m"), "--data", str(tmp_path / "one.txt"), "--lengths", "16", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "ev")]) == 0  # no "--val-data" advice from a verb that lacks it
+    rows = json.loads((tmp_path / "ev" / "results.json").read_text())["results"]
+    assert rows[0]["tokens"] == len(text.encode()) + 1 - 1  # every byte and the EOS, but the first, are scored
+    save_pretrained(TapaLM(ModelConfig(vocab_size=200, d_model=16, n_layers=1, n_heads=2)), tmp_path / "small")
+    capsys.readouterr()
+    assert main(["eval-ppl", str(tmp_path / "small"), "--lengths", "16", "--out", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer has 259 ids but its model only 200" in err
+    assert not (tmp_path / "ev2").exists()

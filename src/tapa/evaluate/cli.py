@@ -60,8 +60,14 @@ def load_for_eval(args: argparse.Namespace, context: str):
         config, config.max_seq_len, pi=args.pi, yarn=args.yarn, ntk=args.ntk, dynamic=args.dynamic, context=context
     )
     model = with_config(load_pretrained(args.checkpoint), scaled)
+    tokenizer = load_checkpoint_tokenizer(args.checkpoint)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ConfigError(
+            f"{context}: the checkpoint's tokenizer has {tokenizer.vocab_size} ids but its model only "
+            f"{config.vocab_size}; save the tokenizer the model was trained with beside it"
+        )
     device = pick_device(args.device)
-    return model.to(device).eval(), load_checkpoint_tokenizer(args.checkpoint), device
+    return model.to(device).eval(), tokenizer, device
 
 
 def scaling_label(args: argparse.Namespace) -> str | None:

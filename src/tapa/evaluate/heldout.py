@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tapa.data.sources import load_corpus
+from tapa.data.sources import load_corpus, read_documents
 from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer
 
@@ -21,7 +21,13 @@ def heldout_documents(
     cache_dir: str | Path | None = None,
     val_data: str | None = None,
 ) -> list[torch.Tensor]:
-    """Documents of ``split`` as int64 tensors, the first ``max_tokens`` tokens in total."""
+    """Documents of ``split`` as int64 tensors, the first ``max_tokens`` tokens in total.
+
+    A corpus of one document (a single text file) cannot be split by document; for an
+    evaluation that document is the held-out text, whatever the split."""
+    if val_data is None and data != "books" and not data.startswith("hf:") and len(read_documents(data)) < 2:
+        val_data = data
+        split = "validation" if split != "train" else split
     corpus = load_corpus(data, val_data)
     array = cached_tokens(corpus, split, tokenizer, cache_dir)
     docs, left = [], max_tokens if max_tokens is not None else float("inf")
