@@ -155,7 +155,8 @@ def test_single_file_corpus_is_scored_whole_and_vocab_mismatch_is_one_line(tmp_p
 
     text = "It is a truth universally acknowledged, that a single man must be in want of a wife. " * 20
     (tmp_path / "one.txt").write_text(text)
-    save_pretrained(TapaLM(ModelConfig(vocab_size=259, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)), tmp_path / "m")
+    tiny = ModelConfig(vocab_size=259, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    save_pretrained(TapaLM(tiny), tmp_path / "m")
     args = ["eval-ppl", str(tmp_path / "m"), "--data", str(tmp_path / "one.txt"), "--lengths", "16", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "ev")]) == 0  # no "--val-data" advice from a verb that lacks it
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())["results"]
