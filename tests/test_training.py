@@ -362,3 +362,41 @@ def test_garbled_json_in_a_checkpoint_is_reported_as_invalid_json(tmp_path, cach
     (ckpt / "config.json").write_text("{garbage")
     with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
         resolve_resume(run, "latest")
+
+
+def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_dir):
+    # kills land anywhere: during start-up, steps, checkpoint writes and the deletion of old
+    # checkpoints (one every 2 steps, only 2 kept); every restart resumes with --resume
+    import random
+
+    steps = 40
+    args = ["train", *TINY, "--steps", str(steps), "--save-every", "2", "--keep-last", "2", "--eval-every", "0"]
+    args += ["--no-progress"]
+    full = cli(*args, "--out", str(tmp_path / "full"), cache_dir=cache_dir)
+    assert full.returncode == 0, full.stderr
+    reference = read_metrics(tmp_path / "full")
+
+    run = tmp_path / "killed"
+    base = [sys.executable, "-m", "tapa.cli", *args, "--out", str(run), "--cache-dir", cache_dir]
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(6):
+        command = base + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(1.5, 5.0))
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        break
+    else:
+        res = cli(*args, "--out", str(run), "--resume", cache_dir=cache_dir)
+        assert res.returncode == 0, res.stderr
+    assert kills >= 2
+    assert read_metrics(run) == reference  # bit-for-bit, across every kill
+    assert load_pretrained(run).state_dict().keys() == load_pretrained(tmp_path / "full").state_dict().keys()
+    for name, tensor in load_pretrained(run).state_dict().items():
+        assert torch.equal(tensor, load_pretrained(tmp_path / "full").state_dict()[name]), name

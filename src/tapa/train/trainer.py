@@ -163,6 +163,8 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     if resume is not None and env.is_main:
         clean_incomplete(out)  # half-deleted checkpoints of an earlier kill
     barrier(env)
+    if resume == "latest" and not list_checkpoints(out):
+        resume = None  # killed before its first checkpoint: the run starts again from step 0
     checkpoint = resolve_resume(out, resume) if resume is not None else None
     # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
     data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
