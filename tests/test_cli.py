@@ -26,7 +26,7 @@ def test_corrupt_checkpoint_exit_2_and_file_untouched(tmp_path):
     weights = ckpt / "model.safetensors"
     weights.write_bytes(b"not a safetensors file")
     res = run_cli("generate", str(ckpt), "--prompt", "hi")
-    assert res.returncode == 2 and "corrupt or truncated" in res.stderr
+    assert res.returncode == 2 and "model.safetensors is truncated" in res.stderr  # named by the manifest
     assert weights.read_bytes() == b"not a safetensors file"
 
 
