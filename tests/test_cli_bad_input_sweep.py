@@ -68,6 +68,7 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("demo", "seconds -1", ["--seconds", "-1"]),
         ("theory", "mu0 nan", ["--mu0", "nan"]),
         ("theory", "nu0 inf", ["--nu0", "inf"]),
+        ("theory", "missing checkpoint", ["--checkpoint", "MISSING"]),
         ("train", "config is a JSON list", ["--config", "LISTJSON"]),
         ("train", "config is not JSON", ["--config", "FILE"]),
         ("train", "config missing", ["--config", "MISSING"]),
