@@ -14,6 +14,7 @@ SCHEMES = {
     "tapa-chunked": {"positional": "tapa", "attn_impl": "chunked"},
     "rope": {"positional": "rope"},
     "rope-interleaved": {"positional": "rope", "rope_interleaved": True},
+    "rope-partial": {"positional": "rope", "partial_rotary_factor": 0.5},
     "rope-yarn": {"positional": "rope", "rope_scaling": YARN},
     "rope-pi": {"positional": "rope", "rope_scaling": {"rope_type": "linear", "factor": 8.0}},
     "rope-llama3": {

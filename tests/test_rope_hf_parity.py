@@ -13,7 +13,7 @@ from transformers.models.llama.modeling_llama import (  # noqa: E402
     apply_rotary_pos_emb,
 )
 
-from tapa.positional import RotaryEmbedding, rope_inv_freq  # noqa: E402
+from tapa.positional import RotaryEmbedding, apply_rotary, rope_inv_freq  # noqa: E402
 
 HEAD_DIM = 32
 LONG_SHORT = {
@@ -140,3 +140,45 @@ def test_static_ntk_and_abf_are_a_new_base(rope_type, params, new_base):
 def test_yarn_attention_factor_closed_form():
     _, factor = rope_inv_freq("yarn", HEAD_DIM, 1e4, factor=8.0, original_max_position_embeddings=256)
     assert factor == pytest.approx(0.1 * math.log(8.0) + 1)
+
+
+@pytest.mark.parametrize("factor", [0.25, 0.5, 1.0])
+def test_partial_rotary_factor_equals_transformers(factor):
+    # transformers rotates the first int(head_dim * partial_rotary_factor) dimensions of q and k
+    # (StableLM's attention) and passes the rest through; tapa's model must do the same
+    from transformers import StableLmConfig
+    from transformers.models.stablelm.modeling_stablelm import StableLmRotaryEmbedding, apply_rotary_pos_emb
+
+    from tapa.model import ModelConfig, TapaLM
+
+    head_dim, length = 32, 11
+    hf = StableLmConfig(hidden_size=4 * head_dim, num_attention_heads=4, partial_rotary_factor=factor, rope_theta=500.0)
+    q, k = torch.randn(2, 4, length, head_dim), torch.randn(2, 4, length, head_dim)
+    positions = torch.arange(length)[None]
+    cos, sin = StableLmRotaryEmbedding(hf)(q, positions)
+    rot = cos.shape[-1]
+    q_rot, k_rot = apply_rotary_pos_emb(q[..., :rot], k[..., :rot], cos, sin)
+    want_q, want_k = torch.cat((q_rot, q[..., rot:]), -1), torch.cat((k_rot, k[..., rot:]), -1)
+
+    model = TapaLM(ModelConfig(d_model=4 * head_dim, n_heads=4, positional="rope", rope_base=500.0,
+                               partial_rotary_factor=factor))  # fmt: skip
+    assert model.config.rotary_dim == rot
+    tab_cos, tab_sin = model.rope(torch.arange(length))
+    got_q = apply_rotary(q, tab_cos, tab_sin)
+    got_k = apply_rotary(k, tab_cos, tab_sin)
+    torch.testing.assert_close(got_q, want_q, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_k, want_k, rtol=0, atol=1e-6)
+    if factor < 1:
+        torch.testing.assert_close(got_q[..., rot:], q[..., rot:], rtol=0, atol=0)  # the rest carries no position
+
+
+def test_partial_rotary_factor_is_validated():
+    from tapa.errors import ConfigError
+    from tapa.model import ModelConfig
+
+    with pytest.raises(ConfigError, match="partial_rotary_factor: must be a number in"):
+        ModelConfig(positional="rope", partial_rotary_factor=0)
+    with pytest.raises(ConfigError, match="only applies to positional='rope'"):
+        ModelConfig(positional="tapa", partial_rotary_factor=0.5)
+    with pytest.raises(ConfigError, match="even number"):
+        ModelConfig(d_model=64, n_heads=4, positional="rope", partial_rotary_factor=0.1)  # int(16 * 0.1) = 1

@@ -37,6 +37,9 @@ class ModelConfig:
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     rope_interleaved: bool = False
+    # fraction of each head's dimensions RoPE rotates (the first ones); the rest carry no
+    # position (Hugging Face's partial_rotary_factor, as in GPT-NeoX / Phi / StableLM)
+    partial_rotary_factor: float = 1.0
     attn_impl: str = "auto"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -48,6 +51,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions RoPE rotates per head: int(head_dim * partial_rotary_factor), as transformers computes it."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def kv_heads(self) -> int:
@@ -94,9 +102,21 @@ class ModelConfig:
             raise ConfigError(
                 f"rope_scaling: only applies to positional='rope', but positional={self.positional!r}; remove it"
             )
+        factor = self.partial_rotary_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+            raise ConfigError(f"partial_rotary_factor: must be a number in (0, 1], got {factor!r}")
+        if factor != 1 and self.positional != "rope":
+            raise ConfigError(
+                f"partial_rotary_factor: only applies to positional='rope', but positional={self.positional!r}"
+            )
         if self.positional == "rope":
             if self.head_dim % 2:
                 raise ConfigError(f"d_model: RoPE needs an even head_dim, got d_model/n_heads = {self.head_dim}")
+            if self.rotary_dim < 2 or self.rotary_dim % 2:
+                raise ConfigError(
+                    f"partial_rotary_factor: rotates int({self.head_dim} x {factor}) = {self.rotary_dim} dimensions; "
+                    "choose a factor that gives an even number >= 2"
+                )
             if not isinstance(self.rope_scaling or {}, dict):
                 raise ConfigError(
                     f"rope_scaling: expected a dict like {{'rope_type': 'yarn', ...}}, got {self.rope_scaling!r}"
@@ -104,7 +124,7 @@ class ModelConfig:
             scaling = dict(self.rope_scaling or {})
             rope_type = scaling.pop("rope_type", "default")
             try:
-                rope_inv_freq(rope_type, self.head_dim, self.rope_base, **scaling)
+                rope_inv_freq(rope_type, self.rotary_dim, self.rope_base, **scaling)
             except ConfigError as err:
                 message = str(err)
                 if message.startswith("rope_theta: "):

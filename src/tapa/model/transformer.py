@@ -46,7 +46,7 @@ class TapaLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.rope = (
-            RotaryEmbedding(config.head_dim, config.rope_base, config.rope_scaling, config.rope_interleaved)
+            RotaryEmbedding(config.rotary_dim, config.rope_base, config.rope_scaling, config.rope_interleaved)
             if config.positional == "rope"
             else None
         )

@@ -24,8 +24,12 @@ def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """Rotate x (..., L, D) by angles whose cos/sin tables are (..., L, D); computed in float32
-    (float64 for float64 inputs)."""
+    """Rotate x (..., L, D) by angles whose cos/sin tables are (..., L, R); computed in float32
+    (float64 for float64 inputs). With R < D (partial RoPE) the first R coordinates rotate
+    and the rest pass through unchanged."""
+    rotary = cos.shape[-1]
+    if rotary < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :rotary], cos, sin, interleaved), x[..., rotary:]), dim=-1)
     xc = x.double() if x.dtype == torch.float64 else x.float()
     rotated = rotate_interleaved(xc) if interleaved else rotate_half(xc)
     return (xc * cos + rotated * sin).to(x.dtype)

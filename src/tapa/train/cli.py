@@ -55,7 +55,8 @@ MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
     "--tapa-theta": ("tapa_theta", float, "TAPA amplitude fraction theta"),
     "--tapa-phase": ("tapa_phase", str, "quadratic, quadratic_full or linear"),
     "--rope-base": ("rope_base", float, "RoPE base"),
-    "--attn-impl": ("attn_impl", str, "auto, reference or chunked"),
+    "--partial-rotary-factor": ("partial_rotary_factor", float, "fraction of each head RoPE rotates (partial RoPE)"),
+    "--attn-impl": ("attn_impl", str, "auto, reference, chunked, fused (CPU) or triton (CUDA)"),
 }
 # fields a resumed run may change freely (they do not change the numbers)
 FREE_ON_RESUME = {"device", "cache_dir", "out"}
@@ -181,7 +182,13 @@ def _train(args: argparse.Namespace) -> None:
 
 
 # model flags that only mean something for one positional scheme
-SCHEME_FLAGS = {"tapa_alpha": "tapa", "tapa_theta": "tapa", "tapa_phase": "tapa", "rope_base": "rope"}
+SCHEME_FLAGS = {
+    "tapa_alpha": "tapa",
+    "tapa_theta": "tapa",
+    "tapa_phase": "tapa",
+    "rope_base": "rope",
+    "partial_rotary_factor": "rope",
+}
 
 
 def _check_scheme_flags(given: dict[str, Any], positional: str) -> None:
