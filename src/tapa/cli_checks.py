@@ -95,11 +95,11 @@ def check_args(args: argparse.Namespace) -> None:
         if name in values and values[name] is not None and not valid(values[name]):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} {values[name]}: must be {must_be}")
+    from tapa.model import load_config
+
     for name in ("checkpoint", "checkpoints"):  # every model a verb reads, before it computes anything
         given = values.get(name)
         for path in [given] if isinstance(given, str) else given or []:
-            from tapa.model import load_config
-
             load_config(path)
     if values.get("device") is not None:
         check_device(str(values["device"]))

@@ -7,10 +7,11 @@ The kernel (``csrc/tapa_fused_cpu.cpp``) computes the same function as the chunk
 with the online softmax of flash attention, and the backward by recomputation from the row
 log-sum-exp (formulas in :mod:`tapa.attention.chunked`). What it changes is where the work
 happens: per tile, two BLAS products fill the amplitude and phase tiles, then one
-vectorised pass (SLEEF cos/sin/exp from libtorch on AVX2 CPUs) turns them into
-probabilities while they are still in cache; the distance factor comes from a 1-D table
-indexed by the signed distance. For one or a few query rows (decoding) the keys are split
-across threads and the partial softmaxes combined by their log-sum-exp (flash-decoding).
+vectorised pass (AVX2 polynomial cos/sin/exp) turns them into probabilities while they
+are still in cache; the distance factor comes from a 1-D table indexed by the signed
+distance. For one or a few query rows (decoding) the keys are split across threads and the
+partial softmaxes combined by their log-sum-exp (flash-decoding). Details and measurements:
+docs/kernels.md, docs/benchmarks.md.
 
 Building needs a C++ compiler and ``ninja`` (a dependency of tapa); the build takes about
 half a minute once per machine and torch version and is cached under
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from tapa.attention.phase import Parts, compute_dtype
+from tapa.attention.phase import Parts, compute_dtype, unit_last_stride
+from tapa.errors import ConfigError
 from tapa.utils.files import cache_root
 
 SOURCE = Path(__file__).with_name("csrc") / "tapa_fused_cpu.cpp"
@@ -122,22 +124,22 @@ def unavailable_reason() -> str | None:
     return None if _state["ok"] else str(_state["reason"])
 
 
-def _unit_stride(*ts: torch.Tensor) -> list[torch.Tensor]:
-    """The kernel reads rows with any stride (slices of a head need no copy) but unit stride within a row."""
-    return [t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous() for t in ts]
+def _kernel_inputs(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """The parts and v in the compute dtype, rows with unit stride (views are not copied)."""
+    dtype = compute_dtype(ts[0].dtype)
+    return [unit_last_stride(t.to(dtype)) for t in ts]
 
 
 class _FusedTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_q, block_k, splits):
-        dtype = compute_dtype(qa.dtype)
-        qa, ka, qp, kp, vc = _unit_stride(*(t.to(dtype) for t in (qa, ka, qp, kp, v)))
+        inputs = _kernel_inputs(qa, ka, qp, kp, v)
         out, lse = torch.ops.tapa_fused_cpu.forward(
-            qa, ka, qp, kp, vc, alpha, causal, q_offset, k_offset, block_q, block_k, splits
+            *inputs, alpha, causal, q_offset, k_offset, block_q, block_k, splits
         )
-        ctx.save_for_backward(qa, ka, qp, kp, vc, out, lse)
+        ctx.save_for_backward(*inputs, out, lse)
         ctx.args = (alpha, causal, q_offset, k_offset, block_q, block_k)  # the backward needs no splits
-        ctx.dtypes = (v.dtype,)
+        ctx.v_dtype = v.dtype
         return out.to(v.dtype)
 
     @staticmethod
@@ -147,7 +149,7 @@ class _FusedTapa(torch.autograd.Function):
         d_out = d_out.to(out.dtype).contiguous()
         delta = (d_out * out).sum(-1)
         dqa, dka, dqp, dkp, dv = torch.ops.tapa_fused_cpu.backward(qa, ka, qp, kp, v, d_out, lse, delta, *ctx.args)
-        return dqa, dka, dqp, dkp, dv.to(ctx.dtypes[0]), None, None, None, None, None, None, None
+        return dqa, dka, dqp, dkp, dv.to(ctx.v_dtype), None, None, None, None, None, None, None
 
 
 def fused_cpu_attention(
@@ -168,14 +170,15 @@ def fused_cpu_attention(
     softmaxes combined by log-sum-exp (flash-decoding); 0 chooses: more than 1 only when
     there are fewer (batch, head, query block) tasks than threads, as in decoding.
 
-    Raises RuntimeError when the kernel cannot be built (see :func:`fused_cpu_available`).
+    Raises ConfigError when the kernel cannot be built here (see :func:`fused_cpu_available`).
     """
     if not fused_cpu_available():
-        raise RuntimeError(f"the fused CPU kernel is unavailable: {_state['reason']}")
+        raise ConfigError(
+            f"impl: the fused CPU kernel could not be built on this machine ({_state['reason'][:120]}); use impl='auto'"
+        )
     args = (float(alpha), bool(causal), int(q_offset), int(k_offset), int(block_q), int(block_k), int(splits))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*parts, v)):
         return _FusedTapa.apply(*parts, v, *args)
     # inference (decoding): the op directly, without the autograd wrapper's overhead
-    dtype = compute_dtype(parts.qa.dtype)
-    out, _ = torch.ops.tapa_fused_cpu.forward(*_unit_stride(*(t.to(dtype) for t in (*parts, v))), *args)
+    out, _ = torch.ops.tapa_fused_cpu.forward(*_kernel_inputs(*parts, v), *args)
     return out.to(v.dtype)

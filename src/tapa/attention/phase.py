@@ -36,6 +36,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is contiguous (the key parts are such views of the keys),
+    else a contiguous copy: the fused and Triton kernels take any row stride, not element strides."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 class Parts(NamedTuple):
     qa: torch.Tensor
     ka: torch.Tensor

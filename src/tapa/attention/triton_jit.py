@@ -18,6 +18,23 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(base, b, h, s_b, s_h, s_l, offs, n_rows, cols, n_cols):
+    """Rows ``offs`` (< n_rows) and columns ``cols`` (< n_cols) of head (b, h) of a (B, H, L, d)
+    tensor with strides (s_b, s_h, s_l, 1); zeros outside."""
+    ptrs = base + b * s_b + h * s_h + offs[:, None] * s_l + cols[None, :]
+    return tl.load(ptrs, mask=(offs[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
+def _key_end(pid_m, q_offset, k_offset, lk, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """Keys [0, end) can be visible to query block pid_m: causal tiles past it are skipped."""
+    end = lk
+    if CAUSAL:
+        end = tl.minimum(lk, tl.maximum(q_offset + (pid_m + 1) * BLOCK_M - k_offset, 0))
+    return end
+
+
+@triton.jit
 def _tile(
     qa,
     qp,
@@ -105,35 +122,16 @@ def tapa_fwd(
     offs_p = tl.arange(0, DP)
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < lq
-    qa = tl.load(
-        QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-        mask=row_ok[:, None] & (offs_a[None, :] < da),
-        other=0.0,
-    )
-    qp = tl.load(
-        QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-        mask=row_ok[:, None] & (offs_p[None, :] < dp),
-        other=0.0,
-    )
+    qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
+    qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV], tl.float32)
-    end = lk
-    if CAUSAL:  # keys past the last query's position are never visible: skip those tiles
-        end = tl.minimum(lk, tl.maximum(q_offset + (pid_m + 1) * BLOCK_M - k_offset, 0))
+    end = _key_end(pid_m, q_offset, k_offset, lk, BLOCK_M, CAUSAL)
     for start_n in range(0, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < lk
-        ka = tl.load(
-            KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :],
-            mask=col_ok[:, None] & (offs_a[None, :] < da),
-            other=0.0,
-        )
-        kp = tl.load(
-            KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :],
-            mask=col_ok[:, None] & (offs_p[None, :] < dp),
-            other=0.0,
-        )
+        ka = _load_rows(KA, b, hk, ska_b, ska_h, ska_l, offs_n, lk, offs_a, da)
+        kp = _load_rows(KP, b, hk, skp_b, skp_h, skp_l, offs_n, lk, offs_p, dp)
         s, _a, _c, _cp, valid = _tile(
             qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
         )
@@ -143,11 +141,7 @@ def tapa_fwd(
         p = tl.exp(s - m_safe[:, None])
         corr = tl.exp(m_i - m_safe)
         l_i = l_i * corr + tl.sum(p, 1)
-        v = tl.load(
-            V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
-            mask=col_ok[:, None] & (offs_v[None, :] < dv),
-            other=0.0,
-        )
+        v = _load_rows(V, b, hk, sv_b, sv_h, sv_l, offs_n, lk, offs_v, dv)
         acc = acc * corr[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
         m_i = m_new
     seen = l_i != 0.0  # NaN counts as seen: it propagates
@@ -235,9 +229,9 @@ def tapa_bwd_kv(
     mask_ka = col_ok[:, None] & (offs_a[None, :] < da)
     mask_kp = col_ok[:, None] & (offs_p[None, :] < dp)
     mask_v = col_ok[:, None] & (offs_v[None, :] < dv)
-    v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :], mask=mask_v, other=0.0)
-    ka = tl.load(KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :], mask=mask_ka, other=0.0)
-    kp = tl.load(KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :], mask=mask_kp, other=0.0)
+    v = _load_rows(V, b, hk, sv_b, sv_h, sv_l, offs_n, lk, offs_v, dv)
+    ka = _load_rows(KA, b, hk, ska_b, ska_h, ska_l, offs_n, lk, offs_a, da)
+    kp = _load_rows(KP, b, hk, skp_b, skp_h, skp_l, offs_n, lk, offs_p, dp)
     dka = tl.zeros([BLOCK_N, DA], tl.float32)
     dkp = tl.zeros([BLOCK_N, DP], tl.float32)
     dvv = tl.zeros([BLOCK_N, DV], tl.float32)
@@ -249,21 +243,9 @@ def tapa_bwd_kv(
         for start_m in range(start, lq, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < lq
-            qa = tl.load(
-                QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-                mask=row_ok[:, None] & (offs_a[None, :] < da),
-                other=0.0,
-            )
-            qp = tl.load(
-                QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-                mask=row_ok[:, None] & (offs_p[None, :] < dp),
-                other=0.0,
-            )
-            do = tl.load(
-                DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
-                mask=row_ok[:, None] & (offs_v[None, :] < dv),
-                other=0.0,
-            )
+            qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
+            qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
+            do = _load_rows(DO, b, h, sdo_b, sdo_h, sdo_l, offs_m, lq, offs_v, dv)
             row = (b * heads + h) * lq + offs_m
             lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
             delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
@@ -340,44 +322,23 @@ def tapa_bwd_q(
     offs_p = tl.arange(0, DP)
     offs_v = tl.arange(0, DV)
     row_ok = offs_m < lq
-    qa = tl.load(
-        QA + b * sqa_b + h * sqa_h + offs_m[:, None] * sqa_l + offs_a[None, :],
-        mask=row_ok[:, None] & (offs_a[None, :] < da),
-        other=0.0,
-    )
-    qp = tl.load(
-        QP + b * sqp_b + h * sqp_h + offs_m[:, None] * sqp_l + offs_p[None, :],
-        mask=row_ok[:, None] & (offs_p[None, :] < dp),
-        other=0.0,
-    )
-    do = tl.load(
-        DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_l + offs_v[None, :],
-        mask=row_ok[:, None] & (offs_v[None, :] < dv),
-        other=0.0,
-    )
+    qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
+    qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
+    do = _load_rows(DO, b, h, sdo_b, sdo_h, sdo_l, offs_m, lq, offs_v, dv)
     row = bh * lq + offs_m
     lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
     delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
     dqa = tl.zeros([BLOCK_M, DA], tl.float32)
     dqp = tl.zeros([BLOCK_M, DP], tl.float32)
-    end = lk
-    if CAUSAL:
-        end = tl.minimum(lk, tl.maximum(q_offset + (pid_m + 1) * BLOCK_M - k_offset, 0))
+    end = _key_end(pid_m, q_offset, k_offset, lk, BLOCK_M, CAUSAL)
     for start_n in range(0, end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < lk
-        mask_ka = col_ok[:, None] & (offs_a[None, :] < da)
-        mask_kp = col_ok[:, None] & (offs_p[None, :] < dp)
-        ka = tl.load(KA + b * ska_b + hk * ska_h + offs_n[:, None] * ska_l + offs_a[None, :], mask=mask_ka, other=0.0)
-        kp = tl.load(KP + b * skp_b + hk * skp_h + offs_n[:, None] * skp_l + offs_p[None, :], mask=mask_kp, other=0.0)
+        ka = _load_rows(KA, b, hk, ska_b, ska_h, ska_l, offs_n, lk, offs_a, da)
+        kp = _load_rows(KP, b, hk, skp_b, skp_h, skp_l, offs_n, lk, offs_p, dp)
         s, amp, c, cp, valid = _tile(
             qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
         )
-        v = tl.load(
-            V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_l + offs_v[None, :],
-            mask=col_ok[:, None] & (offs_v[None, :] < dv),
-            other=0.0,
-        )
+        v = _load_rows(V, b, hk, sv_b, sv_h, sv_l, offs_n, lk, offs_v, dv)
         dps = _dot(do, tl.trans(v), PRECISION, UPCAST)
         _p, d_amp, d_prod = _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps)
         dqa += _dot(d_amp.to(ka.dtype), ka, PRECISION, UPCAST)

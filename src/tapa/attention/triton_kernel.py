@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from tapa.attention.phase import Parts
+from tapa.attention.phase import Parts, unit_last_stride
 
 _kernels: dict[str, object] = {}
 
@@ -66,15 +66,11 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
 class _TritonTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_m, block_n):
         k = _build()
-        qa, ka, qp, kp, v = (_unit_last(t) for t in (qa, ka, qp, kp, v))
+        qa, ka, qp, kp, v = (unit_last_stride(t) for t in (qa, ka, qp, kp, v))
         b, h, lq, da = qa.shape
         h_kv, lk, dp, dv = ka.shape[1], ka.shape[2], qp.shape[-1], v.shape[-1]
         out = torch.empty(b, h, lq, dv, device=qa.device, dtype=v.dtype)

@@ -131,8 +131,13 @@ def _split_documents(docs: list[str], where: str) -> dict[str, list[str]]:
     }
 
 
-def load_corpus(source: str = "books", validation: str | None = None, text_field: str = "text") -> Corpus:
-    """Resolve a source string (and optional separate validation source) into split documents."""
+def load_corpus(
+    source: str = "books", validation: str | None = None, text_field: str = "text", whole_if_single: bool = False
+) -> Corpus:
+    """Resolve a source string (and optional separate validation source) into split documents.
+
+    ``whole_if_single``: a file corpus of one document, which cannot be split by document,
+    becomes every split (what an evaluation of one text file wants) instead of an error."""
     if source == "books":
         if validation is not None:
             raise ConfigError("corpus: 'books' has fixed splits; --val-data applies to your own corpus only")
@@ -142,11 +147,13 @@ def load_corpus(source: str = "books", validation: str | None = None, text_field
         if "validation" not in splits and validation is None:
             splits = {**splits, **_split_documents(splits.get("train", []), source)}
     else:
-        splits = (
-            {"train": read_documents(source, text_field)}
-            if validation is not None
-            else _split_documents(read_documents(source, text_field), source)
-        )
+        docs = read_documents(source, text_field)
+        if validation is not None:
+            splits = {"train": docs}
+        elif whole_if_single and len(docs) < 2:
+            splits = {"train": docs, "validation": docs, "test": docs}
+        else:
+            splits = _split_documents(docs, source)
     if validation is not None:
         splits["validation"] = read_documents(validation, text_field)
     return Corpus(source, splits)

@@ -300,9 +300,7 @@ def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
 def run_passkey_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from tapa.train.passkey_finetune import passkey_finetune
 
-    out = Path(args.out)
-    if (out / "model.safetensors").exists():
-        raise ConfigError(f"passkey-finetune: {out} already holds a model; choose another --out")
+    out = Path(args.out)  # an --out holding a model is refused by tapa.cli_checks before this runs
     result = passkey_finetune(
         args.checkpoint, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, length=args.length,
         filler=args.filler, seed=args.seed, progress=not args.no_progress,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tapa.data.sources import load_corpus, read_documents
+from tapa.data.sources import load_corpus
 from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer
 
@@ -25,10 +25,7 @@ def heldout_documents(
 
     A corpus of one document (a single text file) cannot be split by document; for an
     evaluation that document is the held-out text, whatever the split."""
-    if val_data is None and data != "books" and not data.startswith("hf:") and len(read_documents(data)) < 2:
-        val_data = data
-        split = "validation" if split != "train" else split
-    corpus = load_corpus(data, val_data)
+    corpus = load_corpus(data, val_data, whole_if_single=True)
     array = cached_tokens(corpus, split, tokenizer, cache_dir)
     docs, left = [], max_tokens if max_tokens is not None else float("inf")
     for i in range(array.num_documents):

@@ -10,7 +10,6 @@ bit-flipped file is reported by name rather than loaded.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +20,8 @@ import torch
 
 from tapa.errors import CheckpointError
 from tapa.model import TapaLM, save_pretrained
-from tapa.utils.manifest import MANIFEST_FILE, verify_manifest, write_manifest
+from tapa.utils.files import current_umask
+from tapa.utils.manifest import MANIFEST_FILE, manifest_files, verify_manifest, write_manifest
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -48,9 +48,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700: give the checkpoint normal permissions
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the checkpoint normal permissions
     try:
         save_pretrained(model, tmp)
         save_tokenizer(tmp)
@@ -87,11 +85,8 @@ def clean_incomplete(run_dir: str | Path) -> list[Path]:
         return []
     removed = [p for p in root.glob(f".{PREFIX}*") if p.is_dir()]
     for ckpt in list_checkpoints(run_dir):
-        try:
-            files = json.loads((ckpt / MANIFEST_FILE).read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable manifests are reported by verify_checkpoint when used
-        if any(not (ckpt / name).is_file() for name in files):
+        files = manifest_files(ckpt)  # unreadable manifests are reported by verify_checkpoint when used
+        if files is not None and any(not (ckpt / name).is_file() for name in files):
             removed.append(ckpt)
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ is an error rather than a silent change.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,6 @@ def _run(config: TrainConfig, args: argparse.Namespace) -> None:
         resolve_resume(config.out, "latest")  # a damaged final checkpoint is still reported, with the fix
         print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")
         return
-
-    import os
 
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     result = run_training(config, resume=args.resume, progress=not args.no_progress and main_rank)

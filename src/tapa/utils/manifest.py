@@ -31,16 +31,23 @@ def write_manifest(directory: str | Path, names: list[str], **extra: object) -> 
     atomic_write_text(directory / MANIFEST_FILE, json.dumps({**extra, "files": files}, indent=1) + "\n")
 
 
+def manifest_files(directory: str | Path) -> dict[str, dict] | None:
+    """``{name: {"bytes", "sha256"}}`` from the folder's manifest, None if it is absent or unreadable."""
+    try:
+        files = json.loads((Path(directory) / MANIFEST_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
 def verify_manifest(directory: str | Path, required: bool = True) -> bool:
     """Check every file the manifest lists; False when there is none and it is not required."""
     directory = Path(directory)
-    path = directory / MANIFEST_FILE
-    if not path.exists() and not required:
+    if not (directory / MANIFEST_FILE).exists() and not required:
         return False
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint: {directory} has no readable {MANIFEST_FILE}; it is incomplete") from None
+    files = manifest_files(directory)
+    if files is None:
+        raise CheckpointError(f"checkpoint: {directory} has no readable {MANIFEST_FILE}; it is incomplete")
     for name, info in files.items():
         file = directory / name
         if not file.is_file():

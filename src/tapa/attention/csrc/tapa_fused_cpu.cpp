@@ -253,6 +253,11 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// a[j:j+8] * cos(c[j:j+8] * p[j:j+8]): eight scores of a tile row
+inline __m256 score8(const float* a, const float* p, const float* c, int j) {
+  return _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(_mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j))));
+}
+
 template <>
 float scores_row<float>(float* a, const float* p, const float* c, int n) {
   // two independent chains per loop for instruction-level parallelism. A NaN score need not
@@ -260,18 +265,14 @@ float scores_row<float>(float* a, const float* p, const float* c, int n) {
   __m256 vmax0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), vmax1 = vmax0;
   int j = 0;
   for (; j + 16 <= n; j += 16) {
-    const __m256 ph0 = _mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j));
-    const __m256 ph1 = _mm256_mul_ps(_mm256_loadu_ps(c + j + 8), _mm256_loadu_ps(p + j + 8));
-    const __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(ph0));
-    const __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(a + j + 8), cos8(ph1));
+    const __m256 s0 = score8(a, p, c, j), s1 = score8(a, p, c, j + 8);
     _mm256_storeu_ps(a + j, s0);
     _mm256_storeu_ps(a + j + 8, s1);
     vmax0 = _mm256_max_ps(s0, vmax0);
     vmax1 = _mm256_max_ps(s1, vmax1);
   }
   for (; j + 8 <= n; j += 8) {
-    const __m256 ph = _mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j));
-    const __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(ph));
+    const __m256 s0 = score8(a, p, c, j);
     _mm256_storeu_ps(a + j, s0);
     vmax0 = _mm256_max_ps(s0, vmax0);
   }
@@ -318,10 +319,7 @@ float scores_exp_row<float>(const float* a, const float* p, const float* c, int 
   __m256 vsum0 = _mm256_setzero_ps(), vsum1 = vsum0;
   int j = 0;
   for (; j + 16 <= n; j += 16) {
-    const __m256 ph0 = _mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j));
-    const __m256 ph1 = _mm256_mul_ps(_mm256_loadu_ps(c + j + 8), _mm256_loadu_ps(p + j + 8));
-    const __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(ph0));
-    const __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(a + j + 8), cos8(ph1));
+    const __m256 s0 = score8(a, p, c, j), s1 = score8(a, p, c, j + 8);
     vmax0 = _mm256_max_ps(s0, vmax0);
     vmax1 = _mm256_max_ps(s1, vmax1);
     const __m256 e0 = exp8(_mm256_sub_ps(s0, vm)), e1 = exp8(_mm256_sub_ps(s1, vm));
@@ -331,8 +329,7 @@ float scores_exp_row<float>(const float* a, const float* p, const float* c, int 
     vsum1 = _mm256_add_ps(vsum1, e1);
   }
   for (; j + 8 <= n; j += 8) {
-    const __m256 ph = _mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j));
-    const __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(ph));
+    const __m256 s0 = score8(a, p, c, j);
     vmax0 = _mm256_max_ps(s0, vmax0);
     const __m256 e0 = exp8(_mm256_sub_ps(s0, vm));
     _mm256_storeu_ps(out + j, e0);
