@@ -153,3 +153,51 @@ def test_kv_cache_float32_default_init(scheme):
     cache = model.new_cache()
     steps = [model(ids[:, :30], cache)] + [model(ids[:, i : i + 1], cache) for i in range(30, 40)]
     torch.testing.assert_close(torch.cat(steps, 1), model(ids), rtol=1e-4, atol=1e-5)
+
+
+def _llama_state_dict(model: TapaLM) -> dict[str, torch.Tensor]:
+    """Our weights under transformers' Llama names (an independent model to compare with)."""
+    names = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj",
+             "attn.wo": "self_attn.o_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "ffn.gate": "mlp.gate_proj", "ffn.up": "mlp.up_proj", "ffn.down": "mlp.down_proj"}  # fmt: skip
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("blocks."):
+            for ours, theirs in names.items():
+                key = key.replace(f".{ours}.", f".{theirs}.")
+            key = "model.layers." + key.removeprefix("blocks.")
+        else:
+            key = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}.get(key, key)
+        out[key] = value
+    return out
+
+
+def test_explicit_head_dim_matches_transformers_llama():
+    """head_dim decoupled from d_model / n_heads (inner width n_heads x head_dim = 96 != 32),
+    with GQA: the same logits as transformers' LlamaForCausalLM given the same weights."""
+    transformers = pytest.importorskip("transformers")
+    config = ModelConfig(positional="rope", vocab_size=37, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         head_dim=24, ffn_hidden=48, tie_embeddings=False, init_std=0.2)  # fmt: skip
+    assert config.head_size == 24 and "head_dim" in config.to_dict()
+    ours = TapaLM(config).double().eval()
+    hf_config = transformers.LlamaConfig(
+        vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, rms_norm_eps=config.norm_eps, rope_theta=config.rope_base,
+        max_position_embeddings=config.max_seq_len, tie_word_embeddings=False, attention_bias=False,
+    )  # fmt: skip
+    theirs = transformers.LlamaForCausalLM(hf_config).double().eval()
+    missing, unexpected = theirs.load_state_dict(_llama_state_dict(ours), strict=False)
+    assert not unexpected and all("rotary_emb" in k for k in missing)
+    ids = torch.randint(0, 37, (2, 19))
+    with torch.no_grad():
+        # both compute RoPE angles in float32, in different orders: ~1e-6 of rounding
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_head_dim_default_is_derived_and_not_written():
+    config = ModelConfig(d_model=64, n_heads=4)
+    assert config.head_size == 16 and "head_dim" not in config.to_dict()
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(Exception, match=r"n_heads: 3 does not divide d_model=64; change one, or set head_dim"):
+        ModelConfig(d_model=64, n_heads=3)
+    assert ModelConfig(d_model=64, n_heads=3, head_dim=16).head_size == 16

@@ -17,7 +17,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.config, self.layer = config, layer
-        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_size
         d = config.d_model
         self.wq = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(d, self.n_kv * self.head_dim, bias=False)

@@ -28,6 +28,9 @@ class ModelConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: int | None = None
+    # per-head width; None = d_model // n_heads. Set it to decouple the two (Gemma, Qwen3 and
+    # our head-size ablations: the attention's inner width is then n_heads x head_dim)
+    head_dim: int | None = None
     ffn_hidden: int | None = None
     max_seq_len: int = 256
     positional: str = "tapa"
@@ -49,13 +52,14 @@ class ModelConfig:
         self.validate()
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def head_size(self) -> int:
+        """Width of one attention head: ``head_dim`` if set, else d_model // n_heads."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
     @property
     def rotary_dim(self) -> int:
         """Dimensions RoPE rotates per head: int(head_dim * partial_rotary_factor), as transformers computes it."""
-        return int(self.head_dim * self.partial_rotary_factor)
+        return int(self.head_size * self.partial_rotary_factor)
 
     @property
     def kv_heads(self) -> int:
@@ -70,11 +74,13 @@ class ModelConfig:
     def validate(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             _positive_int(name, getattr(self, name))
-        for name in ("n_kv_heads", "ffn_hidden"):
+        for name in ("n_kv_heads", "head_dim", "ffn_hidden"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"n_heads: {self.n_heads} does not divide d_model={self.d_model}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"n_heads: {self.n_heads} does not divide d_model={self.d_model}; change one, or set head_dim"
+            )
         if self.n_heads % self.kv_heads:
             raise ConfigError(f"n_kv_heads: {self.kv_heads} does not divide n_heads={self.n_heads}")
         if self.positional not in POSITIONAL_SCHEMES:
@@ -93,7 +99,7 @@ class ModelConfig:
             ):
                 raise ConfigError(f"tapa_alpha: must be a finite number > 0, got {self.tapa_alpha!r}")
             try:
-                amplitude_dim(self.head_dim, self.tapa_theta)
+                amplitude_dim(self.head_size, self.tapa_theta)
             except ConfigError as err:
                 raise ConfigError(f"tapa_theta: {err}".replace("tapa_theta: theta: ", "tapa_theta: ")) from None
             if self.tapa_phase not in PHASES:
@@ -110,11 +116,11 @@ class ModelConfig:
                 f"partial_rotary_factor: only applies to positional='rope', but positional={self.positional!r}"
             )
         if self.positional == "rope":
-            if self.head_dim % 2:
-                raise ConfigError(f"d_model: RoPE needs an even head_dim, got d_model/n_heads = {self.head_dim}")
+            if self.head_size % 2:
+                raise ConfigError(f"head_dim: RoPE needs an even head width, got {self.head_size}")
             if self.rotary_dim < 2 or self.rotary_dim % 2:
                 raise ConfigError(
-                    f"partial_rotary_factor: rotates int({self.head_dim} x {factor}) = {self.rotary_dim} dimensions; "
+                    f"partial_rotary_factor: rotates int({self.head_size} x {factor}) = {self.rotary_dim} dimensions; "
                     "choose a factor that gives an even number >= 2"
                 )
             if not isinstance(self.rope_scaling or {}, dict):
@@ -135,7 +141,10 @@ class ModelConfig:
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["head_dim"] is None:  # the derived default is not written: older configs stay byte-identical
+            del data["head_dim"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -73,7 +73,7 @@ class TapaLM(nn.Module):
             pos += f" (base={c.rope_base:g}, scaling={c.rope_scaling or 'none'})"
         return (
             f"TapaLM: {self.num_parameters() / 1e6:.2f}M parameters; {c.n_layers} layers, d_model {c.d_model}, "
-            f"{c.n_heads} heads ({c.kv_heads} kv), head_dim {c.head_dim}, vocab {c.vocab_size}; positional {pos}"
+            f"{c.n_heads} heads ({c.kv_heads} kv), head_dim {c.head_size}, vocab {c.vocab_size}; positional {pos}"
         )
 
     def forward(

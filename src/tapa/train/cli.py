@@ -50,6 +50,7 @@ MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
     "--n-layers": ("n_layers", int, "decoder blocks"),
     "--n-heads": ("n_heads", int, "attention heads"),
     "--n-kv-heads": ("n_kv_heads", int, "key/value heads (GQA)"),
+    "--head-dim": ("head_dim", int, "per-head width (default d_model / n_heads)"),
     "--ffn-hidden": ("ffn_hidden", int, "SwiGLU hidden width"),
     "--max-seq-len": ("max_seq_len", int, "training length recorded in the model (default: --seq-len)"),
     "--tapa-alpha": ("tapa_alpha", float, "TAPA distance exponent alpha"),
