@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.reproduce.cli import add_parsers as add_reproduce_parsers
 
     add_reproduce_parsers(sub)
+    from tapa.study.cli import add_parsers as add_study_parsers
+
+    add_study_parsers(sub)
     for verb in sub.choices.values():  # every flag's default in --help (flags with none show nothing)
         verb.formatter_class = argparse.ArgumentDefaultsHelpFormatter
         for action in verb._actions:

@@ -1,0 +1,53 @@
+"""The ablation ladder's report: one table, a row per cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def ablation_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| cell | tokens | head_dim x heads | steps | TAPA LR | RoPE ppl | TAPA ppl | NoPE ppl "
+        "| **TAPA/RoPE** | NoPE/RoPE | bits/byte RoPE / TAPA / NoPE | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "rope" not in row:
+            continue
+        ppl = {m: (2.718281828459045 ** row[m]["val_loss"] if m in row else None) for m in ("rope", "tapa", "nope")}
+        bpb = " / ".join(_fmt(row[m]["val_bpb"], ".3f") if m in row else "-" for m in ("rope", "tapa", "nope"))
+        tapa_lr = _fmt(row["tapa"]["lr"], ".0e") if "tapa" in row else "-"
+        seeds = len(row["tapa"]["seeds"]) if "tapa" in row else len(row["rope"]["seeds"])
+        heads = row.get("n_heads", "")
+        lines.append(
+            f"| {row['name']} | {row['tokenizer']} | {row['head_dim']}{f' x {heads}' if heads else ''} | {row['steps']} "
+            f"| {tapa_lr} | {_fmt(ppl['rope'], '.2f')} | {_fmt(ppl['tapa'], '.2f')} | {_fmt(ppl['nope'], '.2f')} "
+            f"| **{_fmt(row.get('tapa_over_rope'))}** | {_fmt(row.get('nope_over_rope'))} | {bpb} | {seeds} |"
+        )
+    return "\n".join(lines)
+
+
+def write_ablation_report(results: dict[str, Any], out: Path) -> None:
+    ladder = results["ladder"]
+    text = [
+        "# Ablation ladder: why does TAPA lag RoPE at the training length?",
+        "",
+        f"Models: d_model {ladder['d_model']}, {ladder['n_layers']} layers, L0 = {ladder['seq_len']} tokens, "
+        f"batch {ladder['batch_size']}; validation perplexity at L0 on the validation book "
+        f"({ladder['eval_segments']} segments), per token of each cell's tokenizer (BPE vocabulary "
+        f"{results['bpe_vocab']}). Ratios are exp(loss - RoPE's loss) in the same cell; > 1 is worse than RoPE. "
+        "Bits per byte compare across tokenizers.",
+        "",
+        ablation_table(results["rows"]),
+        "",
+        "Learning-rate rules: " + "; ".join(f"`{k}`: {v}" for k, v in results["lr_rules"].items()) + ".",
+        "",
+        f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min (cached stages are not re-run).",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
