@@ -70,6 +70,7 @@ class Ladder:
     # cells re-run with these extra seeds (the decisive ones)
     seeded_cells: tuple[str, ...] = ()
     extra_seeds: tuple[int, ...] = ()
+    seeds_after: str | None = None  # the extra seeds run after this cell (None: after every cell)
 
 
 # in priority order: a ladder cut short still answers the first questions
@@ -85,7 +86,8 @@ LADDER_CELLS = (
     Cell("bpe-hd64", "bpe", 64),
 )
 LADDERS = {
-    "default": Ladder(cells=LADDER_CELLS, seeded_cells=("bpe-hd128",), extra_seeds=(1, 2)),
+    "default": Ladder(cells=LADDER_CELLS, seeded_cells=("byte-hd24", "bpe-hd128"), extra_seeds=(1, 2),
+                      seeds_after="bpe-hd128-lr-equal"),
     "smoke": Ladder(d_model=32, n_layers=1, seq_len=32, batch_size=4, eval_segments=8,
                     cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
                     seeded_cells=("byte-hd16",), extra_seeds=(1,)),
@@ -116,6 +118,17 @@ def train_stage(out: Path, config: TrainConfig, name: str, log) -> dict[str, Any
                 "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
 
     return run_stage(out, name, {"train": config.to_dict()}, work, log)
+
+
+def diagnose_stage(out: Path, run: str, cache_dir: str | None, log) -> dict[str, Any]:
+    """Mechanism diagnostics of a trained run (cached): the summary and the full result."""
+    from tapa.study.diagnostics import diagnose_run, summary
+
+    def work(_directory: Path) -> dict[str, Any]:
+        full = diagnose_run(run, cache_dir=cache_dir)
+        return {"summary": summary(full), "full": full}
+
+    return run_stage(out, "diagnose", {"run": run}, work, log)
 
 
 def ratio(loss: float, baseline: float) -> float:
@@ -159,18 +172,25 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
             print(text, flush=True)
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
+    diagnostics: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {"ladder": asdict(ladder), "lr_rules": LR_RULES, "bpe_vocab": BPE_VOCAB}
 
     def record() -> None:
         cells = ladder.cells
         results["runs"] = runs
+        results["diagnostics"] = diagnostics
         results["rows"] = summarise(runs, cells, ladder.d_model)
         results["wall_seconds"] = time.perf_counter() - started
         (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
         write_ablation_report(results, out)
 
-    plan = [(cell, seed) for seed in ladder.seeds for cell in ladder.cells]
-    plan += [(cell, seed) for seed in ladder.extra_seeds for cell in ladder.cells if cell.name in ladder.seeded_cells]
+    extra = [(cell, seed) for seed in ladder.extra_seeds for cell in ladder.cells if cell.name in ladder.seeded_cells]
+    plan = []
+    for cell in ladder.cells:
+        plan += [(cell, seed) for seed in ladder.seeds]
+        if cell.name == ladder.seeds_after:
+            plan, extra = plan + extra, []
+    plan += extra
     for cell, seed in plan:
         log(f"cell {cell.name}, seed {seed}")
         methods = cell.methods
@@ -181,6 +201,8 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
             config = train_config(ladder, lr_cell, method, seed, cache_dir)
             res = train_stage(out, config, f"train_{method}_s{seed}", log)
             runs.setdefault(cell.name, {}).setdefault(method, {})[str(seed)] = res
+            if seed == ladder.seeds[0]:
+                diagnostics.setdefault(cell.name, {})[method] = diagnose_stage(out, res["run"], cache_dir, log)
         record()
     record()
     return results

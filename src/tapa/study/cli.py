@@ -17,6 +17,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     abl.add_argument("--quiet", action="store_true")
     abl.set_defaults(func=_ablation)
 
+    from tapa.study.recall import STUDIES
+
+    rec = verbs.add_parser("recall", help="associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)")
+    rec.add_argument("--study", choices=list(STUDIES), default="default")
+    rec.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    rec.add_argument("--quiet", action="store_true")
+    rec.set_defaults(func=_recall)
+
+    diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
+    diag.add_argument("runs", nargs="+", metavar="RUN", help="trained run folders (their saved tokenizer is used)")
+    diag.add_argument("--out", required=True, help="output folder for diagnostics.json and report.md")
+    diag.add_argument("--length", type=int, help="segment length (default: each run's training length)")
+    diag.add_argument("--batch", type=int, default=4, help="validation segments")
+    diag.add_argument("--cache-dir", help="token cache directory")
+    diag.set_defaults(func=_diagnose)
+
 
 def _ablation(args: argparse.Namespace) -> None:
     from tapa.study.ablation import LADDERS, run_ladder
@@ -27,3 +43,29 @@ def _ablation(args: argparse.Namespace) -> None:
             nope = row.get("nope_over_rope")
             print(f"{row['name']}: TAPA/RoPE {row['tapa_over_rope']:.3f}" + (f", NoPE/RoPE {nope:.3f}" if nope else ""))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
+
+
+def _recall(args: argparse.Namespace) -> None:
+    from tapa.study.recall import STUDIES, run_recall
+    from tapa.study.recall_report import recall_table
+
+    results = run_recall(STUDIES[args.study], args.out, verbose=not args.quiet)
+    print(recall_table(results))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from tapa.study.diagnostics import diagnose_run, summary
+    from tapa.study.diagnostics_report import diagnostics_table
+
+    results = {run: diagnose_run(run, args.batch, args.length, args.cache_dir) for run in args.runs}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnostics.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = diagnostics_table({run: summary(r) for run, r in results.items()})
+    (out / "report.md").write_text("# Mechanism diagnostics\n\n" + table + "\n")
+    print(table)
+    print(f"report: {out}/report.md, {out}/diagnostics.json")

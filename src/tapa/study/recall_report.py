@@ -1,0 +1,111 @@
+"""The recall study's report: accuracy by method x length (mean and spread over seeds), by
+depth at the longest length, and a figure."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def accuracy_summary(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """method -> length -> (mean accuracy, sample sd over seeds (0 for one seed), seeds)."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for method, seeds in results["runs"].items():
+        lengths = next(iter(seeds.values()))["lengths"]
+        for length in lengths:
+            accs = [s["lengths"][length]["accuracy"] for s in seeds.values()]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            out.setdefault(method, {})[length] = (statistics.fmean(accs), sd, len(accs))
+    return out
+
+
+def recall_table(results: dict[str, Any]) -> str:
+    summary = accuracy_summary(results)
+    if not summary:
+        return "(no runs yet)"
+    lengths = list(next(iter(summary.values())))
+    l0 = results["study"]["seq_len"]
+    head = " | ".join(f"{n} ({int(n) // l0}x)" for n in lengths)
+    lines = [f"| method | seeds | {head} |", "|---|---|" + "---|" * len(lengths)]
+    for method, rows in summary.items():
+        cells = " | ".join(f"{rows[n][0]:.1%} ± {rows[n][1]:.1%}" for n in lengths)
+        lines.append(f"| {method} | {next(iter(rows.values()))[2]} | {cells} |")
+    return "\n".join(lines)
+
+
+def depth_table(results: dict[str, Any], length: str) -> str:
+    bins = len(next(iter(next(iter(results["runs"].values())).values()))["lengths"][length]["by_depth"])
+    head = " | ".join(f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins))
+    lines = [f"| method | {head} |", "|---|" + "---|" * bins]
+    for method, seeds in results["runs"].items():
+        per_bin = [statistics.fmean(s["lengths"][length]["by_depth"][i] for s in seeds.values()) for i in range(bins)]
+        lines.append(f"| {method} | " + " | ".join(f"{v:.1%}" for v in per_bin) + " |")
+    return "\n".join(lines)
+
+
+def plot_recall(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = accuracy_summary(results)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (method, rows) in enumerate(summary.items()):
+        xs = [int(n) for n in rows]
+        ys = [rows[n][0] for n in rows]
+        err = [rows[n][1] for n in rows]
+        ax.errorbar(xs, ys, yerr=err, ls=STYLES[i % len(STYLES)], marker=MARKERS[i % len(MARKERS)], ms=5,
+                    capsize=3, label=method)  # fmt: skip
+    ax.axhline(results["chance"], color="grey", lw=0.8, ls=":", label="chance (1/V)")
+    ax.axvline(results["study"]["seq_len"], color="grey", lw=0.8, ls="--", label="training length L0")
+    ax.set_xscale("log", base=2)
+    xs = [results["study"]["seq_len"] * f for f in results["study"]["length_factors"]]
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("sequence length (tokens, log scale)")
+    ax.set_ylabel("recall accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_recall_report(results: dict[str, Any], out: Path) -> None:
+    study, task = results["study"], results["study"]["task"]
+    (out / "figures").mkdir(exist_ok=True)
+    plot_recall(results, out / "figures" / "recall_by_length.png")
+    longest = str(study["seq_len"] * study["length_factors"][-1])
+    text = [
+        "# Associative recall past the training length",
+        "",
+        f"Task: {task['n_pairs']} key-value pairs planted in random filler, then {task['n_queries']} of the keys "
+        f"again; the model must name each key's value ({task['n_values']} possible values: chance "
+        f"{results['chance']:.1%}). Models: d_model {study['d_model']}, {study['n_layers']} layers, "
+        f"{study['n_heads']} heads, trained {study['steps']} steps of {study['batch_size']} sequences at "
+        f"L0 = {study['seq_len']}, then tested on {study['eval_sequences']} sequences per length with the queried "
+        "pairs spread over every depth.",
+        "",
+        "Accuracy (mean ± sd over seeds):",
+        "",
+        recall_table(results),
+        "",
+        "![Recall accuracy against length; one line per method, error bars = sd over seeds]"
+        "(figures/recall_by_length.png)",
+        "",
+        "*Figure: recall accuracy against sequence length (log scale); the dashed line is the training length, "
+        "the dotted line chance.*",
+        "",
+        f"Accuracy by depth of the queried pair at {longest} tokens (0 = start of the context):",
+        "",
+        depth_table(results, longest),
+        "",
+        f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min.",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
