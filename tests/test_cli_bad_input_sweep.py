@@ -31,6 +31,9 @@ VERBS: dict[str, list[str]] = {
     "theory": [],
     "bias": ["CKPT"],
     "reproduce": ["--preset", "smoke"],
+    "study ablation": ["--ladder", "smoke"],
+    "study recall": ["--study", "smoke"],
+    "study diagnose": ["CKPT"],
 }
 WRITERS = [v for v in VERBS if v not in ("info", "generate")]
 WITH_CHECKPOINT = [v for v, a in VERBS.items() if "CKPT" in a]
@@ -80,6 +83,8 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("bias", "near 0 far 0", ["--near", "0", "--far", "0"]),
         ("train", "RoPE flag on a TAPA model", ["--positional", "tapa", "--rope-base", "5e5"]),
         ("train", "TAPA flag on a RoPE model", ["--positional", "rope", "--tapa-theta", "0.3"]),
+        ("study diagnose", "segment length 1", ["--segment-length", "1"]),
+        ("study diagnose", "segments 0", ["--segments", "0"]),
     ]
     return out
 
@@ -143,7 +148,7 @@ def build_argv(verb: str, extra: list[str], root: Path) -> list[str]:
             skip = i + 1 < len(base) and not base[i + 1].startswith("--")
             continue
         kept.append(a)
-    argv = [verb, *kept, *extra]
+    argv = [*verb.split(), *kept, *extra]
     if verb in WRITERS and "--out" not in argv:
         argv += ["--out", "OUT"]
     return substitute(argv, root)
@@ -169,7 +174,9 @@ def test_sweep_covers_every_verb():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) == set(VERBS)
+    assert set(sub.choices) == {verb.split()[0] for verb in VERBS}
+    study = next(a for a in sub.choices["study"]._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert {f"study {name}" for name in study.choices} == {v for v in VERBS if v.startswith("study ")}
     assert {verb for verb, _, _ in cases()} == set(VERBS)
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,33 @@ def test_grid_and_passkey_stages_run_in_a_tiny_preset(tmp_path):
     direct = evaluate_perplexity(model, docs, 2 * preset.seq_len, preset.seq_len // 2, batch_size=4).perplexity
     assert pi[str(2 * preset.seq_len)]["perplexity"] == pytest.approx(direct, rel=1e-5)
     assert pi[str(2 * preset.seq_len)]["perplexity"] != pytest.approx(rope[str(2 * preset.seq_len)]["perplexity"])
+
+
+def test_bpe_preset_with_controls_runs_end_to_end(tmp_path):
+    """smoke-bpe: one BPE trained once and shared by every stage, explicit head width, a
+    per-method LR, the partial-RoPE and learnable-M/N TAPA controls; the report says BPE,
+    carries the toy banner, each verdict's rule and a caption under every figure."""
+    from tapa.data.tokenizer import load_checkpoint_tokenizer
+    from tapa.model import load_pretrained
+    from tapa.reproduce.pipeline import run_reproduce
+
+    preset = get_preset("smoke-bpe")
+    out = tmp_path / "out"
+    results = run_reproduce(preset, out, cache_dir=str(tmp_path / "cache"), verbose=False)
+    shared = (out / "tokenizer" / "tokenizer.json").read_text()
+    for method in preset.pretrain:
+        run = results["pretrain"][method]["0"]["run"]
+        assert (Path(run) / "tokenizer.json").read_text() == shared  # one vocabulary for every method
+        config = json.loads((Path(run) / "train_config.json").read_text())
+        assert config["lr"] == (4e-4 if method == "tapa" else None)
+    assert load_checkpoint_tokenizer(out / "tokenizer").vocab_size == preset.bpe_vocab
+    partial = load_pretrained(results["pretrain"]["rope_partial"]["0"]["run"]).config
+    assert partial.partial_rotary_factor == 0.5 and partial.rotary_dim == 16
+    assert load_pretrained(results["finetune"]["tapa_full"]["0"]["run"]).config.tapa_phase == "quadratic_full"
+    for method in preset.finetune:
+        assert set(results["finetuned"][method]["0"]["lengths"]) == {str(n) for n in preset.eval_lengths}
+    report = (out / "report.md").read_text()
+    assert "BPE tokens (vocabulary 512" in report and "per BPE token" in report and "smoke-scale preset" in report
+    assert all(v["threshold"] in report for v in results["verdicts"].values())
+    figures = sorted((out / "figures").glob("*.png"))
+    assert figures and report.count("*Figure: ") == len(figures)

@@ -70,6 +70,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_new_tokens": (lambda x: isinstance(x, int) and x >= 0, "an integer >= 0"),
     "mu0": (_finite, "a finite number"),
     "nu0": (_finite, "a finite number"),
+    "segments": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
+    "segment_length": (lambda x: isinstance(x, int) and x >= 2, "an integer >= 2"),
 }
 
 

@@ -16,6 +16,7 @@ planted pair cannot be confused with filler and the chance level is exactly 1/V.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,7 +109,7 @@ def stratified_depths(batch: int, n_queries: int, length: int, task: RecallTask,
     is start / last exactly (``make_batch`` puts the key at ``round(depth * last)`` = start)."""
     last = length - 2 * task.n_queries - 3
     edges = [round(j * (last + 1) / n_queries) for j in range(n_queries + 1)]
-    if min(hi - lo for lo, hi in zip(edges, edges[1:], strict=False)) < 2:
+    if min(hi - lo for lo, hi in itertools.pairwise(edges)) < 2:
         raise ValueError(f"length {length} is too short to spread {n_queries} pairs over the context")
     out = torch.empty(batch, n_queries, dtype=torch.float64)
     for b in range(batch):

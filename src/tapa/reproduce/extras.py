@@ -93,6 +93,10 @@ def positions_stage(rep, runs: dict[str, str]) -> dict[str, Any]:
     return run_stage(rep.out, "positions", {"runs": runs, "length": length}, work, rep.log)
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def plot_perplexity(results: dict[str, Any], path: Path) -> None:
     import statistics
 
@@ -108,20 +112,23 @@ def plot_perplexity(results: dict[str, Any], path: Path) -> None:
         (axes[1], "finetuned", f"after fine-tuning at {preset['finetune_len']} (Table 1)"),
     )
     for ax, key, title in panels:
-        for method, seeds in results[key].items():
+        for i, (method, seeds) in enumerate(results[key].items()):
             lengths = preset["eval_lengths"]
             values = [statistics.fmean(s["lengths"][str(n)]["perplexity"] for s in seeds.values()) for n in lengths]
-            ax.plot(lengths, values, marker="o", ms=3, label=method)
+            ax.plot(lengths, values, ls=LINE_STYLES[i % len(LINE_STYLES)], marker=MARKERS[i % len(MARKERS)],
+                    ms=5, mfc="none", label=method)  # fmt: skip
         ax.axvline(preset["seq_len"], color="grey", ls="--", lw=0.8, label="L0")
         if key == "finetuned":
             ax.axvline(preset["finetune_len"], color="grey", ls=":", lw=0.8, label="fine-tuning length")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(preset["eval_lengths"], [str(n) for n in preset["eval_lengths"]], fontsize=7)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens, log scale)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("perplexity per byte (log scale)")
+    unit = "BPE token" if preset.get("tokenizer") == "bpe" else "byte"
+    axes[0].set_ylabel(f"perplexity per {unit} (log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

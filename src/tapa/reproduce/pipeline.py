@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from tapa.data.tokenizer import Bytes
+from tapa.data.sources import load_corpus
+from tapa.data.tokenizer import Bytes, HFTokenizer, Tokenizer, load_tokenizer_file
 from tapa.evaluate.heldout import heldout_documents
 from tapa.evaluate.perplexity import evaluate_perplexity
 from tapa.model import ModelConfig, load_pretrained
@@ -34,24 +35,33 @@ FINETUNE_SOURCES = {
     "rope": ("rope", {}), "rope_big_base": ("rope", {"rope_base": ROPE_BASE * BIG_BASE_FACTOR}),
     "pi": ("rope", {"pi": SCALE_FACTOR}), "yarn": ("rope", {"yarn": SCALE_FACTOR}), "tapa": ("tapa", {}),
     "tapa_linear": ("tapa_linear", {}), "nope": ("nope", {}), "alibi": ("alibi", {}),
+    "rope_partial": ("rope_partial", {}), "tapa_full": ("tapa_full", {}),
 }  # fmt: skip
+PARTIAL_ROTARY_FACTOR = 0.5  # the rope_partial control: RoPE on half of each head, no position on the rest
 
 
 def model_config(method: str, preset: Preset) -> ModelConfig:
     kwargs: dict[str, Any] = {"d_model": preset.d_model, "n_layers": preset.n_layers, "n_heads": preset.n_heads,
                               "max_seq_len": preset.seq_len, "rope_base": ROPE_BASE}  # fmt: skip
+    if preset.head_dim is not None:
+        kwargs["head_dim"] = preset.head_dim
     if method.startswith("tapa_a"):  # grid point tapa_a{alpha}_t{theta}
         alpha, theta = method.removeprefix("tapa_a").split("_t")
         return ModelConfig(positional="tapa", tapa_alpha=float(alpha), tapa_theta=float(theta), **kwargs)
     if method == "tapa_linear":
         return ModelConfig(positional="tapa", tapa_phase="linear", **kwargs)
+    if method == "tapa_full":
+        return ModelConfig(positional="tapa", tapa_phase="quadratic_full", **kwargs)
+    if method == "rope_partial":
+        return ModelConfig(positional="rope", partial_rotary_factor=PARTIAL_ROTARY_FACTOR, **kwargs)
     return ModelConfig(positional=method, **kwargs)
 
 
 class Reproduction:
     def __init__(self, preset: Preset, out: Path, cache_dir: str | None = None, verbose: bool = True) -> None:
         self.preset, self.out, self.cache_dir, self.verbose = preset, out, cache_dir, verbose
-        self.docs = heldout_documents(Bytes(), "books", "test", preset.eval_tokens, cache_dir)
+        self.tokenizer_spec, tokenizer = preset_tokenizer(preset, out)
+        self.docs = heldout_documents(tokenizer, "books", "test", preset.eval_tokens, cache_dir)
 
     def log(self, text: str) -> None:
         if self.verbose:
@@ -63,7 +73,8 @@ class Reproduction:
         model = model_config(method, p)
         config = TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed,
                              eval_every=0, save_every=max(1, p.pretrain_steps // 4), eval_segments=32,
-                             cache_dir=self.cache_dir, model=model)  # fmt: skip
+                             cache_dir=self.cache_dir, model=model, tokenizer=self.tokenizer_spec,
+                             lr=p.peak_lr(method))  # fmt: skip
         return run_stage(self.out, f"pretrain_{method}_s{seed}", {"train": config.to_dict()},
                          lambda d: self._train(config, d), self.log)  # fmt: skip
 
@@ -116,6 +127,23 @@ class Reproduction:
         if scaling:
             key["per_length"] = True  # factor min(cap, L / L_train); earlier runs used the cap at every length
         return run_stage(self.out, name, key, work, self.log)
+
+
+def preset_tokenizer(preset: Preset, out: Path) -> tuple[str, Tokenizer]:
+    """The preset's tokenizer and the spec every training stage gets: ``"byte"``, or a BPE
+    trained once on the training books and kept at ``OUT/tokenizer/tokenizer.json`` (every
+    method then shares one vocabulary; a re-run reuses it)."""
+    if preset.tokenizer == "byte":
+        return "byte", Bytes()
+    path = out / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        trained = HFTokenizer.train_bpe(load_corpus("books").documents("train"), preset.bpe_vocab)
+        staging = out / "tokenizer.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        trained.save(staging)
+        staging.rename(path.parent)
+    return str(path), load_tokenizer_file(path)
 
 
 def stage_seconds(results: Any) -> float:

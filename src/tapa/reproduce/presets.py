@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from tapa.errors import ConfigError
 
 PRETRAIN_METHODS = ("rope", "tapa", "tapa_linear", "nope", "alibi")
+# controls reviewers asked for: partial RoPE (half of each head rotates) and the learnable-M/N TAPA
+CONTROLS = ("rope_partial", "tapa_full")
 GRID = ((0.1, 0.25), (0.5, 0.5), (1.0, 0.5), (0.1, 0.75))  # (alpha, theta) besides the default (0.1, 0.5)
 FINETUNE_METHODS = ("rope", "rope_big_base", "pi", "yarn", "tapa", "tapa_linear", "nope", "alibi")
 
@@ -37,6 +39,14 @@ class Preset:
     passkey_trials: int = 0
     left_out: tuple[str, ...] = field(default_factory=tuple)
     untested: bool = False
+    # tokenizer: "byte", or "bpe" (trained once on the training books, vocabulary bpe_vocab)
+    tokenizer: str = "byte"
+    bpe_vocab: int = 2048
+    head_dim: int | None = None  # None: d_model / n_heads
+    # peak LR per method where it differs from the library default (a sweep at this geometry)
+    lr: tuple[tuple[str, float], ...] = ()
+    # too small to mean anything: the report says so at the top
+    toy: bool = False
 
     @property
     def finetune_len(self) -> int:
@@ -45,6 +55,10 @@ class Preset:
     @property
     def eval_lengths(self) -> list[int]:
         return [self.seq_len // 4 * 2**i for i in range(7)]  # L0/4 .. 16 L0
+
+    def peak_lr(self, method: str) -> float | None:
+        """This preset's LR for ``method`` (None: the library default for its scheme)."""
+        return dict(self.lr).get(method)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "finetune_len": self.finetune_len, "eval_lengths": self.eval_lengths}
@@ -55,7 +69,14 @@ PRESETS = {
         "smoke", d_model=32, n_layers=1, n_heads=2, seq_len=32, batch_size=8, pretrain_steps=15, finetune_steps=5,
         eval_tokens=1024, seeds=(0,), pretrain=("rope", "tapa", "tapa_linear", "nope"),
         finetune=("rope", "pi", "yarn", "tapa", "tapa_linear"), bias_pairs=200, theory_samples=20_000,
-        left_out=("ALiBi", "RoPE at a larger base", "the alpha x theta grid", "passkey"),
+        left_out=("ALiBi", "RoPE at a larger base", "the alpha x theta grid", "passkey"), toy=True,
+    ),
+    "smoke-bpe": Preset(
+        "smoke-bpe", d_model=32, n_layers=1, n_heads=1, seq_len=32, batch_size=8, pretrain_steps=10, finetune_steps=4,
+        eval_tokens=1024, seeds=(0,), pretrain=("rope", "tapa", *CONTROLS), finetune=("rope", "tapa", *CONTROLS),
+        zero_shot_scaling=("yarn",), bias_pairs=200, theory_samples=20_000, tokenizer="bpe", bpe_vocab=512,
+        lr=(("tapa", 4e-4),), toy=True,
+        left_out=("NoPE", "ALiBi", "linear phase", "PI", "RoPE at a larger base", "the alpha x theta grid", "passkey"),
     ),
     "quick": Preset(
         "quick", d_model=96, n_layers=3, n_heads=4, seq_len=128, batch_size=16, pretrain_steps=600, finetune_steps=100,
@@ -75,6 +96,14 @@ PRESETS = {
         finetune_steps=200, eval_tokens=131072, seeds=(0, 1, 2), pretrain=PRETRAIN_METHODS, finetune=FINETUNE_METHODS,
         bias_pairs=10_000, theory_samples=1_000_000, alpha_theta_grid=GRID,
         passkey_steps=1000, passkey_trials=10, untested=True,
+    ),
+    # the paper's geometry where 2 CPU cores allow it: BPE tokens, head_dim 128 (docs/study.md)
+    "paper-cpu": Preset(
+        "paper-cpu", d_model=128, n_layers=3, n_heads=1, seq_len=128, batch_size=16, pretrain_steps=600,
+        finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=(*PRETRAIN_METHODS, *CONTROLS),
+        finetune=(*FINETUNE_METHODS, *CONTROLS), bias_pairs=10_000, theory_samples=400_000, tokenizer="bpe",
+        bpe_vocab=2048, head_dim=128, untested=True,
+        left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
 }  # fmt: skip
 

@@ -29,6 +29,34 @@ PAPER_LENGTHS_1 = ["1K", "2K", "4K", "8K", "16K", "32K", "48K", "64K"]
 PAPER_LENGTHS_2 = ["1K", "2K", "4K", "8K", "16K", "32K"]
 
 
+FIGURE_CAPTIONS = {
+    "perplexity_by_length": "perplexity against evaluation length (both axes log scale), mean over seeds; left "
+    "pretrained at L0 without fine-tuning (the paper's Table 2), right after fine-tuning at 4 x L0 (Table 1). "
+    "Dashed line: L0; dotted: the fine-tuning length. Methods with equal values overlap; line styles and markers "
+    "tell them apart.",
+    "bias": "distribution over sampled query/key pairs of the near-minus-far score difference of the pretrained "
+    "RoPE and TAPA models (Appendix I); RoPE's should sit right of zero, TAPA's around it.",
+    "positions": "loss by position inside windows longer than L0 (pretrained models): where each method starts "
+    "to fail past its training length.",
+}
+
+
+def _caption(stem: str) -> str:
+    if stem.startswith("passkey_"):
+        method, seed = stem.removeprefix("passkey_").rsplit("_s", 1)
+        return f"passkey accuracy of {method} (seed {seed}) by context length and depth of the key."
+    return FIGURE_CAPTIONS.get(stem, stem)
+
+
+def _tokens(p: dict) -> str:
+    return f"BPE tokens (vocabulary {p['bpe_vocab']}, trained on the training books)" if p.get(
+        "tokenizer") == "bpe" else "byte-level tokens"  # fmt: skip
+
+
+def _unit(p: dict) -> str:
+    return "BPE token" if p.get("tokenizer") == "bpe" else "byte"
+
+
 def _cell(seeds: dict, length: int) -> str:
     values = [s["lengths"][str(length)]["perplexity"] for s in seeds.values() if str(length) in s["lengths"]]
     if not values:
@@ -99,6 +127,9 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     L0 = p["seq_len"]
     lengths = p["eval_lengths"]
     md = [f"# TAPA reproduction, preset `{p['name']}`", ""]
+    if p.get("toy"):
+        md += ["**A smoke-scale preset: its models are far too small and too briefly trained for any verdict below "
+               "to mean anything. It checks that the pipeline runs end to end.**", ""]  # fmt: skip
     if p.get("untested"):
         md += ["**This preset has not been run by the maintainers (untested).**", ""]
     md += [
@@ -108,19 +139,21 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         f"Environment: Python {env['python']}, torch {env['torch']}, {env['processor'] or env['machine']}, "
         f"{env['threads']} threads, GPU {env['cuda'] or 'none'}.",
         "",
-        f"Models: byte-level, d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads; pretrained at "
+        f"Models: {_tokens(p)}, d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads of "
+        f"{p.get('head_dim') or p['d_model'] // p['n_heads']}; pretrained at "
         f"L0 = {L0} tokens for {p['pretrain_steps']} steps of {p['batch_size']} sequences; fine-tuned at "
         f"{p['finetune_len']} for {p['finetune_steps']} steps; seeds {', '.join(map(str, p['seeds']))}. "
-        f"Perplexity: first {p['eval_tokens']:,} bytes of the test book (Persuasion), sliding window, "
+        f"Perplexity: first {p['eval_tokens']:,} tokens of the test book (Persuasion), sliding window, "
         "stride = window/4. "
-        "Perplexities are per byte (the paper's are per BPE token on PG19), so compare shapes, not values.",
+        f"Perplexities are per {_unit(p)} (the paper's are per BPE token of a 128K vocabulary on PG19), so compare "
+        "shapes, not values.",
         "",
     ]
     if p["left_out"]:
         md += ["Left out by this preset: " + "; ".join(p["left_out"]) + ".", ""]
-    md += ["## Verdicts (docs/paper.md section 4)", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    md += ["## Verdicts (docs/paper.md section 4)", "", "| claim | verdict | evidence | rule |", "|---|---|---|---|"]
     for key, v in results["verdicts"].items():
-        md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} |")
+        md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} | {v.get('threshold', '-')} |")
     md += ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
     md += _ppl_table(results["zero_shot"], lengths, L0)
     if any("+" in m for m in results["zero_shot"]):
@@ -181,7 +214,9 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         f"(mean) and {th['mc_inside_ci']['var']:.0%} (variance) of the distances.",
     ]  # fmt: skip
     md += ["", "## Cost: wall-clock and peak memory", "", *_relative_cost(results), "", *_cost(results)]
-    md += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    md += ["", "## Figures", ""]
+    for f in figures:
+        md += [f"![{Path(f).stem}]({f})", "", f"*Figure: {_caption(Path(f).stem)}*", ""]
     md += ["", "## Configuration", "", "```json", json.dumps(p, indent=1), "```", ""]
     return "\n".join(md)
 

@@ -127,15 +127,26 @@ def claim_5(results: dict, train_len: int) -> dict[str, str]:
     return _verdict(INCONCLUSIVE, text)
 
 
+_EXTRAPOLATION_RULE = (f"reproduced if TAPA's perplexity grows <= {GRACEFUL:g}x while the worst rival's grows "
+                       f">= {BLOWUP:g}x; not reproduced if TAPA's grows >= {BLOWUP:g}x, or as much as collapsing "
+                       f"rivals', or > {GRACEFUL:g}x and more than the worst rival's beyond noise")  # fmt: skip
 CLAIMS = {
-    "1": ("At and below the training length all methods are within a few percent", claim_1),
-    "2": ("Past the training length RoPE/PI/YaRN blow up while TAPA degrades gracefully", claim_2),
-    "3": ("After fine-tuning at 4x, TAPA stays flat to 8x while the others collapse", claim_3),
-    "4": ("Quadratic phase beats linear phase", claim_4),
-    "5": ("RoPE's near-minus-far score difference is skewed positive, TAPA's centred on zero", claim_5),
-}
+    "1": ("At and below the training length all methods are within a few percent", claim_1,
+          f"reproduced if best/worst <= 1.05 + noise, not reproduced if > 1.10 + 2 x noise "
+          f"(noise = max({NOISE_FLOOR:.0%}, seed spread))"),
+    "2": ("Past the training length RoPE/PI/YaRN blow up while TAPA degrades gracefully", claim_2,
+          "from L0 to 16 x L0: " + _EXTRAPOLATION_RULE),
+    "3": ("After fine-tuning at 4x, TAPA stays flat to 8x while the others collapse", claim_3,
+          "from 4 x L0 to 8 x L0: " + _EXTRAPOLATION_RULE),
+    "4": ("Quadratic phase beats linear phase", claim_4,
+          "reproduced if mean linear/quadratic > 1 + noise and quadratic wins most lengths; "
+          "not reproduced if < 1 - noise"),
+    "5": ("RoPE's near-minus-far score difference is skewed positive, TAPA's centred on zero", claim_5,
+          "reproduced if RoPE's mean > 0.1 std and abs(TAPA's mean) < 0.1 std; not reproduced if neither holds"),
+}  # fmt: skip
 
 
 def all_verdicts(results: dict[str, Any]) -> dict[str, dict[str, str]]:
     train_len = results["preset"]["seq_len"]
-    return {key: {"claim": text, **fn(results, train_len)} for key, (text, fn) in CLAIMS.items()}
+    return {key: {"claim": text, **fn(results, train_len), "threshold": rule}
+            for key, (text, fn, rule) in CLAIMS.items()}  # fmt: skip

@@ -96,7 +96,8 @@ LADDERS = {
 
 def train_config(ladder: Ladder, cell: Cell, method: str, seed: int, cache_dir: str | None) -> TrainConfig:
     model = ModelConfig(positional=method, d_model=ladder.d_model, n_layers=ladder.n_layers,
-                        n_heads=cell.n_heads(ladder.d_model), head_dim=cell.head_dim, max_seq_len=ladder.seq_len)  # fmt: skip
+                        n_heads=cell.n_heads(ladder.d_model), head_dim=cell.head_dim,
+                        max_seq_len=ladder.seq_len)  # fmt: skip
     return TrainConfig(tokenizer=cell.tokenizer, bpe_vocab_size=BPE_VOCAB, seq_len=ladder.seq_len,
                        batch_size=ladder.batch_size, steps=cell.steps, lr=cell.lr(method), seed=seed, eval_every=0,
                        save_every=max(1, cell.steps // 4), eval_segments=ladder.eval_segments, cache_dir=cache_dir,
@@ -197,7 +198,9 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
         if "rope" not in methods:  # a TAPA-only LR cell is read against the same geometry's RoPE and NoPE
             methods = ("rope", "nope", *methods)
         for method in methods:
-            lr_cell = cell if method in cell.methods else Cell(cell.name, cell.tokenizer, cell.head_dim, steps=cell.steps)
+            lr_cell = (
+                cell if method in cell.methods else Cell(cell.name, cell.tokenizer, cell.head_dim, steps=cell.steps)
+            )
             config = train_config(ladder, lr_cell, method, seed, cache_dir)
             res = train_stage(out, config, f"train_{method}_s{seed}", log)
             runs.setdefault(cell.name, {}).setdefault(method, {})[str(seed)] = res

@@ -23,9 +23,9 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
         bpb = " / ".join(_fmt(row[m]["val_bpb"], ".3f") if m in row else "-" for m in ("rope", "tapa", "nope"))
         tapa_lr = _fmt(row["tapa"]["lr"], ".0e") if "tapa" in row else "-"
         seeds = len(row["tapa"]["seeds"]) if "tapa" in row else len(row["rope"]["seeds"])
-        heads = row.get("n_heads", "")
+        width = f"{row['head_dim']} x {row['n_heads']}"
         lines.append(
-            f"| {row['name']} | {row['tokenizer']} | {row['head_dim']}{f' x {heads}' if heads else ''} | {row['steps']} "
+            f"| {row['name']} | {row['tokenizer']} | {width} | {row['steps']} "
             f"| {tapa_lr} | {_fmt(ppl['rope'], '.2f')} | {_fmt(ppl['tapa'], '.2f')} | {_fmt(ppl['nope'], '.2f')} "
             f"| **{_fmt(row.get('tapa_over_rope'))}** | {_fmt(row.get('nope_over_rope'))} | {bpb} | {seeds} |"
         )

@@ -26,10 +26,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rec.set_defaults(func=_recall)
 
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
-    diag.add_argument("runs", nargs="+", metavar="RUN", help="trained run folders (their saved tokenizer is used)")
+    diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
     diag.add_argument("--out", required=True, help="output folder for diagnostics.json and report.md")
-    diag.add_argument("--length", type=int, help="segment length (default: each run's training length)")
-    diag.add_argument("--batch", type=int, default=4, help="validation segments")
+    diag.add_argument("--segment-length", type=int, help="tokens per segment (default: each run's training length)")
+    diag.add_argument("--segments", type=int, default=4, help="validation segments")
     diag.add_argument("--cache-dir", help="token cache directory")
     diag.set_defaults(func=_diagnose)
 
@@ -61,7 +61,7 @@ def _diagnose(args: argparse.Namespace) -> None:
     from tapa.study.diagnostics import diagnose_run, summary
     from tapa.study.diagnostics_report import diagnostics_table
 
-    results = {run: diagnose_run(run, args.batch, args.length, args.cache_dir) for run in args.runs}
+    results = {run: diagnose_run(run, args.segments, args.segment_length, args.cache_dir) for run in args.checkpoints}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnostics.json").write_text(json.dumps(results, indent=1) + "\n")

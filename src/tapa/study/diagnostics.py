@@ -155,7 +155,9 @@ def diagnose(model: TapaLM, input_ids: torch.Tensor, max_distance: int | None = 
     return result
 
 
-def text_batch(run: str, batch: int, length: int, split: str = "validation", cache_dir: str | None = None) -> torch.Tensor:
+def text_batch(
+    run: str, batch: int, length: int, split: str = "validation", cache_dir: str | None = None
+) -> torch.Tensor:
     """``batch`` consecutive segments of ``length`` tokens of the books' ``split``, in the
     run's own tokenizer (the same text for every run that shares a tokenizer)."""
     from tapa.data.tokenizer import load_checkpoint_tokenizer

@@ -88,16 +88,18 @@ def evaluate_recall(model: TapaLM, study: RecallStudy) -> dict[str, Any]:
     for factor in study.length_factors:
         length = study.seq_len * factor
         g = torch.Generator().manual_seed(7919 * length)
-        correct, probs, depths = [], [], []
+        correct, probs, placed = [], [], []
         for start in range(0, study.eval_sequences, 32):
             n = min(32, study.eval_sequences - start)
-            batch = make_batch(study.task, n, length, g, stratified_depths(n, study.task.n_queries, length, study.task, g))
+            batch = make_batch(
+                study.task, n, length, g, stratified_depths(n, study.task.n_queries, length, study.task, g)
+            )
             with torch.no_grad():
                 result = score(model, study.task, batch)
             correct.append(result.correct.flatten())
             probs.append(torch.tensor([result.probability] * n))
-            depths.append(batch.depths.flatten())
-        c, d = torch.cat(correct).double(), torch.cat(depths)
+            placed.append(batch.depths.flatten())
+        c, d = torch.cat(correct).double(), torch.cat(placed)
         bins = (d * DEPTH_BINS).clamp(max=DEPTH_BINS - 1).long()
         rows[str(length)] = {
             "accuracy": c.mean().item(),

@@ -1,0 +1,60 @@
+"""tapa study ablation|recall|diagnose end to end at smoke scale."""
+
+import json
+import math
+
+import pytest
+
+from tapa.cli import main
+from tapa.study.ablation import LADDERS, Cell, summarise
+
+
+def test_ablation_ladder_smoke_end_to_end_and_cached(tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert main(["study", "ablation", "--ladder", "smoke", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    ladder = LADDERS["smoke"]
+    rows = {row["name"]: row for row in results["rows"]}
+    assert set(rows) == {c.name for c in ladder.cells}
+    for row in rows.values():
+        assert row["tapa_over_rope"] == pytest.approx(math.exp(row["tapa"]["val_loss"] - row["rope"]["val_loss"]))
+    assert rows["byte-hd16"]["rope"]["seeds"] == ["0", "1"] and rows["bpe-hd32"]["rope"]["seeds"] == ["0"]
+    assert {"rope", "tapa", "nope"} == set(results["diagnostics"]["byte-hd16"])
+    assert "phase_median_d1" in results["diagnostics"]["byte-hd16"]["tapa"]["summary"]
+    report = (out / "report.md").read_text()
+    assert "| byte-hd16 | byte | 16 x 2 |" in report and "| bpe-hd32 | bpe | 32 x 1 |" in report
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("stages/*/result.json")}
+    capsys.readouterr()
+    assert main(["study", "ablation", "--ladder", "smoke", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "done earlier" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("stages/*/result.json")} == stamps
+
+
+def test_lr_cells_reuse_the_geometry_baselines():
+    """A TAPA-only LR cell reads RoPE/NoPE from the same geometry; the paper rule is RoPE's LR / 5."""
+    cell = Cell("x", "bpe", 128, lr_rule="paper", methods=("tapa",))
+    assert cell.lr("tapa") == pytest.approx(cell.lr("rope") / 5) and cell.n_heads(128) == 1
+    runs = {"x": {"rope": {"0": {"val_loss": 2.0, "val_bpb": 1.0}}, "tapa": {"0": {"val_loss": 2.5, "val_bpb": 1.2}}}}
+    (row,) = summarise(runs, (cell,), 128)
+    assert row["tapa_over_rope"] == pytest.approx(math.exp(0.5)) and "nope_over_rope" not in row
+
+
+def test_recall_and_diagnose_smoke(tmp_path):
+    out = tmp_path / "rec"
+    assert main(["study", "recall", "--study", "smoke", "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"rope", "tapa"}
+    lengths = results["runs"]["tapa"]["0"]["lengths"]
+    assert set(lengths) == {"24", "48"} and all(0 <= r["accuracy"] <= 1 for r in lengths.values())
+    assert (out / "figures" / "recall_by_length.png").is_file()
+    assert "Accuracy by depth" in (out / "report.md").read_text()
+
+    abl = tmp_path / "abl"
+    main(["study", "ablation", "--ladder", "smoke", "--out", str(abl), "--quiet", "--cache-dir", str(tmp_path / "c")])
+    runs = sorted(str(p) for p in abl.glob("stages/train_tapa_s0-*/run"))
+    diag = tmp_path / "diag"
+    assert main(["study", "diagnose", *runs, "--out", str(diag), "--segments", "2"]) == 0
+    data = json.loads((diag / "diagnostics.json").read_text())
+    assert set(data) == set(runs) and all(len(d["layers"]) == 1 for d in data.values())
+    assert "TAPA median abs(phase)" in (diag / "report.md").read_text()
