@@ -34,7 +34,7 @@ LR_RULES = {
     "default": "each method's default peak LR (RoPE/NoPE 2e-3, TAPA 1e-3; the byte-level sweep)",
     "paper": "TAPA at RoPE's LR / 5 (4e-4), the paper's ratio",
     "equal": "TAPA at RoPE's LR (2e-3)",
-}
+}  # cells named ...-alpha* change TAPA's alpha only (default LR)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Cell:
     lr_rule: str = "default"
     steps: int = 400
     methods: tuple[str, ...] = METHODS
+    alpha: float = 0.1  # TAPA's distance exponent (the paper's 0.1 unless a cell varies it)
 
     def n_heads(self, d_model: int) -> int:
         """As many heads as fit in d_model (inner width n_heads x head_dim <= d_model)."""
@@ -81,13 +82,15 @@ LADDER_CELLS = (
     Cell("bpe-hd24", "bpe", 24),
     Cell("bpe-hd128-lr-paper", "bpe", 128, lr_rule="paper", methods=("tapa",)),
     Cell("bpe-hd128-lr-equal", "bpe", 128, lr_rule="equal", methods=("tapa",)),
+    Cell("bpe-hd128-alpha0.5", "bpe", 128, alpha=0.5, methods=("tapa",)),
+    Cell("bpe-hd128-alpha1", "bpe", 128, alpha=1.0, methods=("tapa",)),
     Cell("bpe-hd128-4x", "bpe", 128, steps=1600),
     Cell("byte-hd24-4x", "byte", 24, steps=1600),
     Cell("bpe-hd64", "bpe", 64),
 )
 LADDERS = {
     "default": Ladder(cells=LADDER_CELLS, seeded_cells=("byte-hd24", "bpe-hd128"), extra_seeds=(1, 2),
-                      seeds_after="bpe-hd128-lr-equal"),
+                      seeds_after="bpe-hd128-alpha1"),
     "smoke": Ladder(d_model=32, n_layers=1, seq_len=32, batch_size=4, eval_segments=8,
                     cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
                     seeded_cells=("byte-hd16",), extra_seeds=(1,)),
@@ -98,6 +101,8 @@ def train_config(ladder: Ladder, cell: Cell, method: str, seed: int, cache_dir: 
     model = ModelConfig(positional=method, d_model=ladder.d_model, n_layers=ladder.n_layers,
                         n_heads=cell.n_heads(ladder.d_model), head_dim=cell.head_dim,
                         max_seq_len=ladder.seq_len)  # fmt: skip
+    if method == "tapa" and cell.alpha != ModelConfig.tapa_alpha:
+        model = model.replace(tapa_alpha=cell.alpha)
     return TrainConfig(tokenizer=cell.tokenizer, bpe_vocab_size=BPE_VOCAB, seq_len=ladder.seq_len,
                        batch_size=ladder.batch_size, steps=cell.steps, lr=cell.lr(method), seed=seed, eval_every=0,
                        save_every=max(1, cell.steps // 4), eval_segments=ladder.eval_segments, cache_dir=cache_dir,

@@ -12,9 +12,9 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| cell | tokens | head_dim x heads | steps | TAPA LR | RoPE ppl | TAPA ppl | NoPE ppl "
+        "| cell | tokens | head_dim x heads | steps | TAPA LR | TAPA alpha | RoPE ppl | TAPA ppl | NoPE ppl "
         "| **TAPA/RoPE** | NoPE/RoPE | bits/byte RoPE / TAPA / NoPE | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "rope" not in row:
@@ -26,7 +26,8 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
         width = f"{row['head_dim']} x {row['n_heads']}"
         lines.append(
             f"| {row['name']} | {row['tokenizer']} | {width} | {row['steps']} "
-            f"| {tapa_lr} | {_fmt(ppl['rope'], '.2f')} | {_fmt(ppl['tapa'], '.2f')} | {_fmt(ppl['nope'], '.2f')} "
+            f"| {tapa_lr} | {row.get('alpha', 0.1):g} "
+            f"| {_fmt(ppl['rope'], '.2f')} | {_fmt(ppl['tapa'], '.2f')} | {_fmt(ppl['nope'], '.2f')} "
             f"| **{_fmt(row.get('tapa_over_rope'))}** | {_fmt(row.get('nope_over_rope'))} | {bpb} | {seeds} |"
         )
     return "\n".join(lines)
