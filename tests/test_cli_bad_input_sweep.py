@@ -33,6 +33,7 @@ VERBS: dict[str, list[str]] = {
     "reproduce": ["--preset", "smoke"],
     "study ablation": ["--ladder", "smoke"],
     "study recall": ["--study", "smoke"],
+    "study scale": ["--ladder", "smoke"],
     "study diagnose": ["CKPT"],
 }
 WRITERS = [v for v in VERBS if v not in ("info", "generate")]

@@ -59,3 +59,40 @@ def test_recall_and_diagnose_smoke(tmp_path):
     data = json.loads((diag / "diagnostics.json").read_text())
     assert set(data) == set(runs) and all(len(d["layers"]) == 1 for d in data.values())
     assert "TAPA median abs(phase)" in (diag / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("kw"), [{"d_model": 64, "n_heads": 1, "head_dim": 64}, {"d_model": 48, "n_heads": 4,
+                                   "n_kv_heads": 2, "head_dim": 16, "tie_embeddings": False}])  # fmt: skip
+def test_non_embedding_parameters_match_the_model(kw):
+    from tapa.model import ModelConfig, TapaLM
+    from tapa.study.scale import non_embedding_parameters
+
+    config = ModelConfig(positional="rope", vocab_size=50, n_layers=2, **kw)
+    model = TapaLM(config)
+    embedding = model.embed.weight.numel() + (0 if config.tie_embeddings else model.lm_head.weight.numel())
+    assert non_embedding_parameters(config) == model.num_parameters() - embedding
+
+
+def test_trend_fit_closed_form():
+    from tapa.study.scale import trend
+
+    fit = trend([(1.0, 0.5), (2.0, 0.3), (3.0, 0.1)])  # exact line y = 0.7 - 0.2 x: zero at x = 3.5
+    assert fit["slope"] == pytest.approx(-0.2) and fit["intercept"] == pytest.approx(0.7)
+    assert fit["slope_se"] == pytest.approx(0.0, abs=1e-12) and fit["zero_at"] == pytest.approx(3.5)
+    assert trend([(1.0, 0.5), (2.0, 0.6), (3.0, 0.7)])["zero_at"] is None  # moving away from parity
+
+
+def test_scale_smoke_end_to_end(tmp_path):
+    out = tmp_path / "scale"
+    assert main(["study", "scale", "--ladder", "smoke", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert [r["size"] for r in results["rows"]] == ["S", "M", "L"]
+    params = [r["non_embedding_params"] for r in results["rows"]]
+    assert params == sorted(params) and params[-1] >= 8 * params[0]
+    for r in results["rows"]:
+        assert r["compute"] == 6 * r["non_embedding_params"] * r["tokens"]
+        ppl = r["perplexity"]
+        assert r["tapa_over_rope"] == pytest.approx(ppl["tapa"]["16"] / ppl["rope"]["16"])
+        assert r["extrapolation"]["rope"]["32"] == pytest.approx(ppl["rope"]["32"] / ppl["rope"]["16"])
+    assert "paper's compute" in (out / "report.md").read_text() and (out / "figures" / "scale.png").is_file()

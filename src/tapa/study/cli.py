@@ -25,6 +25,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_recall)
 
+    from tapa.study.scale import SCALES
+
+    scale = verbs.add_parser("scale", help="RoPE, TAPA and NoPE at 3 sizes: the L0 gap and extrapolation vs compute")
+    scale.add_argument("--ladder", choices=list(SCALES), default="default")
+    scale.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    scale.add_argument("--cache-dir", help="token cache directory")
+    scale.add_argument("--quiet", action="store_true")
+    scale.set_defaults(func=_scale)
+
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
     diag.add_argument("--out", required=True, help="output folder for diagnostics.json and report.md")
@@ -69,3 +78,13 @@ def _diagnose(args: argparse.Namespace) -> None:
     (out / "report.md").write_text("# Mechanism diagnostics\n\n" + table + "\n")
     print(table)
     print(f"report: {out}/report.md, {out}/diagnostics.json")
+
+
+def _scale(args: argparse.Namespace) -> None:
+    from tapa.study.scale import SCALES, run_scale
+    from tapa.study.scale_report import scale_table, trend_text
+
+    results = run_scale(SCALES[args.ladder], args.out, args.cache_dir, verbose=not args.quiet)
+    print(scale_table(results))
+    print(trend_text(results))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
