@@ -85,11 +85,11 @@ LADDER_CELLS = (
     Cell("bpe-hd128-alpha0.5", "bpe", 128, alpha=0.5, methods=("tapa",)),
     Cell("bpe-hd128-alpha1", "bpe", 128, alpha=1.0, methods=("tapa",)),
     Cell("bpe-hd128-4x", "bpe", 128, steps=1600),
-    Cell("byte-hd24-4x", "byte", 24, steps=1600),
     Cell("bpe-hd64", "bpe", 64),
+    Cell("byte-hd24-4x", "byte", 24, steps=1600),
 )
 LADDERS = {
-    "default": Ladder(cells=LADDER_CELLS, seeded_cells=("byte-hd24", "bpe-hd128"), extra_seeds=(1, 2),
+    "default": Ladder(cells=LADDER_CELLS, seeded_cells=("bpe-hd128",), extra_seeds=(1, 2),
                       seeds_after="bpe-hd128-alpha1"),
     "smoke": Ladder(d_model=32, n_layers=1, seq_len=32, batch_size=4, eval_segments=8,
                     cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
