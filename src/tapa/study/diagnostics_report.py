@@ -54,6 +54,12 @@ def plot_phase_and_mass(diagnostics: dict[str, dict[str, Any]], path: Path, titl
         last = full["layers"][-1]["attention_within"]
         best = max(last, key=lambda h: h[0])
         right.plot(full["distances"], best, ls=styles[j % 4], marker=markers[j % 7], ms=4, label=name)
+    if diagnostics:
+        any_run = next(iter(diagnostics.values()))
+        ds, length = any_run["distances"], any_run["length"]
+        queries = range(max(ds), length)  # as attention_profile averages: m >= max(d), m + 1 keys each
+        uniform = [sum(d / (m + 1) for m in queries) / len(queries) for d in ds]
+        right.plot(ds, uniform, color="grey", ls=":", lw=1, label="uniform over the history")
     right.set_xscale("log", base=2)
     right.set_ylim(0, 1.02)
     right.set_xlabel("d (log scale)")
