@@ -56,8 +56,8 @@ def write_ablation_report(results: dict[str, Any], out: Path) -> None:
             figures += [f"![diagnostics of cell {cell}]({name})", "",
                         f"*Figure: cell {cell}. Left: TAPA's median abs(phase) against distance, one line per layer "
                         "(flat lines: the phase hardly changes with distance). Right: attention mass on the last d "
-                        "tokens for the most local head of the last layer, per method; dotted: uniform attention over the "
-                        "history.*", ""]  # fmt: skip
+                        "tokens for the most local head of the last layer, per method; dotted: uniform attention "
+                        "over the history.*", ""]  # fmt: skip
     text = [
         "# Ablation ladder: why does TAPA lag RoPE at the training length?",
         "",
