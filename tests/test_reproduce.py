@@ -184,6 +184,10 @@ def test_bpe_preset_with_controls_runs_end_to_end(tmp_path):
     assert load_pretrained(results["finetune"]["tapa_full"]["0"]["run"]).config.tapa_phase == "quadratic_full"
     for method in preset.finetune:
         assert set(results["finetuned"][method]["0"]["lengths"]) == {str(n) for n in preset.eval_lengths}
+    # the second seed runs only the seeded methods (and RoPE's inference-time scaling rows)
+    assert {m for m, seeds in results["pretrain"].items() if "1" in seeds} == {"rope", "tapa"}
+    assert {m for m, seeds in results["finetuned"].items() if "1" in seeds} == {"rope", "tapa"}
+    assert "1" in results["zero_shot"]["rope+yarn"] and "1" not in results["zero_shot"]["tapa_full"]
     report = (out / "report.md").read_text()
     assert "BPE tokens (vocabulary 512" in report and "per BPE token" in report and "smoke-scale preset" in report
     assert all(v["threshold"] in report for v in results["verdicts"].values())

@@ -181,6 +181,8 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
         rep.log(f"seed {seed}: pretraining at {preset.seq_len} tokens")
         first = seed == preset.seeds[0]  # the alpha x theta grid and passkey run for the first seed only
         for method in (*preset.pretrain, *(grid_methods if first else ())):
+            if not preset.runs_for_seed(method, seed):
+                continue
             res = rep.pretrain(method, seed)
             results["pretrain"].setdefault(method, {})[str(seed)] = res
             target = results["grid" if method in grid_methods else "zero_shot"]
@@ -193,6 +195,8 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
         rep.log(f"seed {seed}: fine-tuning at {preset.finetune_len} tokens")
         for method in preset.finetune:
             source = FINETUNE_SOURCES[method][0]
+            if str(seed) not in results["pretrain"].get(source, {}) or not preset.runs_for_seed(method, seed):
+                continue
             base = results["pretrain"][source][str(seed)]["run"]
             res = rep.finetune(method, seed, base)
             results["finetune"].setdefault(method, {})[str(seed)] = res

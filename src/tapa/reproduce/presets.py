@@ -47,6 +47,8 @@ class Preset:
     lr: tuple[tuple[str, float], ...] = ()
     # too small to mean anything: the report says so at the top
     toy: bool = False
+    # methods that run for the seeds after the first (None: every method; the rest run once)
+    seeded_methods: tuple[str, ...] | None = None
 
     @property
     def finetune_len(self) -> int:
@@ -55,6 +57,10 @@ class Preset:
     @property
     def eval_lengths(self) -> list[int]:
         return [self.seq_len // 4 * 2**i for i in range(7)]  # L0/4 .. 16 L0
+
+    def runs_for_seed(self, method: str, seed: int) -> bool:
+        """Whether ``method`` (a pretraining or fine-tuning row) runs for ``seed``."""
+        return seed == self.seeds[0] or self.seeded_methods is None or method in self.seeded_methods
 
     def peak_lr(self, method: str) -> float | None:
         """This preset's LR for ``method`` (None: the library default for its scheme)."""
@@ -73,9 +79,9 @@ PRESETS = {
     ),
     "smoke-bpe": Preset(
         "smoke-bpe", d_model=32, n_layers=1, n_heads=1, seq_len=32, batch_size=8, pretrain_steps=10, finetune_steps=4,
-        eval_tokens=1024, seeds=(0,), pretrain=("rope", "tapa", *CONTROLS), finetune=("rope", "tapa", *CONTROLS),
+        eval_tokens=1024, seeds=(0, 1), pretrain=("rope", "tapa", *CONTROLS), finetune=("rope", "tapa", *CONTROLS),
         zero_shot_scaling=("yarn",), bias_pairs=200, theory_samples=20_000, tokenizer="bpe", bpe_vocab=512,
-        lr=(("tapa", 4e-4),), toy=True,
+        lr=(("tapa", 4e-4),), toy=True, seeded_methods=("rope", "tapa"),
         left_out=("NoPE", "ALiBi", "linear phase", "PI", "RoPE at a larger base", "the alpha x theta grid", "passkey"),
     ),
     "quick": Preset(
@@ -102,7 +108,7 @@ PRESETS = {
         "paper-cpu", d_model=128, n_layers=3, n_heads=1, seq_len=128, batch_size=16, pretrain_steps=600,
         finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS), bias_pairs=10_000, theory_samples=400_000, tokenizer="bpe",
-        bpe_vocab=2048, head_dim=128, untested=True,
+        bpe_vocab=2048, head_dim=128, untested=True, seeded_methods=("rope", "tapa"),
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
 }  # fmt: skip
