@@ -127,14 +127,19 @@ def train_stage(out: Path, config: TrainConfig, name: str, log) -> dict[str, Any
 
 
 def diagnose_stage(out: Path, run: str, cache_dir: str | None, log) -> dict[str, Any]:
-    """Mechanism diagnostics of a trained run (cached): the summary and the full result."""
+    """Mechanism diagnostics of a trained run (cached): the summary and the full result of the
+    final model, and the summary of each kept checkpoint (how the patterns formed in training)."""
     from tapa.study.diagnostics import diagnose_run, summary
 
     def work(_directory: Path) -> dict[str, Any]:
         full = diagnose_run(run, cache_dir=cache_dir)
-        return {"summary": summary(full), "full": full}
+        steps = {}
+        for checkpoint in sorted(Path(run).glob("checkpoints/step_*")):
+            steps[str(int(checkpoint.name.removeprefix("step_")))] = summary(diagnose_run(str(checkpoint),
+                                                                                     cache_dir=cache_dir))  # fmt: skip
+        return {"summary": summary(full), "full": full, "checkpoints": steps}
 
-    return run_stage(out, "diagnose", {"run": run}, work, log)
+    return run_stage(out, "diagnose", {"run": run, "checkpoints": True}, work, log)
 
 
 def ratio(loss: float, baseline: float) -> float:

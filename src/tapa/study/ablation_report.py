@@ -41,6 +41,17 @@ def mechanism_table(results: dict[str, Any]) -> str:
     return diagnostics_table(summaries)
 
 
+def formation_table(results: dict[str, Any]) -> str:
+    """Best previous-token head (max over layers and heads) at each kept checkpoint, per cell and method."""
+    lines = ["| cell | method | best previous-token score by training step |", "|---|---|---|"]
+    for cell, methods in results.get("diagnostics", {}).items():
+        for method, d in methods.items():
+            steps = d.get("checkpoints", {})
+            cells = ", ".join(f"{step}: {max(s['previous_token']):.2f}" for step, s in steps.items())
+            lines.append(f"| {cell} | {method} | {cells or '-'} |")
+    return "\n".join(lines)
+
+
 def write_ablation_report(results: dict[str, Any], out: Path) -> None:
     from tapa.study.diagnostics_report import plot_phase_and_mass
 
@@ -80,6 +91,10 @@ def write_ablation_report(results: dict[str, Any], out: Path) -> None:
         "1 and the share of the cosine's variance explained by distance.",
         "",
         mechanism_table(results),
+        "",
+        "How the previous-token pattern forms over training (the last three checkpoints of each run):",
+        "",
+        formation_table(results),
         "",
         *figures,
         f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min (cached stages are not re-run).",
