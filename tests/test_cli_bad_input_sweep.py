@@ -35,13 +35,15 @@ VERBS: dict[str, list[str]] = {
     "study recall": ["--study", "smoke"],
     "study scale": ["--ladder", "smoke"],
     "study diagnose": ["CKPT"],
+    "export-hf": ["CKPT"],
+    "import-hf": ["CKPT"],
 }
 WRITERS = [v for v in VERBS if v not in ("info", "generate")]
 WITH_CHECKPOINT = [v for v, a in VERBS.items() if "CKPT" in a]
 WITH_DEVICE = ["train", "finetune", "eval-ppl", "eval-positions", "passkey"]
 WITH_SEED = ["demo", "generate", "train", "finetune", "passkey", "passkey-finetune", "bias"]
 WITH_LR = ["train", "finetune", "passkey-finetune"]
-MODEL_WRITERS = ["demo", "train", "finetune", "passkey-finetune"]
+MODEL_WRITERS = ["demo", "train", "finetune", "passkey-finetune", "export-hf", "import-hf"]
 
 
 def cases() -> list[tuple[str, str, list[str]]]:

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.study.cli import add_parsers as add_study_parsers
 
     add_study_parsers(sub)
+    from tapa.hf.cli import add_parsers as add_hf_parsers
+
+    add_hf_parsers(sub)
     for verb in sub.choices.values():  # every flag's default in --help (flags with none show nothing)
         verb.formatter_class = argparse.ArgumentDefaultsHelpFormatter
         for action in verb._actions:

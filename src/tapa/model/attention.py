@@ -19,10 +19,11 @@ class Attention(nn.Module):
         self.config, self.layer = config, layer
         self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_size
         d = config.d_model
-        self.wq = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.wv = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        qkv_bias = config.attention_bias or config.qkv_bias
+        self.wq = nn.Linear(d, self.n_heads * self.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(d, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(d, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, d, bias=config.attention_bias)
         self.positional = config.positional
         if self.positional == "tapa":
             self.phase = TapaPhase(self.n_heads, self.head_dim, config.tapa_theta, config.tapa_phase)

@@ -14,6 +14,8 @@ from tapa.attention.validation import IMPLS, amplitude_dim
 from tapa.errors import ConfigError
 from tapa.positional import POSITIONAL_SCHEMES, rope_inv_freq
 
+OMITTED_AT_DEFAULT = {"head_dim": None, "attention_bias": False, "qkv_bias": False}
+
 
 @dataclass
 class ModelConfig:
@@ -32,6 +34,9 @@ class ModelConfig:
     # our head-size ablations: the attention's inner width is then n_heads x head_dim)
     head_dim: int | None = None
     ffn_hidden: int | None = None
+    # biases on the attention projections: q, k, v and o (Llama's attention_bias), or q, k, v only (Qwen2)
+    attention_bias: bool = False
+    qkv_bias: bool = False
     max_seq_len: int = 256
     positional: str = "tapa"
     tapa_alpha: float = 0.1
@@ -89,6 +94,9 @@ class ModelConfig:
             )
         if self.attn_impl not in IMPLS:
             raise ConfigError(f"attn_impl: unknown {self.attn_impl!r}; choose one of {', '.join(IMPLS)}")
+        for name in ("attention_bias", "qkv_bias", "tie_embeddings", "rope_interleaved"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         for name in ("norm_eps", "init_std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -142,8 +150,11 @@ class ModelConfig:
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["head_dim"] is None:  # the derived default is not written: older configs stay byte-identical
-            del data["head_dim"]
+        # fields added after the first release are not written at their defaults: older
+        # configs (and the stage hashes derived from them) stay byte-identical
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if data[name] == default:
+                del data[name]
         return data
 
     @classmethod

@@ -13,7 +13,7 @@ from tapa.model.attention import Attention
 from tapa.model.cache import KVCache
 from tapa.model.config import ModelConfig
 from tapa.model.layers import RMSNorm, SwiGLU
-from tapa.positional import RotaryEmbedding
+from tapa.positional import RotaryEmbedding, alibi_slopes
 
 
 class Block(nn.Module):
@@ -50,15 +50,30 @@ class TapaLM(nn.Module):
             if config.positional == "rope"
             else None
         )
-        self.reset_parameters()
+        if not self.embed.weight.is_meta:  # a model built on the meta device gets its weights assigned
+            self.reset_parameters()
+
+    def rebuild_buffers(self) -> None:
+        """Recompute the non-persistent buffers (RoPE frequencies, ALiBi slopes) on CPU, for a
+        model built on the meta device whose parameters were then assigned from a checkpoint."""
+        with torch.device("cpu"):
+            if self.rope is not None:
+                c = self.config
+                self.rope = RotaryEmbedding(c.rotary_dim, c.rope_base, c.rope_scaling, c.rope_interleaved)
+            for block in self.blocks:
+                attn = block.attn
+                if hasattr(attn, "slopes"):
+                    attn.slopes = alibi_slopes(attn.n_heads)
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)."""
+        """Normal(0, init_std) weights, zero biases; residual output projections scaled by 1/sqrt(2 n_layers)."""
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo", "down")) else 1.0
                 nn.init.normal_(module.weight, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (tied embeddings counted once)."""

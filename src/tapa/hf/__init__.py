@@ -1,0 +1,1 @@
+"""Hugging Face interoperability: tapa checkpoints as transformers folders and back."""

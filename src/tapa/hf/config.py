@@ -1,0 +1,118 @@
+"""Model configs: a transformers ``config.json`` (Llama, Mistral, Qwen2, SmolLM) <-> ``ModelConfig``.
+
+RoPE parameters are read the way transformers reads them: the current ``rope_parameters``
+dict (``rope_theta`` inside it) or the legacy ``rope_scaling`` dict with a top-level
+``rope_theta``; the legacy ``type`` key means ``rope_type``; ``max_position_embeddings``
+/ ``original_max_position_embeddings`` come from the top level when a variant needs them
+and its dict lacks them; ``partial_rotary_factor`` may sit in either place. Keys a variant
+does not use are dropped with a warning (transformers warns too); missing required keys
+are errors (raised by ``ModelConfig``'s validation).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+from tapa.errors import ConfigError
+from tapa.model import ModelConfig
+from tapa.positional.rope_frequencies import ROPE_FUNCTIONS
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+_TOP_LEVEL_LENGTHS = ("max_position_embeddings", "original_max_position_embeddings")
+
+
+def rope_from_hf(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float]:
+    """(base, tapa ``rope_scaling`` or None, partial_rotary_factor) from a transformers config dict."""
+    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    legacy_type = params.pop("type", None)
+    rope_type = params.pop("rope_type", None) or legacy_type or "default"
+    base = params.pop("rope_theta", None) or config.get("rope_theta", 10000.0)
+    partial = params.pop("partial_rotary_factor", None) or config.get("partial_rotary_factor", 1.0)
+    fn = ROPE_FUNCTIONS.get(rope_type)
+    if fn is None:
+        raise ConfigError(f"rope_scaling: rope_type {rope_type!r} is not one tapa implements "
+                          f"({', '.join(sorted(ROPE_FUNCTIONS))})")  # fmt: skip
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("head_dim", "base", "seq_len")]
+    for name in _TOP_LEVEL_LENGTHS:
+        if name in accepted and name not in params and name in config:
+            params[name] = config[name]
+    if rope_type == "yarn" and "original_max_position_embeddings" not in params and "max_position_embeddings" in config:
+        params["original_max_position_embeddings"] = config["max_position_embeddings"]
+    extra = sorted(set(params) - set(accepted))
+    if extra:
+        warnings.warn(f"rope_scaling: ignoring keys {', '.join(extra)} that {rope_type} does not use", stacklevel=2)
+        params = {k: v for k, v in params.items() if k in accepted}
+    scaling = {"rope_type": rope_type, **params} if rope_type != "default" or params else None
+    return float(base), scaling, float(partial)
+
+
+def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
+    """A ``ModelConfig`` for a Llama-architecture transformers config (RoPE positions)."""
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES.values() and not set(architectures) & set(ARCHITECTURES):
+        raise ConfigError(f"import-hf: model_type {model_type!r} / architectures {architectures} is not a "
+                          f"Llama-architecture model tapa can load ({', '.join(ARCHITECTURES)})")  # fmt: skip
+    if config.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"import-hf: hidden_act {config['hidden_act']!r}; tapa's SwiGLU uses silu")
+    if config.get("mlp_bias"):
+        raise ConfigError("import-hf: mlp_bias = true is not supported (tapa's SwiGLU has no biases)")
+    sliding = config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None
+    if sliding is not None and sliding < config.get("max_position_embeddings", 0):
+        warnings.warn(f"import-hf: sliding_window {sliding} is ignored; tapa attends to the full context", stacklevel=2)
+    base, scaling, partial = rope_from_hf(config)
+    try:
+        n_heads, d_model = config["num_attention_heads"], config["hidden_size"]
+        kv, head_dim = config.get("num_key_value_heads"), config.get("head_dim")
+        # tapa writes derived values as None: an exported tapa model round-trips to the same config
+        kv = None if kv == n_heads else kv
+        head_dim = (
+            None if head_dim is not None and d_model % n_heads == 0 and head_dim == d_model // n_heads else head_dim
+        )
+        ffn = config["intermediate_size"]
+        ffn = None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn
+        return ModelConfig(
+            vocab_size=config["vocab_size"], d_model=d_model, n_layers=config["num_hidden_layers"],
+            n_heads=n_heads, n_kv_heads=kv, head_dim=head_dim, ffn_hidden=ffn,
+            attention_bias=bool(config.get("attention_bias", False)), qkv_bias=model_type == "qwen2",
+            max_seq_len=config.get("max_position_embeddings", 2048), positional="rope", rope_base=base,
+            rope_scaling=scaling, partial_rotary_factor=partial, norm_eps=config.get("rms_norm_eps", 1e-6),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )  # fmt: skip
+    except KeyError as missing:
+        raise ConfigError(f"import-hf: config.json lacks {missing}") from None
+
+
+def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """A transformers ``config.json`` (current format) for a tapa RoPE model."""
+    if config.positional != "rope":
+        raise ConfigError(f"export-hf: a {config.positional!r} model has no transformers architecture of its own "
+                          "yet; only RoPE models export (to LlamaForCausalLM / Qwen2ForCausalLM)")  # fmt: skip
+    if config.rope_interleaved:
+        raise ConfigError("export-hf: interleaved RoPE (rope_interleaved = true) is not the Llama layout; "
+                          "retrain with rope_interleaved = false")  # fmt: skip
+    qwen = config.qkv_bias and not config.attention_bias
+    rope = dict(config.rope_scaling or {"rope_type": "default"})
+    rope["rope_theta"] = config.rope_base
+    if config.partial_rotary_factor != 1:
+        rope["partial_rotary_factor"] = config.partial_rotary_factor
+    out: dict[str, Any] = {
+        "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
+        "model_type": "qwen2" if qwen else "llama",
+        "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads, "head_dim": config.head_size, "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings, "rope_parameters": rope, "dtype": "float32",
+        "initializer_range": config.init_std,
+    }  # fmt: skip
+    if qwen:
+        out.update({"use_sliding_window": False, "sliding_window": None})
+    else:
+        out.update({"attention_bias": config.attention_bias, "mlp_bias": False})
+    if config.partial_rotary_factor != 1:
+        out["partial_rotary_factor"] = config.partial_rotary_factor
+    out.update(special_ids or {})
+    return out

@@ -1,0 +1,215 @@
+"""Hugging Face interop: export a tapa RoPE run to a transformers folder, import Llama /
+Mistral / Qwen2 folders built locally by transformers, RoPE configs parsed as transformers
+parses them, round trips, bad input."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tapa.cli import main  # noqa: E402
+from tapa.data.tokenizer import Bytes, HFTokenizer  # noqa: E402
+from tapa.hf.config import rope_from_hf  # noqa: E402
+from tapa.hf.importer import load_hf_model  # noqa: E402
+from tapa.model import ModelConfig, TapaLM, load_pretrained, save_pretrained  # noqa: E402
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}  # fmt: skip
+EXPORTS = {
+    "tied": {},
+    "untied-gqa-headdim": {"tie_embeddings": False, "n_kv_heads": 1, "head_dim": 24},
+    "yarn": {"rope_scaling": YARN, "max_seq_len": 128},
+    "llama3-base": {"rope_scaling": LLAMA3, "rope_base": 5e5},
+    "pi": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+    "attention-bias": {"attention_bias": True},
+    "qwen2-bias": {"qkv_bias": True},
+}
+
+
+def tapa_run(tmp_path, tokenizer="byte", **kw):
+    config = ModelConfig(positional="rope", vocab_size=259, d_model=32, n_layers=2, n_heads=2, init_std=0.2, **kw)
+    torch.manual_seed(0)
+    model = TapaLM(config)
+    with torch.no_grad():  # non-zero biases, so a dropped bias cannot pass
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.2)
+    run = tmp_path / "run"
+    save_pretrained(model, run)
+    if tokenizer == "bpe":
+        tok = HFTokenizer.train_bpe(["the quick brown fox jumps over the lazy dog " * 40], 300)
+        model_vocab = tok.vocab_size
+        assert model_vocab <= 300
+        tok.save(run)
+    else:
+        Bytes().save(run)
+    return model.eval(), run
+
+
+@pytest.mark.parametrize("case", list(EXPORTS))
+def test_export_loads_in_transformers_with_equal_logits_and_greedy_generation(tmp_path, case):
+    model, run = tapa_run(tmp_path, **EXPORTS[case])
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    expected_class = "Qwen2ForCausalLM" if case == "qwen2-bias" else "LlamaForCausalLM"
+    assert type(hf).__name__ == expected_class
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=0, atol=1e-5)
+        ours = model.generate(ids[:1, :12], 10, eos_id=257)  # generation_config.json names 257 as eos
+        theirs = hf.generate(ids[:1, :12], max_new_tokens=10, do_sample=False, pad_token_id=258)
+    assert torch.equal(ours, theirs)
+    # and back: export -> import is bit-exact
+    back = tmp_path / "back"
+    assert main(["import-hf", str(out), "--out", str(back)]) == 0
+    again = load_pretrained(back)
+    assert again.config.to_dict() == {**model.config.to_dict(), "init_std": again.config.init_std}
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_byte_tokenizer_exports_with_the_same_ids(tmp_path):
+    _, run = tapa_run(tmp_path)
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Emma Woodhouse, handsome, clever — and rich 😀\n\tend"
+    assert tok(text, add_special_tokens=False)["input_ids"] == Bytes().encode(text)
+    assert tok.decode(Bytes().encode(text)) == text
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (256, 257, 258)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["rope_parameters"]["rope_type"] == "default"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 257
+
+
+def test_bpe_tokenizer_exports_with_declared_specials(tmp_path):
+    _, run = tapa_run(tmp_path, tokenizer="bpe")
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ours = HFTokenizer.from_file(run / "tokenizer.json")
+    text = "the lazy fox, quick and brown"
+    assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+    assert tok.eos_token == "<|eos|>" and tok.eos_token_id == ours.eos_id
+    assert tok.bos_token == "<|bos|>" and tok.pad_token == "<|pad|>"
+
+
+def hf_model(kind: str, **kw):
+    base = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[kind]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = model_cls(config_cls(**{**base, **kw})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.2)
+    return model
+
+
+IMPORTS = {
+    "llama-tied": ("llama", {"tie_word_embeddings": True}),
+    "llama-untied-headdim": ("llama", {"tie_word_embeddings": False, "head_dim": 24}),
+    "llama-llama3": ("llama", {"rope_scaling": {**LLAMA3, "rope_theta": 5e5}}),
+    "llama-yarn": ("llama", {"rope_scaling": {**YARN, "rope_theta": 1e4}}),
+    "llama-bias": ("llama", {"attention_bias": True}),
+    "mistral": ("mistral", {"sliding_window": None}),
+    "qwen2": ("qwen2", {"tie_word_embeddings": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORTS))
+def test_import_matches_transformers_logits(tmp_path, case):
+    kind, kw = IMPORTS[case]
+    hf = hf_model(kind, **kw)
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder, max_shard_size="20KB")  # several shards + an index
+    assert (folder / "model.safetensors.index.json").is_file()
+    ours, _ = load_hf_model(folder)
+    ids = torch.randint(0, 64, (2, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_legacy_rope_config_parses_as_transformers_does(tmp_path):
+    """rope_scaling with the legacy 'type' key and rope_theta at the top level; yarn's original
+    length and dynamic's max length from the top level; unknown keys warn."""
+    hf = hf_model("llama", rope_scaling={**YARN, "rope_theta": 2e4})
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    config["rope_theta"] = params.pop("rope_theta")
+    original = params["original_max_position_embeddings"]
+    config["rope_scaling"] = {"type": "yarn", "factor": params["factor"], "original_max_position_embeddings": original}
+    (folder / "config.json").write_text(json.dumps(config))
+    reread = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ours, cfg = load_hf_model(folder)
+    assert cfg.rope_base == 2e4 and cfg.rope_scaling["rope_type"] == "yarn"
+    ids = torch.randint(0, 64, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), reread(ids).logits, rtol=0, atol=1e-5)
+    base, scaling, partial = rope_from_hf({"rope_scaling": {"type": "dynamic", "factor": 2.0},
+                                           "max_position_embeddings": 512})  # fmt: skip
+    assert (base, scaling, partial) == (10000.0, {"rope_type": "dynamic", "factor": 2.0,
+                                                   "max_position_embeddings": 512}, 1.0)  # fmt: skip
+    with pytest.warns(UserWarning, match="ignoring keys finetuned"):
+        rope_from_hf({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "finetuned": True}})
+
+
+def test_converted_tapa_keeps_every_weight(tmp_path):
+    hf = hf_model("llama", tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "tapa"
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(out), "--positional", "tapa"]) == 0
+    converted = load_pretrained(out)
+    assert converted.config.positional == "tapa" and converted.config.rope_scaling is None
+    rope, _ = load_hf_model(tmp_path / "hf")
+    for (name, a), (_, b) in zip(rope.state_dict().items(), converted.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_bad_folders_give_one_line_and_write_nothing(tmp_path, capsys):
+    gpt2 = tmp_path / "gpt2"
+    gpt2_config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
+    transformers.GPT2LMHeadModel(gpt2_config).save_pretrained(gpt2)
+    sharded = tmp_path / "sharded"
+    hf_model("llama").save_pretrained(sharded, max_shard_size="20KB")
+    next(sharded.glob("model-00002-*.safetensors")).unlink()
+    odd = tmp_path / "odd"
+    hf_model("llama").save_pretrained(odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "su", "rope_theta": 1e4}
+    (odd / "config.json").write_text(json.dumps(config))
+    tapa_tapa = tmp_path / "tapa_model"
+    save_pretrained(TapaLM(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2)), tapa_tapa)
+    cases = [
+        (["import-hf", str(gpt2)], "is not a Llama-architecture model"),
+        (["import-hf", str(sharded)], "are missing"),
+        (["import-hf", str(odd)], "rope_type 'su' is not one tapa implements"),
+        (["import-hf", str(tmp_path / "nothing")], "no such folder"),
+        (["export-hf", str(tapa_tapa)], "has no transformers architecture of its own yet"),
+    ]
+    capsys.readouterr()  # transformers' progress bars while building the folders
+    for argv, message in cases:
+        out = tmp_path / "out"
+        code, err = run_cli([*argv, "--out", str(out)], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)
+        assert not out.exists()
