@@ -198,14 +198,15 @@ def test_bad_folders_give_one_line_and_write_nothing(tmp_path, capsys):
     config = json.loads((odd / "config.json").read_text())
     config["rope_parameters"] = {"rope_type": "su", "rope_theta": 1e4}
     (odd / "config.json").write_text(json.dumps(config))
-    tapa_tapa = tmp_path / "tapa_model"
-    save_pretrained(TapaLM(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2)), tapa_tapa)
+    interleaved = tmp_path / "interleaved"
+    save_pretrained(TapaLM(ModelConfig(positional="rope", rope_interleaved=True, vocab_size=50, d_model=16,
+                                       n_layers=1, n_heads=2)), interleaved)  # fmt: skip
     cases = [
         (["import-hf", str(gpt2)], "is not a Llama-architecture model"),
         (["import-hf", str(sharded)], "are missing"),
         (["import-hf", str(odd)], "rope_type 'su' is not one tapa implements"),
         (["import-hf", str(tmp_path / "nothing")], "no such folder"),
-        (["export-hf", str(tapa_tapa)], "has no transformers architecture of its own yet"),
+        (["export-hf", str(interleaved)], "interleaved RoPE"),
     ]
     capsys.readouterr()  # transformers' progress bars while building the folders
     for argv, message in cases:
@@ -213,3 +214,106 @@ def test_bad_folders_give_one_line_and_write_nothing(tmp_path, capsys):
         code, err = run_cli([*argv, "--out", str(out)], capsys)
         assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)
         assert not out.exists()
+
+
+NON_ROPE = {
+    "tapa": {"positional": "tapa"},
+    "tapa-gqa-untied-alpha": {
+        "positional": "tapa",
+        "n_kv_heads": 1,
+        "tie_embeddings": False,
+        "tapa_alpha": 0.5,
+        "tapa_theta": 0.25,
+    },
+    "tapa-linear": {"positional": "tapa", "tapa_phase": "linear"},
+    "tapa-full": {"positional": "tapa", "tapa_phase": "quadratic_full"},
+    "nope": {"positional": "nope"},
+    "alibi": {"positional": "alibi", "n_heads": 4},
+}
+
+
+def nonrope_run(tmp_path, **kw):
+    config = ModelConfig(vocab_size=259, d_model=32, n_layers=2, **{"n_heads": 2, "init_std": 0.2, **kw})
+    torch.manual_seed(0)
+    model = TapaLM(config)
+    if config.tapa_phase == "quadratic_full":  # learnt M and N differ from their Eq. 13 start
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.phase.m.add_(0.05 * torch.randn_like(block.attn.phase.m))
+                block.attn.phase.n.add_(0.05 * torch.randn_like(block.attn.phase.n))
+    run = tmp_path / "run"
+    save_pretrained(model, run)
+    Bytes().save(run)
+    return model.eval(), run
+
+
+@pytest.mark.parametrize("case", list(NON_ROPE))
+def test_tapa_nope_alibi_export_as_remote_code(tmp_path, case):
+    model, run = nonrope_run(tmp_path, **NON_ROPE[case])
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    assert {"modeling_tapa.py", "configuration_tapa.py"} <= {p.name for p in out.iterdir()}
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "TapaForCausalLM"
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # the same math: float64 copies agree to rounding (init_std 0.2: peaked attention, large phases,
+        # where float32 itself is only good to ~1e-4 against float64 in both implementations)
+        torch.testing.assert_close(hf.double()(ids).logits, model.double()(ids), rtol=0, atol=1e-10)
+        hf.float(), model.float()
+        ours = model.generate(ids[:1, :12], 10, eos_id=257)
+        theirs = hf.generate(ids[:1, :12], max_new_tokens=10, do_sample=False, pad_token_id=258)  # KV cache
+    assert torch.equal(ours, theirs)
+    back = tmp_path / "back"
+    assert main(["import-hf", str(out), "--out", str(back)]) == 0
+    again = load_pretrained(back)
+    assert again.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("case", ["tapa", "tapa-full", "alibi"])
+def test_float32_export_within_1e5_at_the_default_init(tmp_path, case):
+    model, run = nonrope_run(tmp_path, **{**NON_ROPE[case], "init_std": 0.02})
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=0, atol=1e-5)
+
+
+def test_exported_tapa_loads_where_tapa_is_not_importable(tmp_path):
+    import subprocess
+    import sys
+
+    model, run = nonrope_run(tmp_path, positional="tapa")
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids)[0, -1].tolist()
+    script = (
+        "import sys, json; sys.modules['tapa'] = None\n"  # any `import tapa` now fails
+        "import torch, transformers\n"
+        f"m = transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
+        f"ids = torch.tensor([{ids[0].tolist()}])\n"
+        "print(json.dumps(m(ids).logits[0, -1].tolist()))\n"
+    )
+    env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-5
+
+
+def test_tapa_auto_classes_register_in_process(tmp_path):
+    import tapa.hf.auto  # noqa: F401
+
+    model, run = nonrope_run(tmp_path, positional="tapa", init_std=0.02)
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code needed
+    ids = torch.randint(0, 256, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=0, atol=1e-5)

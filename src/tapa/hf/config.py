@@ -19,7 +19,10 @@ from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 from tapa.positional.rope_frequencies import ROPE_FUNCTIONS
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "TapaForCausalLM": "tapa"}  # fmt: skip
+REMOTE_FILES = ("configuration_tapa.py", "modeling_tapa.py")
+AUTO_MAP = {"AutoConfig": "configuration_tapa.TapaConfig", "AutoModelForCausalLM": "modeling_tapa.TapaForCausalLM"}
 _TOP_LEVEL_LENGTHS = ("max_position_embeddings", "original_max_position_embeddings")
 
 
@@ -59,6 +62,8 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"import-hf: hidden_act {config['hidden_act']!r}; tapa's SwiGLU uses silu")
     if config.get("mlp_bias"):
         raise ConfigError("import-hf: mlp_bias = true is not supported (tapa's SwiGLU has no biases)")
+    if model_type == "tapa":
+        return _tapa_model_config(config)
     sliding = config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None
     if sliding is not None and sliding < config.get("max_position_embeddings", 0):
         warnings.warn(f"import-hf: sliding_window {sliding} is ignored; tapa attends to the full context", stacklevel=2)
@@ -85,11 +90,40 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"import-hf: config.json lacks {missing}") from None
 
 
+def _shape(config: ModelConfig) -> dict[str, Any]:
+    return {"vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
+            "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+            "num_key_value_heads": config.kv_heads, "head_dim": config.head_size,
+            "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+            "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std}  # fmt: skip
+
+
+def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
+    """The inverse of the TapaConfig export (derived values written back as None)."""
+    d_model, n_heads = config["hidden_size"], config["num_attention_heads"]
+    kv, head_dim, ffn = config.get("num_key_value_heads"), config.get("head_dim"), config["intermediate_size"]
+    return ModelConfig(
+        vocab_size=config["vocab_size"], d_model=d_model, n_layers=config["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=None if kv in (None, n_heads) else kv,
+        head_dim=None if head_dim is None or (d_model % n_heads == 0 and head_dim == d_model // n_heads) else head_dim,
+        ffn_hidden=None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn,
+        max_seq_len=config["max_position_embeddings"], positional=config["positional"],
+        tapa_alpha=config["tapa_alpha"], tapa_theta=config["tapa_theta"], tapa_phase=config["tapa_phase"],
+        attention_bias=config.get("attention_bias", False), qkv_bias=config.get("qkv_bias", False),
+        norm_eps=config["rms_norm_eps"], tie_embeddings=config["tie_word_embeddings"],
+        init_std=config.get("initializer_range", 0.02),
+    )  # fmt: skip
+
+
 def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None = None) -> dict[str, Any]:
-    """A transformers ``config.json`` (current format) for a tapa RoPE model."""
+    """A transformers ``config.json`` (current format): Llama / Qwen2 for RoPE models, our
+    remote-code TapaConfig (with ``auto_map``) for TAPA, NoPE and ALiBi models."""
     if config.positional != "rope":
-        raise ConfigError(f"export-hf: a {config.positional!r} model has no transformers architecture of its own "
-                          "yet; only RoPE models export (to LlamaForCausalLM / Qwen2ForCausalLM)")  # fmt: skip
+        return {"architectures": ["TapaForCausalLM"], "model_type": "tapa", "auto_map": AUTO_MAP,
+                **_shape(config), "positional": config.positional, "tapa_alpha": config.tapa_alpha,
+                "tapa_theta": config.tapa_theta, "tapa_phase": config.tapa_phase,
+                "attention_bias": config.attention_bias, "qkv_bias": config.qkv_bias, "dtype": "float32",
+                **(special_ids or {})}  # fmt: skip
     if config.rope_interleaved:
         raise ConfigError("export-hf: interleaved RoPE (rope_interleaved = true) is not the Llama layout; "
                           "retrain with rope_interleaved = false")  # fmt: skip

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from tapa.data.tokenizer import load_checkpoint_tokenizer
-from tapa.hf.config import hf_config_from_model
+from tapa.hf.config import REMOTE_FILES, hf_config_from_model
 from tapa.hf.names import to_hf_name
 from tapa.hf.publish import check_empty_out, publish
 from tapa.hf.tokenizers import export_tokenizer, special_ids
 from tapa.model import load_pretrained
+
+REMOTE_DIR = Path(__file__).parent / "remote"
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
@@ -25,7 +28,8 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def export_hf(run: str | Path, out: str | Path) -> Path:
-    """config.json (model_type llama or qwen2, RoPE in ``rope_parameters``), model.safetensors,
+    """config.json (model_type llama or qwen2, RoPE in ``rope_parameters``; or model_type tapa
+    with an ``auto_map`` and the model's code beside it), model.safetensors,
     generation_config.json and the tokenizer, written to a staging folder and moved into place."""
     run, out = Path(run), Path(out)
     model = load_pretrained(run)
@@ -40,5 +44,8 @@ def export_hf(run: str | Path, out: str | Path) -> Path:
         generation = {"do_sample": False, **ids}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=1) + "\n")
         export_tokenizer(tokenizer, run, staging)
+        if model.config.positional != "rope":  # the model's own code, for trust_remote_code
+            for name in REMOTE_FILES:
+                shutil.copy2(REMOTE_DIR / name, staging / name)
 
     return publish(out, write)

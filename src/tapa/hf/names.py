@@ -19,10 +19,18 @@ _OURS = re.compile(r"blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _THEIRS = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+_PHASE_OURS = re.compile(r"blocks\.(\d+)\.attn\.phase\.(m|n)$")
+_PHASE_THEIRS = re.compile(r"model\.layers\.(\d+)\.self_attn\.phase_(m|n)$")
+
+
 def to_hf_name(name: str) -> str:
-    """``blocks.3.attn.wq.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
+    """``blocks.3.attn.wq.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (and TAPA's
+    learnable M / N, ``blocks.3.attn.phase.m`` -> ``model.layers.3.self_attn.phase_m``)."""
     if name in TOP:
         return TOP[name]
+    phase = _PHASE_OURS.match(name)
+    if phase:
+        return f"model.layers.{phase.group(1)}.self_attn.phase_{phase.group(2)}"
     match = _OURS.match(name)
     if not match or match.group(2) not in BLOCK:
         raise KeyError(f"no transformers name for tensor {name!r}")
@@ -35,6 +43,9 @@ def from_hf_name(name: str) -> str | None:
     for ours, theirs in TOP.items():
         if name == theirs:
             return ours
+    phase = _PHASE_THEIRS.match(name)
+    if phase:
+        return f"blocks.{phase.group(1)}.attn.phase.{phase.group(2)}"
     match = _THEIRS.match(name)
     if not match:
         return None
