@@ -37,13 +37,14 @@ VERBS: dict[str, list[str]] = {
     "study diagnose": ["CKPT"],
     "export-hf": ["CKPT"],
     "import-hf": ["CKPT"],
+    "convert": ["CKPT", "--positional", "tapa"],
 }
 WRITERS = [v for v in VERBS if v not in ("info", "generate")]
 WITH_CHECKPOINT = [v for v, a in VERBS.items() if "CKPT" in a]
 WITH_DEVICE = ["train", "finetune", "eval-ppl", "eval-positions", "passkey"]
 WITH_SEED = ["demo", "generate", "train", "finetune", "passkey", "passkey-finetune", "bias"]
 WITH_LR = ["train", "finetune", "passkey-finetune"]
-MODEL_WRITERS = ["demo", "train", "finetune", "passkey-finetune", "export-hf", "import-hf"]
+MODEL_WRITERS = ["demo", "train", "finetune", "passkey-finetune", "export-hf", "import-hf", "convert"]
 
 
 def cases() -> list[tuple[str, str, list[str]]]:

@@ -317,3 +317,17 @@ def test_tapa_auto_classes_register_in_process(tmp_path):
     ids = torch.randint(0, 256, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), rtol=0, atol=1e-5)
+
+
+def test_convert_rope_run_to_tapa_keeps_weights_and_tokenizer(tmp_path):
+    model, run = tapa_run(tmp_path, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    out = tmp_path / "as_tapa"
+    assert main(["convert", str(run), "--positional", "tapa", "--out", str(out)]) == 0
+    converted = load_pretrained(out)
+    assert converted.config == model.config.replace(positional="tapa", rope_scaling=None)
+    for (name, a), (_, b) in zip(model.state_dict().items(), converted.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert (out / "tokenizer_config.json").read_text() == (run / "tokenizer_config.json").read_text()
+    ids = torch.randint(0, 256, (1, 30))
+    with torch.no_grad():  # now TAPA attention: different logits from the same weights
+        assert not torch.allclose(converted(ids), model.eval()(ids), atol=1e-3)

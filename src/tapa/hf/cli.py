@@ -16,6 +16,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--positional", choices=("rope", "tapa", "nope", "alibi"), default="rope",
                      help="keep RoPE, or switch the attention, keeping every weight (RoPE -> TAPA)")  # fmt: skip
     imp.set_defaults(func=_import)
+    conv = sub.add_parser("convert", help="switch a run's positional scheme, keeping every weight (e.g. RoPE -> TAPA)")
+    conv.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
+    conv.add_argument("--positional", choices=("rope", "tapa", "nope", "alibi"), required=True)
+    conv.add_argument("--out", required=True, help="a new (or empty) folder for the converted run")
+    conv.set_defaults(func=_convert)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -31,3 +36,28 @@ def _import(args: argparse.Namespace) -> None:
     overrides = {"positional": args.positional} if args.positional != "rope" else {}
     out = import_hf(args.hf_dir, args.out, **overrides)
     print(f"imported {args.hf_dir} -> {out} (positional {args.positional})")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tapa.data.tokenizer import copy_tokenizer_files
+    from tapa.hf.publish import check_empty_out, publish
+    from tapa.model import load_pretrained, save_pretrained
+    from tapa.model.scaling import with_config
+
+    out = Path(args.out)
+    check_empty_out(out)
+    model = load_pretrained(args.checkpoint)
+    changes: dict = {"positional": args.positional}
+    if args.positional != "rope":  # RoPE-only settings go; TAPA keeps the paper's defaults
+        changes.update(rope_scaling=None, partial_rotary_factor=1.0)
+    converted = with_config(model, model.config.replace(**changes))
+
+    def write(staging: Path) -> None:
+        save_pretrained(converted, staging)
+        copy_tokenizer_files(Path(args.checkpoint), staging)
+
+    publish(out, write)
+    print(f"converted {args.checkpoint} ({model.config.positional}) -> {out} ({args.positional}); "
+          f"continue with: tapa finetune {out} --out RUN ...")  # fmt: skip
