@@ -90,3 +90,29 @@ def test_stratified_depths_cover_every_stratum_and_refuse_a_short_context():
     assert starts.min() == 0 and starts.max() == 50
     with pytest.raises(ValueError, match="too short"):
         stratified_depths(1, TASK.n_queries, 13, TASK, g)
+
+
+def test_shortcut_levels_match_simulated_shortcut_models():
+    """The report's shortcut levels: a model naming a random planted value, and one that also
+    skips values already answered, simulated on generated batches."""
+    from tapa.study.recall_report import shortcut_levels
+
+    task = RecallTask(n_keys=40, n_values=1000, n_filler=20, n_pairs=4, n_queries=4)  # values almost never repeat
+    g = torch.Generator().manual_seed(5)
+    batch = make_batch(task, 3000, 40, g)
+    context = 40 - 2 * task.n_queries
+    hits_any = hits_skip = 0
+    for i in range(3000):
+        row = batch.ids[i]
+        planted = [int(t) for t in row[: context - 1] if int(t) in task.value_ids]
+        left = list(planted)  # values not yet answered (one occurrence removed per answer)
+        for j in range(task.n_queries):
+            truth = int(row[context + 2 * j + 1])
+            pick = planted[int(torch.randint(len(planted), (1,), generator=g))]
+            hits_any += pick == truth
+            hits_skip += left[int(torch.randint(len(left), (1,), generator=g))] == truth
+            left.remove(truth)
+    any_level, skip_level = shortcut_levels({"n_pairs": 4, "n_queries": 4})
+    n = 3000 * task.n_queries
+    assert abs(hits_any / n - any_level) < 4 * (0.25 * 0.75 / n) ** 0.5
+    assert abs(hits_skip / n - skip_level) < 0.02
