@@ -80,3 +80,9 @@ def run_stage(
     atomic_write_text(done, json.dumps(relative_to_out(result, out), indent=1, default=float) + "\n")
     log(f"  {name}: {result['seconds']:.1f} s")
     return result
+
+
+def finished_seconds(out: Path) -> float:
+    """Wall time of every finished stage under ``out`` (each counted once, however many
+    results refer to it)."""
+    return sum(float(json.loads(p.read_text())["seconds"]) for p in Path(out).glob(f"stages/*/{RESULT_FILE}"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tapa.reproduce.stages import finished_seconds
+
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
@@ -97,7 +99,8 @@ def write_ablation_report(results: dict[str, Any], out: Path) -> None:
         formation_table(results),
         "",
         *figures,
-        f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min (cached stages are not re-run).",
+        f"Compute: {finished_seconds(out) / 60:.1f} min of stages in all (this invocation "
+        f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
     ]
     (out / "report.md").write_text("\n".join(text))

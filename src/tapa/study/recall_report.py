@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tapa.reproduce.stages import finished_seconds
+
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -116,7 +118,8 @@ def write_recall_report(results: dict[str, Any], out: Path) -> None:
         "",
         depth_table(results, longest),
         "",
-        f"Wall time of this invocation: {results['wall_seconds'] / 60:.1f} min.",
+        f"Compute: {finished_seconds(out) / 60:.1f} min of stages in all (this invocation "
+        f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
     ]
     (out / "report.md").write_text("\n".join(text))

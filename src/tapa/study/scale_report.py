@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tapa.reproduce.stages import finished_seconds
+
 STYLES = ("-", "--", ":")
 MARKERS = ("o", "s", "^")
 
@@ -92,7 +94,8 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "*Figure: left, perplexity ratio to RoPE at the training length against training compute (log scale); "
         "right, each method's perplexity at 8x and 16x L0 divided by its own at L0.*",
         "",
-        f"Wall time of this invocation: {results.get('wall_seconds', 0) / 60:.1f} min.",
+        f"Compute: {finished_seconds(out) / 60:.1f} min of stages in all (this invocation "
+        f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
     ]
     (out / "report.md").write_text("\n".join(text))
