@@ -38,9 +38,10 @@ VERBS: dict[str, list[str]] = {
     "export-hf": ["CKPT"],
     "import-hf": ["CKPT"],
     "convert": ["CKPT", "--positional", "tapa"],
+    "plan": ["CONFIG"],
 }
-WRITERS = [v for v in VERBS if v not in ("info", "generate")]
-WITH_CHECKPOINT = [v for v, a in VERBS.items() if "CKPT" in a]
+WRITERS = [v for v in VERBS if v not in ("info", "generate", "plan")]
+WITH_CHECKPOINT = [v for v, a in VERBS.items() if "CKPT" in a or "CONFIG" in a]
 WITH_DEVICE = ["train", "finetune", "eval-ppl", "eval-positions", "passkey"]
 WITH_SEED = ["demo", "generate", "train", "finetune", "passkey", "passkey-finetune", "bias"]
 WITH_LR = ["train", "finetune", "passkey-finetune"]
@@ -89,6 +90,9 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("train", "TAPA flag on a RoPE model", ["--positional", "rope", "--tapa-theta", "0.3"]),
         ("study diagnose", "segment length 1", ["--segment-length", "1"]),
         ("study diagnose", "segments 0", ["--segments", "0"]),
+        ("plan", "gpus 0", ["--gpus", "0"]),
+        ("plan", "seq-len 0", ["--seq-len", "0"]),
+        ("plan", "config is a JSON list", ["CKPT=LISTJSON"]),
     ]
     return out
 
@@ -116,6 +120,7 @@ def workspace(tmp_path_factory):
 def substitute(args: list[str], root: Path) -> list[str]:
     names = {
         "CKPT": str(root / "ckpt"),
+        "CONFIG": str(root / "ckpt" / "config.json"),
         "OUT": str(root / "new_out"),
         "FILE": str(root / "a_file.txt"),
         "MODEL": str(root / "model_out"),
@@ -138,7 +143,7 @@ def build_argv(verb: str, extra: list[str], root: Path) -> list[str]:
     base = list(VERBS[verb])
     if any(e.startswith("CKPT=") for e in extra):  # replace the checkpoint argument
         replacement = next(e for e in extra if e.startswith("CKPT=")).split("=", 1)[1]
-        base = [replacement if a == "CKPT" else a for a in base]
+        base = [replacement if a in ("CKPT", "CONFIG") else a for a in base]
         extra = [e for e in extra if not e.startswith("CKPT=")]
     flags = {extra[i] for i in range(0, len(extra), 2) if extra[i].startswith("--")}
     # drop base flags the case overrides, and give every writer a fresh --out unless the case sets one

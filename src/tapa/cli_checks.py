@@ -71,6 +71,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mu0": (_finite, "a finite number"),
     "nu0": (_finite, "a finite number"),
     "segments": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
+    "gpus": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
+    "seq_len": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
     "segment_length": (lambda x: isinstance(x, int) and x >= 2, "an integer >= 2"),
 }
 

@@ -44,7 +44,17 @@ PRETRAIN_ONLY = {
     "--tokenizer": ("tokenizer", str, "byte (default), bpe (trained on the train split), or a tokenizer.json/.model"),
     "--bpe-vocab-size": ("bpe_vocab_size", int, "vocabulary of the trained BPE (default: 4096)"),
 }
-MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
+
+
+def _bool(text: str) -> bool:
+    """true/false, yes/no, 1/0 (argparse type for boolean model settings)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--positional": ("positional", str, "tapa, rope, alibi or nope"),
     "--d-model": ("d_model", int, "model width"),
     "--n-layers": ("n_layers", int, "decoder blocks"),
@@ -52,6 +62,8 @@ MODEL_FLAGS: dict[str, tuple[str, type, str]] = {
     "--n-kv-heads": ("n_kv_heads", int, "key/value heads (GQA)"),
     "--head-dim": ("head_dim", int, "per-head width (default d_model / n_heads)"),
     "--ffn-hidden": ("ffn_hidden", int, "SwiGLU hidden width"),
+    "--tie-embeddings": ("tie_embeddings", _bool, "share the input embedding and the output head (true/false)"),
+    "--norm-eps": ("norm_eps", float, "RMSNorm epsilon"),
     "--max-seq-len": ("max_seq_len", int, "training length recorded in the model (default: --seq-len)"),
     "--tapa-alpha": ("tapa_alpha", float, "TAPA distance exponent alpha"),
     "--tapa-theta": ("tapa_theta", float, "TAPA amplitude fraction theta"),
@@ -107,6 +119,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add(train, PRETRAIN_ONLY)
     _add(train, MODEL_FLAGS, dest_prefix="model.")
     train.set_defaults(func=_train)
+
+    planner = sub.add_parser("plan", help="parameters, FLOPs and memory per GPU of a model config, and the command")
+    planner.add_argument("model_config", metavar="CONFIG", help="a model config.json (e.g. configs/paper-7b-tapa.json)")
+    planner.add_argument("--gpus", type=int, default=1, help="GPUs the run is spread over")
+    planner.add_argument("--seq-len", type=int, default=8192, help="training length")
+    planner.add_argument("--parallel", choices=("fsdp", "ddp"), default="fsdp", help="how states are spread")
+    planner.set_defaults(func=_plan)
 
     fine = sub.add_parser("finetune", help="continue a checkpoint at a longer length (RoPE rescaling optional)")
     fine.add_argument("checkpoint", help="a model directory (config.json + model.safetensors)")
@@ -220,3 +239,10 @@ def _finetune(args: argparse.Namespace) -> None:
             model=model_config,
         )
     _run(config, args)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from tapa.model import ModelConfig
+    from tapa.train.plan import describe
+
+    print(describe(ModelConfig.load(args.model_config), args.gpus, args.seq_len, args.parallel))
