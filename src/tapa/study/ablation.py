@@ -72,6 +72,7 @@ class Ladder:
     seeded_cells: tuple[str, ...] = ()
     extra_seeds: tuple[int, ...] = ()
     seeds_after: str | None = None  # the extra seeds run after this cell (None: after every cell)
+    seeded_methods: tuple[str, ...] = METHODS  # the methods the extra seeds run
 
 
 # in priority order: a ladder cut short still answers the first questions
@@ -84,13 +85,13 @@ LADDER_CELLS = (
     Cell("bpe-hd128-lr-equal", "bpe", 128, lr_rule="equal", methods=("tapa",)),
     Cell("bpe-hd128-alpha0.5", "bpe", 128, alpha=0.5, methods=("tapa",)),
     Cell("bpe-hd128-alpha1", "bpe", 128, alpha=1.0, methods=("tapa",)),
-    Cell("bpe-hd128-4x", "bpe", 128, steps=1600),
+    Cell("bpe-hd128-4x", "bpe", 128, steps=1600, methods=("rope", "tapa")),
     Cell("bpe-hd64", "bpe", 64),
     Cell("byte-hd24-4x", "byte", 24, steps=1600),
 )
 LADDERS = {
     "default": Ladder(cells=LADDER_CELLS, seeded_cells=("bpe-hd128",), extra_seeds=(1, 2),
-                      seeds_after="bpe-hd128-alpha1"),
+                      seeds_after="bpe-hd128-4x", seeded_methods=("rope", "tapa")),
     "smoke": Ladder(d_model=32, n_layers=1, seq_len=32, batch_size=4, eval_segments=8,
                     cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
                     seeded_cells=("byte-hd16",), extra_seeds=(1,)),
@@ -204,8 +205,8 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
     plan += extra
     for cell, seed in plan:
         log(f"cell {cell.name}, seed {seed}")
-        methods = cell.methods
-        if "rope" not in methods:  # a TAPA-only LR cell is read against the same geometry's RoPE and NoPE
+        methods = cell.methods if seed in ladder.seeds else tuple(m for m in cell.methods if m in ladder.seeded_methods)
+        if "rope" not in cell.methods:  # a TAPA-only LR cell is read against the same geometry's RoPE and NoPE
             methods = ("rope", "nope", *methods)
         for method in methods:
             lr_cell = (
