@@ -121,7 +121,7 @@ def summarise_scale(results: dict[str, Any], ladder: ScaleLadder) -> dict[str, A
             continue
         ppl = {m: runs[m]["perplexity"]["lengths"] for m in METHODS}
         row = {"size": size.name, "non_embedding_params": runs["rope"]["non_embedding_params"],
-               "tokens": runs["rope"]["train"]["tokens"], "compute": runs["rope"]["compute"],
+               "tokens": runs["rope"]["tokens"], "compute": runs["rope"]["compute"],
                "tapa_over_rope": ppl["tapa"][l0]["perplexity"] / ppl["rope"][l0]["perplexity"],
                "nope_over_rope": ppl["nope"][l0]["perplexity"] / ppl["rope"][l0]["perplexity"],
                "extrapolation": {m: {n: ppl[m][n]["perplexity"] / ppl[m][l0]["perplexity"] for n in ppl[m]}
@@ -160,8 +160,9 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
             config = size_config(ladder, size, method, cache_dir)
             trained = train_stage(out, config, f"train_{size.name}_{method}", log)
             params = non_embedding_parameters(load_pretrained(trained["run"]).config)
+            tokens = config.steps * config.batch_size * config.seq_len  # all of it, also when a stage was resumed
             results["runs"].setdefault(size.name, {})[method] = {
-                "train": trained, "non_embedding_params": params, "compute": 6 * params * trained["tokens"],
+                "train": trained, "non_embedding_params": params, "tokens": tokens, "compute": 6 * params * tokens,
                 "perplexity": perplexity_stage(out, trained["run"], ladder, cache_dir, log),
             }  # fmt: skip
         results.update(summarise_scale(results, ladder))
