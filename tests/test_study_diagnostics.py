@@ -88,3 +88,17 @@ def test_distance_share_closed_forms():
     assert distance_share(torch.tensor([1.0, 3.0, 1.0, 3.0]), d) == pytest.approx(0.0)
     # between-group variance 1 of total 2: half
     assert distance_share(torch.tensor([0.0, 2.0, 2.0, 4.0]), d) == pytest.approx(0.5)
+
+
+def test_phase_gradient_ratio_is_zero_when_the_phase_is_zero():
+    """sin(0) = 0: with the phase rows of W_q and W_k zeroed, no gradient reaches them."""
+    from tapa.study.diagnostics import phase_gradient_ratio
+
+    m = model(positional="tapa", n_heads=2, n_layers=2)
+    ids = torch.randint(0, 20, (2, 24))
+    assert all(r > 0.01 for r in phase_gradient_ratio(m, ids))  # init std 0.3: phases far from 0
+    with torch.no_grad():
+        for block in m.blocks:
+            for proj in (block.attn.wq, block.attn.wk):
+                proj.weight.view(2, 8, -1)[:, 4:] = 0  # head_dim 8, theta 0.5: the last 4 rows are the phase
+    assert phase_gradient_ratio(m, ids) == [0.0, 0.0]

@@ -193,3 +193,28 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         out["cos_distance_share"] = [sum(x["cos_distance_share"]) / len(x["cos_distance_share"]) for x in layers]
         out["mean_cos_d1"] = [layer["phase"]["1"]["mean_cos"] for layer in layers]
     return out
+
+
+def phase_gradient_ratio(model: TapaLM, input_ids: torch.Tensor) -> list[float]:
+    """Per layer: norm of the next-token loss gradient on the phase rows of W_q and W_k
+    (the last D_P output rows of each head) over the norm on the amplitude rows. The
+    gradient reaching the phase is proportional to sin(phase): near 0 where the phase is."""
+    from tapa.attention.validation import amplitude_dim
+
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        logits = model(input_ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), input_ids[:, 1:].flatten())
+        loss.backward()
+    out = []
+    for block in model.blocks:
+        attn = block.attn
+        d_a = amplitude_dim(attn.head_dim, model.config.tapa_theta)
+        amp = phase = 0.0
+        for proj, heads in ((attn.wq, attn.n_heads), (attn.wk, attn.n_kv)):
+            g = proj.weight.grad.view(heads, attn.head_dim, -1)
+            amp += float(g[:, :d_a].pow(2).sum())
+            phase += float(g[:, d_a:].pow(2).sum())
+        out.append((phase / amp) ** 0.5 if amp > 0 else float("nan"))
+    model.zero_grad(set_to_none=True)
+    return out
