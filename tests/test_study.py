@@ -9,10 +9,18 @@ from tapa.cli import main
 from tapa.study.ablation import LADDERS, Cell, summarise
 
 
-def test_ablation_ladder_smoke_end_to_end_and_cached(tmp_path, capsys):
-    out = tmp_path / "abl"
+@pytest.fixture(scope="module")
+def smoke_ladder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ladder")
+    out = root / "abl"
     assert main(["study", "ablation", "--ladder", "smoke", "--out", str(out), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+                 "--cache-dir", str(root / "cache")]) == 0  # fmt: skip
+    return root
+
+
+def test_ablation_ladder_smoke_end_to_end_and_cached(smoke_ladder, capsys):
+    tmp_path = smoke_ladder
+    out = tmp_path / "abl"
     results = json.loads((out / "results.json").read_text())
     ladder = LADDERS["smoke"]
     rows = {row["name"]: row for row in results["rows"]}
@@ -41,7 +49,7 @@ def test_lr_cells_reuse_the_geometry_baselines():
     assert row["tapa_over_rope"] == pytest.approx(math.exp(0.5)) and "nope_over_rope" not in row
 
 
-def test_recall_and_diagnose_smoke(tmp_path):
+def test_recall_and_diagnose_smoke(tmp_path, smoke_ladder):
     out = tmp_path / "rec"
     assert main(["study", "recall", "--study", "smoke", "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -51,8 +59,7 @@ def test_recall_and_diagnose_smoke(tmp_path):
     assert (out / "figures" / "recall_by_length.png").is_file()
     assert "Accuracy by depth" in (out / "report.md").read_text()
 
-    abl = tmp_path / "abl"
-    main(["study", "ablation", "--ladder", "smoke", "--out", str(abl), "--quiet", "--cache-dir", str(tmp_path / "c")])
+    abl = smoke_ladder / "abl"
     runs = sorted(str(p) for p in abl.glob("stages/train_tapa_s0-*/run"))
     diag = tmp_path / "diag"
     assert main(["study", "diagnose", *runs, "--out", str(diag), "--segments", "2"]) == 0

@@ -56,7 +56,7 @@ class ScaleLadder:
 SCALES = {
     "default": ScaleLadder(sizes=(Size("S", 64, 2, 1, 200), Size("M", 128, 3, 2, 400), Size("L", 192, 3, 3, 800))),
     "smoke": ScaleLadder(sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4), Size("L", 48, 2, 3, 5)), head_dim=16,
-                         seq_len=16, batch_size=4, eval_tokens=600, length_factors=(1, 2)),
+                         seq_len=16, batch_size=4, eval_tokens=600, length_factors=(1, 2), tokenizer="byte"),
 }  # fmt: skip
 
 
