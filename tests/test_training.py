@@ -400,3 +400,37 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_di
     assert load_pretrained(run).state_dict().keys() == load_pretrained(tmp_path / "full").state_dict().keys()
     for name, tensor in load_pretrained(run).state_dict().items():
         assert torch.equal(tensor, load_pretrained(tmp_path / "full").state_dict()[name]), name
+
+
+@pytest.mark.parametrize("positional", ["tapa", "rope"])
+def test_activation_checkpointing_gives_the_plain_step_loss_and_gradients(positional):
+    """Recomputing each block in the backward pass changes memory, not numbers."""
+    from tapa.model import ModelConfig, TapaLM
+
+    torch.manual_seed(0)
+    model = TapaLM(ModelConfig(positional=positional, vocab_size=50, d_model=32, n_layers=3, n_heads=2)).double()
+    ids = torch.randint(0, 50, (2, 24))
+    grads = []
+    for checkpointed in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = checkpointed
+        loss = model.train().loss(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (plain_loss, plain), (ckpt_loss, ckpt) = grads
+    assert ckpt_loss == plain_loss
+    for a, b in zip(plain, ckpt, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_activation_checkpointing_flag_trains_and_is_recorded(tmp_path):
+    from tapa.cli import main
+    from tapa.train.config import TrainConfig
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--steps", "2", "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
+            "--seq-len", "16", "--batch-size", "2", "--eval-segments", "2", "--no-progress",
+            "--activation-checkpointing", "true"]  # fmt: skip
+    assert main(args) == 0
+    assert TrainConfig.load(out / "train_config.json").activation_checkpointing is True
+    assert "activation_checkpointing" not in TrainConfig().to_dict()  # the default is not written

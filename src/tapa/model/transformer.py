@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tapa.errors import ConfigError, ShapeError
 from tapa.model.attention import Attention
@@ -50,6 +51,9 @@ class TapaLM(nn.Module):
             if config.positional == "rope"
             else None
         )
+        # activation checkpointing (set by the trainer's --activation-checkpointing): training
+        # memory of one block's activations plus each block's input, for one more forward
+        self.activation_checkpointing = False
         if not self.embed.weight.is_meta:  # a model built on the meta device gets its weights assigned
             self.reset_parameters()
 
@@ -121,8 +125,12 @@ class TapaLM(nn.Module):
         if self.rope is not None:  # one cos/sin table per forward, shared by every layer
             positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
             rope_tables = self.rope(positions)
+        checkpointed = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, start_pos, cache, rope_tables)
+            if checkpointed:  # keep only each block's input; recompute its insides in the backward pass
+                x = checkpoint(block, x, start_pos, None, rope_tables, use_reentrant=False)
+            else:
+                x = block(x, start_pos, cache, rope_tables)
         logits = self.lm_head(self.norm(x))
         return logits if logits.dtype == torch.float64 else logits.float()
 

@@ -17,8 +17,17 @@ from tapa.model import load_config
 from tapa.positional import POSITIONAL_SCHEMES
 from tapa.train.config import PRECISIONS, TrainConfig
 
+
 # flag -> (TrainConfig field, type, help)
-TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+def _bool(text: str) -> bool:
+    """true/false, yes/no, 1/0 (argparse type for boolean model settings)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--data": ("data", str, "'books' (default), a .txt/.md/.jsonl file, a directory, or hf:NAME"),
     "--val-data": ("val_data", str, "a separate validation file or directory (own corpora only)"),
     "--text-field": ("text_field", str, "JSONL / dataset field holding the text (default: text)"),
@@ -33,6 +42,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--weight-decay": ("weight_decay", float, "AdamW weight decay (default: 0, as in the paper)"),
     "--grad-clip": ("grad_clip", float, "clip the global gradient norm (0 disables; default: 1.0)"),
     "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--activation-checkpointing": ("activation_checkpointing", _bool, "recompute activations in backward (true/false)"),
     "--seed": ("seed", int, "seed of the model init and the data order"),
     "--device": ("device", str, "auto, cpu, cuda, cuda:1, ..."),
     "--eval-every": ("eval_every", int, "validate every N steps (0: only at the end)"),
@@ -44,14 +54,6 @@ PRETRAIN_ONLY = {
     "--tokenizer": ("tokenizer", str, "byte (default), bpe (trained on the train split), or a tokenizer.json/.model"),
     "--bpe-vocab-size": ("bpe_vocab_size", int, "vocabulary of the trained BPE (default: 4096)"),
 }
-
-
-def _bool(text: str) -> bool:
-    """true/false, yes/no, 1/0 (argparse type for boolean model settings)."""
-    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
 
 
 MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {

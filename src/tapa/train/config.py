@@ -11,6 +11,7 @@ from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16")
+OMITTED_AT_DEFAULT = {"activation_checkpointing": False}
 # Peak learning rates chosen by the sweep in docs/lr_sweep.md (scripts/lr_sweep.py): the best
 # final validation loss for a ~2M-parameter byte model at 256 tokens on the default corpus.
 DEFAULT_LR = {"rope": 2e-3, "tapa": 1e-3, "nope": 2e-3, "alibi": 1e-3}
@@ -42,6 +43,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     precision: str = "fp32"
+    # recompute each block's activations in the backward pass instead of storing them
+    activation_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
     # bookkeeping
@@ -54,6 +57,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError(f"activation_checkpointing: must be true or false, got {self.activation_checkpointing!r}")
         positive = ("bpe_vocab_size", "seq_len", "batch_size", "grad_accum", "steps", "eval_segments", "keep_last")
         for name in positive:
             value = getattr(self, name)
@@ -100,6 +105,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["model"] = self.model.to_dict()
+        # fields added later are not written at their defaults: older configs and the
+        # reproduce/study stage hashes derived from them stay the same
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if out[name] == default:
+                del out[name]
         return out
 
     def to_json(self) -> str:

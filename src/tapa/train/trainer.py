@@ -170,6 +170,7 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
     data = prepare_data(data_config, env, verbose=env.is_main and progress)
     model = _build_model(config, data.tokenizer)
+    model.activation_checkpointing = config.activation_checkpointing
     state = load_state(checkpoint) if checkpoint is not None else None
     if state is not None:
         try:
