@@ -51,10 +51,14 @@ class ScaleLadder:
     length_factors: tuple[int, ...] = (1, 8, 16)
     seed: int = 0
     tokenizer: str = "bpe"
+    lr: tuple[tuple[str, float], ...] = ()  # peak LR per method where it differs from the library default
 
 
+SIZES = (Size("S", 64, 2, 1, 200), Size("M", 128, 3, 2, 400), Size("L", 192, 3, 3, 800))
 SCALES = {
-    "default": ScaleLadder(sizes=(Size("S", 64, 2, 1, 200), Size("M", 128, 3, 2, 400), Size("L", 192, 3, 3, 800))),
+    "default": ScaleLadder(sizes=SIZES),
+    # TAPA at the paper's ratio to RoPE's LR (2e-3 / 5): RoPE and NoPE are the default ladder's stages
+    "tapa-lr-paper": ScaleLadder(sizes=SIZES, lr=(("tapa", 4e-4),)),
     "smoke": ScaleLadder(sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4), Size("L", 48, 2, 3, 5)), head_dim=16,
                          seq_len=16, batch_size=4, eval_tokens=600, length_factors=(1, 2), tokenizer="byte"),
 }  # fmt: skip
@@ -73,7 +77,7 @@ def size_config(ladder: ScaleLadder, size: Size, method: str, cache_dir: str | N
     return TrainConfig(tokenizer=ladder.tokenizer, bpe_vocab_size=BPE_VOCAB, seq_len=ladder.seq_len,
                        batch_size=ladder.batch_size, steps=size.steps, seed=ladder.seed, eval_every=0,
                        save_every=max(1, size.steps // 4), eval_segments=64, cache_dir=cache_dir,
-                       model=model)  # fmt: skip
+                       model=model, lr=dict(ladder.lr).get(method))  # fmt: skip
 
 
 def perplexity_stage(out: Path, run: str, ladder: ScaleLadder, cache_dir: str | None, log) -> dict[str, Any]:
