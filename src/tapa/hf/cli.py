@@ -33,8 +33,7 @@ def _export(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from tapa.hf.importer import import_hf
 
-    overrides = {"positional": args.positional} if args.positional != "rope" else {}
-    out = import_hf(args.hf_dir, args.out, **overrides)
+    out = import_hf(args.hf_dir, args.out, None if args.positional == "rope" else args.positional)
     print(f"imported {args.hf_dir} -> {out} (positional {args.positional})")
 
 
@@ -42,6 +41,7 @@ def _convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from tapa.data.tokenizer import copy_tokenizer_files
+    from tapa.hf.config import switch_positional
     from tapa.hf.publish import check_empty_out, publish
     from tapa.model import load_pretrained, save_pretrained
     from tapa.model.scaling import with_config
@@ -49,10 +49,7 @@ def _convert(args: argparse.Namespace) -> None:
     out = Path(args.out)
     check_empty_out(out)
     model = load_pretrained(args.checkpoint)
-    changes: dict = {"positional": args.positional}
-    if args.positional != "rope":  # RoPE-only settings go; TAPA keeps the paper's defaults
-        changes.update(rope_scaling=None, partial_rotary_factor=1.0)
-    converted = with_config(model, model.config.replace(**changes))
+    converted = with_config(model, switch_positional(model.config, args.positional))
 
     def write(staging: Path) -> None:
         save_pretrained(converted, staging)

@@ -69,18 +69,8 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
         warnings.warn(f"import-hf: sliding_window {sliding} is ignored; tapa attends to the full context", stacklevel=2)
     base, scaling, partial = rope_from_hf(config)
     try:
-        n_heads, d_model = config["num_attention_heads"], config["hidden_size"]
-        kv, head_dim = config.get("num_key_value_heads"), config.get("head_dim")
-        # tapa writes derived values as None: an exported tapa model round-trips to the same config
-        kv = None if kv == n_heads else kv
-        head_dim = (
-            None if head_dim is not None and d_model % n_heads == 0 and head_dim == d_model // n_heads else head_dim
-        )
-        ffn = config["intermediate_size"]
-        ffn = None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn
         return ModelConfig(
-            vocab_size=config["vocab_size"], d_model=d_model, n_layers=config["num_hidden_layers"],
-            n_heads=n_heads, n_kv_heads=kv, head_dim=head_dim, ffn_hidden=ffn,
+            vocab_size=config["vocab_size"], n_layers=config["num_hidden_layers"], **_shape_fields(config),
             attention_bias=bool(config.get("attention_bias", False)), qkv_bias=model_type == "qwen2",
             max_seq_len=config.get("max_position_embeddings", 2048), positional="rope", rope_base=base,
             rope_scaling=scaling, partial_rotary_factor=partial, norm_eps=config.get("rms_norm_eps", 1e-6),
@@ -98,15 +88,30 @@ def _shape(config: ModelConfig) -> dict[str, Any]:
             "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std}  # fmt: skip
 
 
-def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
-    """The inverse of the TapaConfig export (derived values written back as None)."""
+def _shape_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """d_model, heads, head_dim and SwiGLU width from a transformers config, with values tapa
+    derives by itself written as None (so an exported tapa model round-trips to the same config)."""
     d_model, n_heads = config["hidden_size"], config["num_attention_heads"]
     kv, head_dim, ffn = config.get("num_key_value_heads"), config.get("head_dim"), config["intermediate_size"]
+    derived_head = d_model // n_heads if d_model % n_heads == 0 else None
+    return {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": None if kv in (None, n_heads) else kv,
+            "head_dim": None if head_dim in (None, derived_head) else head_dim,
+            "ffn_hidden": None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn}  # fmt: skip
+
+
+def switch_positional(config: ModelConfig, positional: str) -> ModelConfig:
+    """The same model under another positional scheme (RoPE -> TAPA keeps every weight:
+    TAPA has no parameters of its own); RoPE-only settings are dropped when leaving RoPE."""
+    changes: dict[str, Any] = {"positional": positional}
+    if positional != "rope":
+        changes.update(rope_scaling=None, partial_rotary_factor=1.0)
+    return config.replace(**changes)
+
+
+def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
+    """The inverse of the TapaConfig export."""
     return ModelConfig(
-        vocab_size=config["vocab_size"], d_model=d_model, n_layers=config["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=None if kv in (None, n_heads) else kv,
-        head_dim=None if head_dim is None or (d_model % n_heads == 0 and head_dim == d_model // n_heads) else head_dim,
-        ffn_hidden=None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn,
+        vocab_size=config["vocab_size"], n_layers=config["num_hidden_layers"], **_shape_fields(config),
         max_seq_len=config["max_position_embeddings"], positional=config["positional"],
         tapa_alpha=config["tapa_alpha"], tapa_theta=config["tapa_theta"], tapa_phase=config["tapa_phase"],
         attention_bias=config.get("attention_bias", False), qkv_bias=config.get("qkv_bias", False),

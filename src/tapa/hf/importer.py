@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from tapa.data.tokenizer import HF_FILE, SP_FILE
 from tapa.errors import CheckpointError
-from tapa.hf.config import model_config_from_hf
+from tapa.hf.config import model_config_from_hf, switch_positional
 from tapa.hf.names import from_hf_name
 from tapa.hf.publish import check_empty_out, publish
 from tapa.model import ModelConfig, TapaLM, save_pretrained
@@ -54,19 +54,13 @@ def weight_files(directory: Path) -> list[Path]:
                           "convert .bin weights to safetensors first")  # fmt: skip
 
 
-def load_hf_model(directory: str | Path, **overrides) -> tuple[TapaLM, ModelConfig]:
-    """The tapa model of a transformers folder; ``overrides`` change the ModelConfig (e.g.
-    ``positional="tapa"`` keeps every weight and switches the attention)."""
+def load_hf_model(directory: str | Path, positional: str | None = None) -> tuple[TapaLM, ModelConfig]:
+    """The tapa model of a transformers folder; ``positional`` switches the attention and
+    keeps every weight (see :func:`switch_positional`)."""
     directory = Path(directory)
-    hf = read_hf_config(directory)
-    config = model_config_from_hf(hf)
-    if overrides:
-        drop = (
-            {"rope_scaling": None, "partial_rotary_factor": 1.0}
-            if overrides.get("positional", "rope") != "rope"
-            else {}
-        )
-        config = config.replace(**{**drop, **overrides})
+    config = model_config_from_hf(read_hf_config(directory))
+    if positional is not None:
+        config = switch_positional(config, positional)
     with torch.device("meta"):
         model = TapaLM(config)
     expected = dict(model.state_dict())
@@ -96,13 +90,13 @@ def load_hf_model(directory: str | Path, **overrides) -> tuple[TapaLM, ModelConf
     return model.eval(), config
 
 
-def import_hf(directory: str | Path, out: str | Path, **overrides) -> Path:
+def import_hf(directory: str | Path, out: str | Path, positional: str | None = None) -> Path:
     """Write the tapa run (config.json, model.safetensors, manifest, tokenizer) to ``out``."""
     import shutil
 
     directory, out = Path(directory), Path(out)
     check_empty_out(out)
-    model, _ = load_hf_model(directory, **overrides)
+    model, _ = load_hf_model(directory, positional)
 
     def write(staging: Path) -> None:
         save_pretrained(model, staging)

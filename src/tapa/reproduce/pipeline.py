@@ -24,7 +24,7 @@ from tapa.evaluate.perplexity import evaluate_perplexity
 from tapa.model import ModelConfig, load_pretrained
 from tapa.model.scaling import scaled_model_config, with_config
 from tapa.reproduce.presets import Preset
-from tapa.reproduce.stages import run_stage
+from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import TrainConfig
 from tapa.train.trainer import run_training
 
@@ -60,12 +60,9 @@ def model_config(method: str, preset: Preset) -> ModelConfig:
 class Reproduction:
     def __init__(self, preset: Preset, out: Path, cache_dir: str | None = None, verbose: bool = True) -> None:
         self.preset, self.out, self.cache_dir, self.verbose = preset, out, cache_dir, verbose
+        self.log = printer(verbose)
         self.tokenizer_spec, tokenizer = preset_tokenizer(preset, out)
         self.docs = heldout_documents(tokenizer, "books", "test", preset.eval_tokens, cache_dir)
-
-    def log(self, text: str) -> None:
-        if self.verbose:
-            print(text, flush=True)
 
     # -- stages -------------------------------------------------------------------------------
     def pretrain(self, method: str, seed: int) -> dict[str, Any]:
@@ -90,15 +87,7 @@ class Reproduction:
                          lambda d: self._train(config, d), self.log)  # fmt: skip
 
     def _train(self, config: TrainConfig, directory: Path) -> dict[str, Any]:
-        run = directory / "run"
-        config = config.replace(out=str(run))
-        started = (run / "train_config.json").is_file()
-        resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
-        if started and resume is None:  # killed before its first checkpoint: start over
-            shutil.rmtree(run)
-        result = run_training(config, resume=resume, progress=False)
-        return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb,
-                "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
+        return train_in(config, directory)
 
     def perplexity(self, name: str, run: str, lengths: list[int], scaling: dict[str, float] | None = None):
         """Perplexity at each length. ``scaling`` ({"pi": 8}) applies inference-time RoPE scaling
@@ -127,6 +116,20 @@ class Reproduction:
         if scaling:
             key["per_length"] = True  # factor min(cap, L / L_train); earlier runs used the cap at every length
         return run_stage(self.out, name, key, work, self.log)
+
+
+def train_in(config: TrainConfig, directory: Path) -> dict[str, Any]:
+    """Train ``config`` into ``directory/run`` as a stage's work: resume from the last
+    checkpoint when an earlier attempt was killed, start over when it died before one."""
+    run = directory / "run"
+    config = config.replace(out=str(run))
+    started = (run / "train_config.json").is_file()
+    resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
+    if started and resume is None:  # killed before its first checkpoint: start over
+        shutil.rmtree(run)
+    result = run_training(config, resume=resume, progress=False)
+    return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb, "tokens": result.tokens,
+            "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
 
 
 def preset_tokenizer(preset: Preset, out: Path) -> tuple[str, Tokenizer]:

@@ -53,6 +53,16 @@ def absolute_in_out(obj: Any, out: Path) -> Any:
     return _map_strings(obj, expand)
 
 
+def printer(verbose: bool) -> Callable[[str], None]:
+    """The progress log of a pipeline: print (flushed) when verbose, else nothing."""
+
+    def log(text: str) -> None:
+        if verbose:
+            print(text, flush=True)
+
+    return log
+
+
 def stage_dir(out: Path, name: str, config: dict[str, Any]) -> Path:
     portable = relative_to_out(config, out)
     digest = hashlib.sha256(json.dumps(portable, sort_keys=True, default=str).encode()).hexdigest()[:10]

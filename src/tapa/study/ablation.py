@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tapa.model import ModelConfig
-from tapa.reproduce.stages import run_stage
+from tapa.reproduce.pipeline import train_in
+from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR, TrainConfig
-from tapa.train.trainer import run_training
 
 METHODS = ("rope", "tapa", "nope")
 BPE_VOCAB = 2048  # see docs/study.md: ~3.5 bytes per token; embeddings stay below the layers' parameters
@@ -112,19 +111,7 @@ def train_config(ladder: Ladder, cell: Cell, method: str, seed: int, cache_dir: 
 
 def train_stage(out: Path, config: TrainConfig, name: str, log) -> dict[str, Any]:
     """A cached training stage (resumes from its last checkpoint when killed)."""
-
-    def work(directory: Path) -> dict[str, Any]:
-        run = directory / "run"
-        cfg = config.replace(out=str(run))
-        started = (run / "train_config.json").is_file()
-        resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
-        if started and resume is None:
-            shutil.rmtree(run)
-        result = run_training(cfg, resume=resume, progress=False)
-        return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb, "tokens": result.tokens,
-                "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
-
-    return run_stage(out, name, {"train": config.to_dict()}, work, log)
+    return run_stage(out, name, {"train": config.to_dict()}, lambda d: train_in(config, d), log)
 
 
 def diagnose_stage(out: Path, run: str, cache_dir: str | None, log) -> dict[str, Any]:
@@ -179,9 +166,7 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        if verbose:
-            print(text, flush=True)
+    log = printer(verbose)
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     diagnostics: dict[str, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ import torch
 
 from tapa.evaluate.recall import RecallTask, make_batch, score, stratified_depths
 from tapa.model import ModelConfig, TapaLM
-from tapa.reproduce.stages import run_stage
+from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR
 from tapa.train.schedule import WarmupCosine
 
@@ -117,9 +117,7 @@ def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True) -> dic
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        if verbose:
-            print(text, flush=True)
+    log = printer(verbose)
 
     results: dict[str, Any] = {"study": asdict(study), "chance": 1 / study.task.n_values, "runs": {}}
     for seed in study.seeds:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.model import ModelConfig
-from tapa.reproduce.stages import run_stage
+from tapa.reproduce.stages import printer, run_stage
 from tapa.study.ablation import BPE_VOCAB, train_stage
 from tapa.train.config import TrainConfig
 
@@ -153,9 +153,7 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    def log(text: str) -> None:
-        if verbose:
-            print(text, flush=True)
+    log = printer(verbose)
 
     results: dict[str, Any] = {"ladder": asdict(ladder), "runs": {}}
     for size in ladder.sizes:
