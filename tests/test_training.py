@@ -224,6 +224,64 @@ def test_finetune_starts_from_the_checkpoint_at_4x_length(tmp_path, cache_dir):
     assert load_pretrained(tmp_path / "ft").config.rope_scaling["factor"] == 4.0
 
 
+def test_rope_scaling_json_reads_as_transformers_reads_it():
+    """--rope-scaling JSON: the legacy 'type' key, rope_theta and partial_rotary_factor inside
+    the dict, the original length from the checkpoint; the frequencies equal transformers'."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tapa.model.scaling import rope_scaling_changes
+    from tapa.positional import rope_inv_freq
+
+    rope = ModelConfig(positional="rope", max_seq_len=256, rope_base=1e4, d_model=64, n_heads=2)
+    legacy = rope_scaling_changes('{"type": "yarn", "factor": 8}', rope, 256, "finetune")
+    assert legacy["rope_scaling"] == scaled_model_config(rope, 2048, yarn=8).rope_scaling
+    changes = rope_scaling_changes('{"rope_type": "yarn", "factor": 4, "rope_theta": 20000, "beta_fast": 16}',
+                                   rope, 256, "finetune")  # fmt: skip
+    assert changes["rope_base"] == 2e4 and changes["rope_scaling"]["original_max_position_embeddings"] == 256
+    hf = LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=1024,
+                     rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 2e4, "beta_fast": 16.0,
+                                      "original_max_position_embeddings": 256})  # fmt: skip
+    hf_freq, hf_scale = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
+    ours = rope.replace(max_seq_len=1024, **changes)
+    params = {k: v for k, v in ours.rope_scaling.items() if k != "rope_type"}
+    freq, scale = rope_inv_freq("yarn", 32, ours.rope_base, **params)
+    torch.testing.assert_close(freq.float(), hf_freq.float(), rtol=1e-6, atol=0)
+    assert scale == pytest.approx(hf_scale)
+    dynamic = rope_scaling_changes('{"type": "dynamic", "factor": 2}', rope, 256, "finetune")
+    assert dynamic["rope_scaling"] == {"rope_type": "dynamic", "factor": 2, "max_position_embeddings": 256}
+    partial = rope_scaling_changes('{"rope_type": "linear", "factor": 2, "partial_rotary_factor": 0.5}',
+                                   rope, 256, "train")  # fmt: skip
+    assert partial["partial_rotary_factor"] == 0.5 and partial["rope_scaling"] == {"rope_type": "linear", "factor": 2}
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        rope_scaling_changes("{yarn", rope, 256, "train")
+    with pytest.raises(ConfigError, match="rope_type 'su' is not one tapa implements"):
+        rope_scaling_changes('{"type": "su", "factor": 2}', rope, 256, "train")
+    with pytest.raises(ConfigError, match="which continues unchanged"):
+        rope_scaling_changes('{"type": "linear", "factor": 2}', ModelConfig(), 256, "train")
+
+
+def test_rope_scaling_flag_trains_and_finetunes(tmp_path, cache_dir):
+    res = cli("train", "--out", str(tmp_path / "base"), *TINY, "--steps", "2", "--positional", "rope",
+              "--rope-scaling", '{"type": "linear", "factor": 2, "rope_theta": 5e4}', "--no-progress",
+              cache_dir=cache_dir)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    base = load_pretrained(tmp_path / "base").config
+    assert base.rope_scaling == {"rope_type": "linear", "factor": 2} and base.rope_base == 5e4
+    res = cli("finetune", str(tmp_path / "base"), "--out", str(tmp_path / "ft"), "--steps", "1", "--batch-size", "2",
+              "--rope-scaling", '{"type": "yarn", "factor": 4, "extra_key": 1}', "--no-progress",
+              cache_dir=cache_dir)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "ignoring keys extra_key" in res.stderr  # unknown keys warn, as in transformers
+    ft = TrainConfig.load(tmp_path / "ft" / "train_config.json").model
+    assert ft.rope_scaling == {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 32}
+    assert ft.rope_base == 5e4 and ft.max_seq_len == 128
+    res = cli("finetune", str(tmp_path / "base"), "--out", str(tmp_path / "ft2"), "--rope-scaling", '{"type": "yarn"}',
+              cache_dir=cache_dir)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "factor" in res.stderr
+    assert not (tmp_path / "ft2").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -108,7 +108,7 @@ PRESETS = {
         "paper-cpu", d_model=128, n_layers=3, n_heads=1, seq_len=128, batch_size=16, pretrain_steps=600,
         finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS), bias_pairs=10_000, theory_samples=400_000, tokenizer="bpe",
-        bpe_vocab=2048, head_dim=128, untested=True, seeded_methods=("rope", "tapa"),
+        bpe_vocab=2048, head_dim=128, seeded_methods=("rope", "tapa"),
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
 }  # fmt: skip

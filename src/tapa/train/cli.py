@@ -74,6 +74,8 @@ MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--partial-rotary-factor": ("partial_rotary_factor", float, "fraction of each head RoPE rotates (partial RoPE)"),
     "--attn-impl": ("attn_impl", str, "auto, reference, chunked, fused (CPU) or triton (CUDA)"),
 }
+ROPE_SCALING_HELP = ("a transformers rope_scaling dict as JSON, e.g. '{\"rope_type\": \"yarn\", \"factor\": 8}' "
+                     "(legacy 'type', rope_theta inside it and top-level lengths read as transformers does)")  # fmt: skip
 # fields a resumed run may change freely (they do not change the numbers)
 FREE_ON_RESUME = {"device", "cache_dir", "out"}
 
@@ -120,6 +122,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_common(train)
     _add(train, PRETRAIN_ONLY)
     _add(train, MODEL_FLAGS, dest_prefix="model.")
+    train.add_argument("--rope-scaling", metavar="JSON", help=ROPE_SCALING_HELP + " (default: none)")
     train.set_defaults(func=_train)
 
     planner = sub.add_parser("plan", help="parameters, FLOPs and memory per GPU of a model config, and the command")
@@ -138,6 +141,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--ntk", type=float, help="NTK-aware factor (RoPE only)")
     group.add_argument(
         "--new-rope-base", dest="rope_base", type=float, help="a larger RoPE base, as in ABF (RoPE only)"
+    )
+    group.add_argument(
+        "--rope-scaling", metavar="JSON", help=ROPE_SCALING_HELP + "; the original length is the checkpoint's"
     )
     fine.set_defaults(func=_finetune)
 
@@ -191,6 +197,8 @@ def _run(config: TrainConfig, args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     train, model = _given(args)
     if args.resume:
+        if args.rope_scaling is not None:
+            raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
         config = _resumed(args.out, train, model)
     else:
         base = TrainConfig.load(args.config) if args.config else TrainConfig()
@@ -198,6 +206,11 @@ def _train(args: argparse.Namespace) -> None:
             model["max_seq_len"] = train["seq_len"]
         model_config = base.model.replace(**model) if model else base.model
         _check_scheme_flags(model, model_config.positional)
+        if args.rope_scaling is not None:
+            from tapa.model.scaling import rope_scaling_changes
+
+            changes = rope_scaling_changes(args.rope_scaling, model_config, model_config.max_seq_len, "train")
+            model_config = model_config.replace(**changes)
         config = base.replace(**train, out=args.out, model=model_config)
     _run(config, args)
 
@@ -225,6 +238,8 @@ def _finetune(args: argparse.Namespace) -> None:
 
     train, model = _given(args)
     if args.resume:
+        if args.rope_scaling is not None:
+            raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
         config = _resumed(args.out, train, model)
     else:
         base_model = load_config(args.checkpoint)
@@ -232,6 +247,11 @@ def _finetune(args: argparse.Namespace) -> None:
         model_config = scaled_model_config(
             base_model, seq_len, pi=args.pi, yarn=args.yarn, ntk=args.ntk, rope_base=args.rope_base
         )
+        if args.rope_scaling is not None:
+            from tapa.model.scaling import rope_scaling_changes
+
+            changes = rope_scaling_changes(args.rope_scaling, base_model, base_model.max_seq_len, "finetune")
+            model_config = model_config.replace(**changes)
         config = TrainConfig(
             out=args.out,
             tokenizer=args.checkpoint,
