@@ -35,6 +35,7 @@ VERBS: dict[str, list[str]] = {
     "study recall": ["--study", "smoke"],
     "study scale": ["--ladder", "smoke"],
     "study diagnose": ["CKPT"],
+    "study convert": ["CKPT", "--study", "smoke"],
     "export-hf": ["CKPT"],
     "import-hf": ["CKPT"],
     "convert": ["CKPT", "--positional", "tapa"],

@@ -1,4 +1,4 @@
-"""``tapa study ablation|recall|diagnose``."""
+"""``tapa study ablation|recall|scale|convert|diagnose``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--cache-dir", help="token cache directory")
     scale.add_argument("--quiet", action="store_true")
     scale.set_defaults(func=_scale)
+
+    from tapa.study.convert import STUDIES as CONVERT_STUDIES
+
+    conv = verbs.add_parser("convert", help="RoPE -> TAPA conversion vs RoPE + YaRN, fine-tuned from one RoPE run")
+    conv.add_argument("parent", metavar="RUN", help="a trained RoPE run (config, weights, tokenizer)")
+    conv.add_argument("--study", choices=list(CONVERT_STUDIES), default="default")
+    conv.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    conv.add_argument("--compare", nargs="*", default=[], metavar="RUN",
+                      help="other runs scored the same way, for the table (e.g. TAPA trained from scratch)")
+    conv.add_argument("--cache-dir", help="token cache directory")
+    conv.add_argument("--quiet", action="store_true")
+    conv.set_defaults(func=_convert)
 
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
@@ -78,6 +90,16 @@ def _diagnose(args: argparse.Namespace) -> None:
     (out / "report.md").write_text("# Mechanism diagnostics\n\n" + table + "\n")
     print(table)
     print(f"report: {out}/report.md, {out}/diagnostics.json")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from tapa.study.convert import STUDIES, run_convert
+    from tapa.study.convert_report import convert_table
+
+    results = run_convert(STUDIES[args.study], args.parent, args.out, args.cache_dir, tuple(args.compare),
+                          verbose=not args.quiet)  # fmt: skip
+    print(convert_table(results))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
 
 
 def _scale(args: argparse.Namespace) -> None:
