@@ -40,8 +40,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("parent", metavar="RUN", help="a trained RoPE run (config, weights, tokenizer)")
     conv.add_argument("--study", choices=list(CONVERT_STUDIES), default="default")
     conv.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    conv.add_argument("--compare", nargs="*", default=[], metavar="RUN",
-                      help="other runs scored the same way, for the table (e.g. TAPA trained from scratch)")
+    conv.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="RUN",
+        help="other runs scored the same way, for the table (e.g. TAPA trained from scratch)",
+    )
     conv.add_argument("--cache-dir", help="token cache directory")
     conv.add_argument("--quiet", action="store_true")
     conv.set_defaults(func=_convert)

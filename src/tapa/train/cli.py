@@ -74,8 +74,10 @@ MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--partial-rotary-factor": ("partial_rotary_factor", float, "fraction of each head RoPE rotates (partial RoPE)"),
     "--attn-impl": ("attn_impl", str, "auto, reference, chunked, fused (CPU) or triton (CUDA)"),
 }
-ROPE_SCALING_HELP = ("a transformers rope_scaling dict as JSON, e.g. '{\"rope_type\": \"yarn\", \"factor\": 8}' "
-                     "(legacy 'type', rope_theta inside it and top-level lengths read as transformers does)")  # fmt: skip
+ROPE_SCALING_HELP = (
+    'a transformers rope_scaling dict as JSON, e.g. \'{"rope_type": "yarn", "factor": 8}\' '
+    "(legacy 'type', rope_theta inside it and top-level lengths read as transformers does)"
+)
 # fields a resumed run may change freely (they do not change the numbers)
 FREE_ON_RESUME = {"device", "cache_dir", "out"}
 
