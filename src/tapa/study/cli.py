@@ -51,6 +51,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--quiet", action="store_true")
     conv.set_defaults(func=_convert)
 
+    from tapa.reproduce.presets import PRESETS
+
+    lr = verbs.add_parser("lr", help="peak-LR sweep of RoPE and TAPA at a reproduce preset's geometry")
+    lr.add_argument("--preset", choices=list(PRESETS), default="paper-cpu")
+    lr.add_argument("--grid", choices=("default", "smoke"), default="default", help="LR grid (smoke: 2 points each)")
+    lr.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    lr.add_argument("--cache-dir", help="token cache directory")
+    lr.add_argument("--quiet", action="store_true")
+    lr.set_defaults(func=_lr)
+
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
     diag.add_argument("--out", required=True, help="output folder for diagnostics.json and report.md")
@@ -104,6 +114,16 @@ def _convert(args: argparse.Namespace) -> None:
     results = run_convert(STUDIES[args.study], args.parent, args.out, args.cache_dir, tuple(args.compare),
                           verbose=not args.quiet)  # fmt: skip
     print(convert_table(results))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
+
+
+def _lr(args: argparse.Namespace) -> None:
+    from tapa.reproduce.presets import get_preset
+    from tapa.study.lr_sweep import GRIDS, SMOKE_GRIDS, lr_table, run_lr_sweep
+
+    grids = SMOKE_GRIDS if args.grid == "smoke" else GRIDS
+    results = run_lr_sweep(get_preset(args.preset), args.out, grids, args.cache_dir, verbose=not args.quiet)
+    print(lr_table(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 
 
