@@ -36,6 +36,8 @@ VERBS: dict[str, list[str]] = {
     "study scale": ["--ladder", "smoke"],
     "study diagnose": ["CKPT"],
     "study convert": ["CKPT", "--study", "smoke"],
+    "study lr": ["--preset", "smoke", "--grid", "smoke"],
+    "tokenize": ["FILE"],
     "export-hf": ["CKPT"],
     "import-hf": ["CKPT"],
     "convert": ["CKPT", "--positional", "tapa"],

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.train.cli import add_parsers as add_training_parsers
 
     add_training_parsers(sub)
+    from tapa.data.cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub)
     from tapa.evaluate.cli import add_parsers as add_evaluation_parsers
 
     add_evaluation_parsers(sub)

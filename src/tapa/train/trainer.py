@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tapa.data.segments import Sampler, Segments
+from tapa.data.shards import is_shard_dir, load_shards
 from tapa.data.sources import load_corpus
 from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer, build_tokenizer
@@ -62,6 +63,8 @@ class Data:
 
 def prepare_data(config: TrainConfig, env: DistEnv | None = None, verbose: bool = False) -> Data:
     env = env or DistEnv()
+    if is_shard_dir(config.data):
+        return _shard_data(config)
     corpus = load_corpus(config.data, config.val_data, config.text_field)
     tokenizer = build_tokenizer(config.tokenizer, corpus.documents("train"), config.bpe_vocab_size)
     arrays = {}
@@ -71,6 +74,25 @@ def prepare_data(config: TrainConfig, env: DistEnv | None = None, verbose: bool 
         barrier(env)
         if not env.is_main:
             arrays[split] = cached_tokens(corpus, split, tokenizer, config.cache_dir)
+    return Data(
+        tokenizer,
+        Segments(arrays["train"], config.seq_len, "train"),
+        Segments(arrays["validation"], config.seq_len, "validation"),
+    )
+
+
+def _shard_data(config: TrainConfig) -> Data:
+    """A ``tapa tokenize`` folder: its own tokenizer and splits, memory-mapped (every rank maps
+    the same files and takes its slice of each batch, as with the in-memory arrays)."""
+    tokenizer, arrays = load_shards(config.data)
+    if config.val_data is not None:
+        raise ConfigError(f"data: {config.data} is a token-shard folder with its own validation split; drop --val-data")
+    if config.tokenizer == "bpe":
+        raise ConfigError(f"tokenizer: {config.data} is already tokenized; drop --tokenizer bpe")
+    if config.tokenizer != "byte":  # byte is the default: the shards' tokenizer is used
+        chosen = build_tokenizer(config.tokenizer)
+        if chosen.fingerprint() != tokenizer.fingerprint():
+            raise ConfigError(f"tokenizer: {config.tokenizer} is not the tokenizer of {config.data}; drop --tokenizer")
     return Data(
         tokenizer,
         Segments(arrays["train"], config.seq_len, "train"),
