@@ -55,6 +55,18 @@ def save_checkpoint(
         torch.save(state, tmp / STATE_FILE)
         names = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
         write_manifest(tmp, names, step=step)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish_checkpoint(run_dir, step, tmp, keep_last)
+
+
+def publish_checkpoint(run_dir: str | Path, step: int, tmp: Path, keep_last: int) -> Path:
+    """Rename the complete checkpoint folder ``tmp`` (manifest written) into place as
+    ``step_N`` and keep only the last ``keep_last`` checkpoints."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    final = root / f"{PREFIX}{step:08d}"
+    try:
         if final.exists():  # re-saving a step (after a resume): swap, never leave a gap
             trash = final.with_name(f".{final.name}.old")
             shutil.rmtree(trash, ignore_errors=True)

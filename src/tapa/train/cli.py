@@ -15,7 +15,7 @@ from typing import Any
 from tapa.errors import ConfigError
 from tapa.model import load_config
 from tapa.positional import POSITIONAL_SCHEMES
-from tapa.train.config import PRECISIONS, TrainConfig
+from tapa.train.config import PARALLEL, PRECISIONS, TrainConfig
 
 
 # flag -> (TrainConfig field, type, help)
@@ -43,6 +43,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--grad-clip": ("grad_clip", float, "clip the global gradient norm (0 disables; default: 1.0)"),
     "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
     "--activation-checkpointing": ("activation_checkpointing", _bool, "recompute activations in backward (true/false)"),
+    "--parallel": ("parallel", str, "under torchrun: ddp (replicated) or fsdp (FSDP2, sharded; sharded checkpoints)"),
+    "--compile": ("compile", _bool, "torch.compile each block (true/false)"),
+    "--wandb": ("wandb", _bool, "also log to Weights & Biases (true/false; pip install 'tapa[wandb]')"),
     "--seed": ("seed", int, "seed of the model init and the data order"),
     "--device": ("device", str, "auto, cpu, cuda, cuda:1, ..."),
     "--eval-every": ("eval_every", int, "validate every N steps (0: only at the end)"),
@@ -97,6 +100,8 @@ def _add(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]
         extra: dict[str, Any] = {}
         if name == "precision":
             extra["choices"] = PRECISIONS
+        if name == "parallel":
+            extra["choices"] = PARALLEL
         if name == "positional":
             extra["choices"] = POSITIONAL_SCHEMES
         parser.add_argument(
@@ -133,6 +138,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     planner.add_argument("--seq-len", type=int, default=8192, help="training length")
     planner.add_argument("--parallel", choices=("fsdp", "ddp"), default="fsdp", help="how states are spread")
     planner.set_defaults(func=_plan)
+
+    cons = sub.add_parser(
+        "consolidate", help="a sharded (--parallel fsdp) checkpoint -> a plain safetensors model folder"
+    )
+    cons.add_argument("checkpoint", metavar="CHECKPOINT", help="RUN/checkpoints/step_N of a --parallel fsdp run")
+    cons.add_argument("--out", required=True, help="a new (or empty) folder for the model")
+    cons.set_defaults(func=_consolidate)
 
     fine = sub.add_parser("finetune", help="continue a checkpoint at a longer length (RoPE rescaling optional)")
     fine.add_argument("checkpoint", help="a model directory (config.json + model.safetensors)")
@@ -263,6 +275,13 @@ def _finetune(args: argparse.Namespace) -> None:
             model=model_config,
         )
     _run(config, args)
+
+
+def _consolidate(args: argparse.Namespace) -> None:
+    from tapa.train.fsdp import consolidate
+
+    out = consolidate(args.checkpoint, args.out)
+    print(f"consolidated {args.checkpoint} -> {out} (config.json, model.safetensors, tokenizer)")
 
 
 def _plan(args: argparse.Namespace) -> None:

@@ -11,7 +11,8 @@ from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16")
-OMITTED_AT_DEFAULT = {"activation_checkpointing": False}
+OMITTED_AT_DEFAULT = {"activation_checkpointing": False, "parallel": "ddp", "compile": False, "wandb": False}
+PARALLEL = ("ddp", "fsdp")
 # Peak learning rates chosen by the sweep in docs/lr_sweep.md (scripts/lr_sweep.py): the best
 # final validation loss for a ~2M-parameter byte model at 256 tokens on the default corpus.
 DEFAULT_LR = {"rope": 2e-3, "tapa": 1e-3, "nope": 2e-3, "alibi": 1e-3}
@@ -45,6 +46,12 @@ class TrainConfig:
     precision: str = "fp32"
     # recompute each block's activations in the backward pass instead of storing them
     activation_checkpointing: bool = False
+    # under torchrun: ddp (replicated model, averaged gradients) or fsdp (FSDP2, sharded)
+    parallel: str = "ddp"
+    # torch.compile the model (each block; TAPA's fused CPU kernel runs as an opaque custom op)
+    compile: bool = False
+    # log to Weights & Biases as well (pip install 'tapa[wandb]'; WANDB_MODE=offline works offline)
+    wandb: bool = False
     seed: int = 0
     device: str = "auto"
     # bookkeeping
@@ -57,8 +64,11 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
-        if not isinstance(self.activation_checkpointing, bool):
-            raise ConfigError(f"activation_checkpointing: must be true or false, got {self.activation_checkpointing!r}")
+        for name in ("activation_checkpointing", "compile", "wandb"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel: unknown {self.parallel!r}; choose one of {', '.join(PARALLEL)}")
         positive = ("bpe_vocab_size", "seq_len", "batch_size", "grad_accum", "steps", "eval_segments", "keep_last")
         for name in positive:
             value = getattr(self, name)

@@ -1,7 +1,6 @@
 """Process-group setup for ``torchrun``: DDP over gloo on CPU, NCCL on GPU; a no-op alone.
 
-For models that do not fit one device, wrap the model with FSDP instead of DDP (see
-docs/training.md); the rest of the loop is unchanged.
+``--parallel fsdp`` shards the model with FSDP2 instead (tapa.train.fsdp).
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    grouped: bool = False  # a process group exists (world > 1, or FSDP on one process)
+
     @property
     def enabled(self) -> bool:
         return self.world > 1
@@ -34,11 +35,12 @@ def pick_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
-def init_distributed(preference: str = "auto") -> DistEnv:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the group."""
+def init_distributed(preference: str = "auto", group_always: bool = False) -> DistEnv:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the group
+    (also for one process when ``group_always``: FSDP needs a group even on one GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(preference)
-    if world <= 1:
+    if world <= 1 and not (group_always and "RANK" in os.environ):
         return DistEnv(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
@@ -46,7 +48,7 @@ def init_distributed(preference: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank=rank, world=world, device=device)
+    return DistEnv(rank=rank, world=world, device=device, grouped=True)
 
 
 def mean_across_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -63,5 +65,5 @@ def barrier(env: DistEnv) -> None:
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.enabled and dist.is_initialized():
+    if env.grouped and dist.is_initialized():
         dist.destroy_process_group()

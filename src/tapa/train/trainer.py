@@ -10,6 +10,7 @@ so N processes follow the single-process loss curve.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -147,7 +148,7 @@ def _check_run_dir(config: TrainConfig, resume: str | None) -> Path:
     return out
 
 
-def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
+def _check_vocab(config: TrainConfig, tokenizer: Tokenizer) -> None:
     if config.model.vocab_size != tokenizer.vocab_size:
         if config.init_from:
             raise ConfigError(
@@ -155,6 +156,10 @@ def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
                 f"{config.model.vocab_size}; fine-tune with the checkpoint's own tokenizer"
             )
         config.model = config.model.replace(vocab_size=tokenizer.vocab_size)
+
+
+def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
+    _check_vocab(config, tokenizer)
     torch.manual_seed(config.seed)
     model = TapaLM(config.model)
     if config.init_from:
@@ -169,7 +174,10 @@ def run_training(config: TrainConfig, resume: str | None = None, progress: bool 
     or a checkpoint directory. Every check runs before anything is written.
     """
     config.validate()
-    env = init_distributed(config.device)
+    if config.parallel == "fsdp" and "RANK" not in os.environ:
+        raise ConfigError("parallel: fsdp runs under torchrun (torchrun --nproc-per-node N -m tapa.cli train ...); "
+                          "drop --parallel fsdp for one process")  # fmt: skip
+    env = init_distributed(config.device, group_always=config.parallel == "fsdp")
     try:
         return _train(config, resume, progress, env)
     finally:
@@ -191,10 +199,24 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
     data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
     data = prepare_data(data_config, env, verbose=env.is_main and progress)
-    model = _build_model(config, data.tokenizer)
-    model.activation_checkpointing = config.activation_checkpointing
+    fsdp = config.parallel == "fsdp"
     state = load_state(checkpoint) if checkpoint is not None else None
-    if state is not None:
+    if fsdp:
+        from tapa.train import fsdp as sharding
+
+        if state is not None and state.get("format") != sharding.FORMAT:
+            raise CheckpointError(
+                f"resume: {checkpoint} was not written by --parallel fsdp; resume with its --parallel"
+            )
+        _check_vocab(config, data.tokenizer)
+        init = config.init_from if state is None else None
+        model = sharding.build_sharded(config.model, config.seed, env.device, config.precision, init, env.rank)
+    else:
+        model = _build_model(config, data.tokenizer)
+    model.activation_checkpointing = config.activation_checkpointing
+    if state is not None and not fsdp:
+        if state.get("format") is not None:
+            raise CheckpointError(f"resume: {checkpoint} is a sharded checkpoint; resume with --parallel fsdp")
         try:
             model.load_state_dict(load_pretrained(checkpoint).state_dict())
         except RuntimeError as err:
@@ -208,7 +230,7 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     barrier(env)
 
     model.to(env.device)
-    wrapped = DistributedDataParallel(model) if env.enabled else model
+    wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
@@ -217,7 +239,10 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_step = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            sharding.load_sharded(checkpoint, model, optimizer)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
@@ -229,11 +254,18 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     micro = config.batch_size // (config.grad_accum * env.world)
 
     def autocast():
-        if config.precision == "bf16":
+        if config.precision == "bf16" and not fsdp:  # FSDP's mixed-precision policy casts instead
             return torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def save(step: int) -> None:
+        if fsdp:
+            trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": sampler.epoch(step),
+                             "scheduler": scheduler.state_dict(), "rng": _rng_state(), "train_config": config.to_json(),
+                             "world": env.world}  # fmt: skip
+            sharding.save_sharded(out, step, model, optimizer, data.tokenizer.save, trainer_state, config.keep_last,
+                                  env.rank)  # fmt: skip
+            return
         if env.is_main:
             trainer_state = {
                 "step": step,
@@ -271,7 +303,10 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         for k in range(config.grad_accum):
             x, y = data.train.batch(indices[k * micro : (k + 1) * micro])
             x, y = x.to(env.device), y.to(env.device)
-            sync = nullcontext() if not env.enabled or k == config.grad_accum - 1 else wrapped.no_sync()
+            last_micro = k == config.grad_accum - 1
+            if fsdp:  # FSDP2: reduce-scatter gradients only after the last micro-batch
+                model.set_requires_gradient_sync(last_micro)
+            sync = nullcontext() if not env.enabled or fsdp or last_micro else wrapped.no_sync()
             with sync:
                 with autocast():
                     logits = wrapped(x)
@@ -279,6 +314,8 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
                 loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -320,8 +357,9 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     if bar is not None:
         bar.close()
     log.close()
+    final = sharding.full_model(model) if fsdp else model  # FSDP: gathered on rank 0 (every rank calls it)
     if env.is_main:
-        save_pretrained(model, out)
+        save_pretrained(final, out)
     barrier(env)
     steps_run = config.steps - start_step
     return TrainResult(out, config.steps, steps_run * tokens_per_step, seconds, loss_value, val_loss, val_bpb)
