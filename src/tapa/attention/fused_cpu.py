@@ -78,6 +78,7 @@ def _load() -> None:
     lib = _build_dir(flags) / "tapa_fused_cpu.so"
     if lib.exists():
         torch.ops.load_library(str(lib))
+        _register_fakes()
         return
     # build in a private folder, then move the library into the cache atomically: a build
     # killed half-way leaves no lock or partial library behind, and concurrent builds do
@@ -99,6 +100,25 @@ def _load() -> None:
         os.replace(tmp / "tapa_fused_cpu.so", lib)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _register_fakes()
+
+
+def _register_fakes() -> None:
+    """Shape-only ("fake") versions of the two ops, so torch.compile can trace a model that
+    calls them: the compiled graph keeps each op as one opaque call into the kernel."""
+    if "fakes" in _state:
+        return
+
+    @torch.library.register_fake("tapa_fused_cpu::forward")
+    def _forward(qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_q, block_k, splits):
+        b, h, lq, _ = qa.shape
+        return qa.new_empty((b, h, lq, v.shape[-1])), qa.new_empty((b, h, lq))
+
+    @torch.library.register_fake("tapa_fused_cpu::backward")
+    def _backward(qa, ka, qp, kp, v, d_out, lse, delta, alpha, causal, q_offset, k_offset, block_q, block_k):
+        return [t.new_empty(t.shape) for t in (qa, ka, qp, kp, v)]
+
+    _state["fakes"] = True
 
 
 def fused_cpu_available() -> bool:

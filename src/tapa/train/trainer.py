@@ -230,6 +230,9 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     barrier(env)
 
     model.to(env.device)
+    if config.compile:  # in place, block by block: parameter names (and checkpoints) are unchanged
+        for block in model.blocks:
+            block.compile()
     wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
