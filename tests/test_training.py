@@ -22,7 +22,7 @@ from tapa.model.scaling import scaled_model_config
 from tapa.train import checkpoints as ckpt_mod
 from tapa.train.checkpoints import list_checkpoints, resolve_resume
 from tapa.train.config import TrainConfig
-from tapa.train.metrics import read_metrics
+from tapa.train.metrics import read_metrics, tensorboard_tag
 from tapa.train.schedule import WarmupCosine
 from tapa.train.trainer import _build_model, run_training
 
@@ -517,3 +517,42 @@ def test_compiled_blocks_match_the_eager_step_and_train(tmp_path, cache_dir):
     assert run.final_loss == pytest.approx(plain.final_loss, rel=1e-5)
     assert set(load_pretrained(tmp_path / "run").state_dict()) == set(load_pretrained(tmp_path / "plain").state_dict())
     assert TrainConfig.load(tmp_path / "run" / "train_config.json").compile is True
+
+
+def test_wandb_offline_logs_every_metric_and_a_resume_continues_the_run(tmp_path, cache_dir):
+    pytest.importorskip("wandb")
+    env = {**ONE_THREAD, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [sys.executable, "-m", "tapa.cli", "train", *TINY, "--steps", "4", "--save-every", "2", "--no-progress",
+            "--wandb", "true", "--out", str(tmp_path / "run"), "--cache-dir", cache_dir]  # fmt: skip
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run_id = (tmp_path / "run" / "wandb_id").read_text().strip()
+    (log_file,) = (tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = log_file.read_bytes()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for record in records:  # every value of the JSONL log reached W&B under its grouped name
+        for key, value in record.items():
+            if key not in ("step", "tokens_per_s"):
+                assert tensorboard_tag(key).encode() in data and json.dumps(value).encode() in data, key
+    assert TrainConfig.load(tmp_path / "run" / "train_config.json").wandb is True
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    again = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "run" / "wandb_id").read_text().strip() == run_id  # the same W&B run continues
+
+
+def test_wandb_missing_is_one_line(tmp_path, cache_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match=r"pip install 'tapa\[wandb\]'"):
+        run_training(tiny_config(tmp_path / "run", cache_dir, steps=1, wandb=True), progress=False)
+    assert not (tmp_path / "run").exists()

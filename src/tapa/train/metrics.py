@@ -1,8 +1,12 @@
-"""Where training numbers go: a JSONL file (always), TensorBoard (when installed), a progress bar."""
+"""Where training numbers go: a JSONL file (always), TensorBoard (when installed), Weights &
+Biases (``--wandb true``, when installed; ``WANDB_MODE=offline`` logs without a network,
+``WANDB_PROJECT`` names the project), a progress bar."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,15 @@ class MetricsLog:
     """Append-only JSONL, one object per line; ``truncate_after`` drops lines a killed run
     wrote past the checkpoint it resumes from, so the file matches an uninterrupted run."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, wandb_config: dict | None = None
+    ) -> None:
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.writer = None
+        self.wandb = None
+        if enabled and wandb_config is not None:
+            self.wandb = start_wandb(run_dir, wandb_config)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -40,10 +49,41 @@ class MetricsLog:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float):
                     self.writer.add_scalar(tensorboard_tag(key), value, record["step"])
+        if self.wandb is not None:
+            values = {tensorboard_tag(k): v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
+            self.wandb.log(values, step=record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+WANDB_ID_FILE = "wandb_id"
+
+
+def check_wandb() -> None:
+    """``--wandb true`` needs the package: say so before anything is written."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        from tapa.errors import ConfigError
+
+        raise ConfigError(
+            "wandb: the wandb package is not installed; pip install 'tapa[wandb]' or drop --wandb"
+        ) from None
+
+
+def start_wandb(run_dir: Path, config: dict):
+    """One W&B run per tapa run: its id is kept in the run folder, so a resumed run continues it."""
+    import wandb
+
+    id_file = run_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "tapa"), name=run_dir.name, id=run_id, resume="allow",
+                      dir=str(run_dir), config=config)  # fmt: skip
 
 
 def tensorboard_tag(key: str) -> str:

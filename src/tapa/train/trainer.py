@@ -33,7 +33,7 @@ from tapa.model import TapaLM, load_pretrained, save_pretrained
 from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_state, resolve_resume, save_checkpoint
 from tapa.train.config import TrainConfig
 from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
-from tapa.train.metrics import MetricsLog
+from tapa.train.metrics import MetricsLog, check_wandb
 from tapa.train.schedule import WarmupCosine
 from tapa.utils.files import atomic_write_text
 
@@ -186,6 +186,8 @@ def run_training(config: TrainConfig, resume: str | None = None, progress: bool 
 
 def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv) -> TrainResult:
     out = _check_run_dir(config, resume)
+    if config.wandb:
+        check_wandb()
     if config.batch_size % (config.grad_accum * env.world):
         raise ConfigError(
             f"batch_size: {config.batch_size} does not split over {env.world} ranks x grad_accum {config.grad_accum}"
@@ -249,7 +251,7 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
-    log = MetricsLog(out, enabled=env.is_main)
+    log = MetricsLog(out, enabled=env.is_main, wandb_config=config.to_dict() if config.wandb else None)
     log.truncate_after(start_step)
 
     sampler = Sampler(len(data.train), config.batch_size, config.seed)
