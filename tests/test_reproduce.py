@@ -2,6 +2,7 @@
 sections, results.json), and resuming after a kill without redoing finished stages."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -193,3 +194,23 @@ def test_bpe_preset_with_controls_runs_end_to_end(tmp_path):
     assert all(v["threshold"] in report for v in results["verdicts"].values())
     figures = sorted((out / "figures").glob("*.png"))
     assert figures and report.count("*Figure: ") == len(figures)
+
+
+@pytest.mark.slow
+def test_gpu_dry_preset_runs_the_gpu_code_paths_end_to_end(tmp_path):
+    """gpu-dry: the gpu preset's methods, grid, passkey, bf16 autocast and torch.compile, at a
+    CPU size; every stage's training config says bf16 + compile, and the report is written."""
+    from tapa.reproduce.pipeline import run_reproduce
+
+    preset = get_preset("gpu-dry")
+    gpu = get_preset("gpu")
+    assert (preset.pretrain, preset.finetune, preset.precision, preset.compile) == (
+        gpu.pretrain, gpu.finetune, gpu.precision, gpu.compile)  # fmt: skip
+    results = run_reproduce(preset, tmp_path / "out", cache_dir=str(tmp_path / "cache"), verbose=False)
+    for stage in ("pretrain", "finetune"):
+        for method, seeds in results[stage].items():
+            config = json.loads((Path(seeds["0"]["run"]) / "train_config.json").read_text())
+            assert config["precision"] == "bf16" and config["compile"] is True, (stage, method)
+            assert math.isfinite(seeds["0"]["val_loss"])
+    assert results["passkey"] and results["grid"]
+    assert "smoke-scale preset" in (tmp_path / "out" / "report.md").read_text()

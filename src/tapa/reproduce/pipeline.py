@@ -71,7 +71,7 @@ class Reproduction:
         config = TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed,
                              eval_every=0, save_every=max(1, p.pretrain_steps // 4), eval_segments=32,
                              cache_dir=self.cache_dir, model=model, tokenizer=self.tokenizer_spec,
-                             lr=p.peak_lr(method))  # fmt: skip
+                             lr=p.peak_lr(method), precision=p.precision, compile=p.compile)  # fmt: skip
         return run_stage(self.out, f"pretrain_{method}_s{seed}", {"train": config.to_dict()},
                          lambda d: self._train(config, d), self.log)  # fmt: skip
 
@@ -82,7 +82,8 @@ class Reproduction:
         model = scaled_model_config(base, p.finetune_len, **scaling)
         config = TrainConfig(seq_len=p.finetune_len, batch_size=max(1, p.batch_size // 4), steps=p.finetune_steps,
                              seed=seed, eval_every=0, save_every=max(1, p.finetune_steps // 2), eval_segments=8,
-                             init_from=base_run, tokenizer=base_run, cache_dir=self.cache_dir, model=model)  # fmt: skip
+                             init_from=base_run, tokenizer=base_run, cache_dir=self.cache_dir, model=model,
+                             precision=p.precision, compile=p.compile)  # fmt: skip
         return run_stage(self.out, f"finetune_{method}_s{seed}", {"train": config.to_dict(), "from": source},
                          lambda d: self._train(config, d), self.log)  # fmt: skip
 

@@ -49,6 +49,9 @@ class Preset:
     toy: bool = False
     # methods that run for the seeds after the first (None: every method; the rest run once)
     seeded_methods: tuple[str, ...] | None = None
+    # training precision (fp32 or bf16 autocast) and torch.compile of each block
+    precision: str = "fp32"
+    compile: bool = False
 
     @property
     def finetune_len(self) -> int:
@@ -101,7 +104,15 @@ PRESETS = {
         "gpu", d_model=512, n_layers=8, n_heads=8, seq_len=1024, batch_size=32, pretrain_steps=2000,
         finetune_steps=200, eval_tokens=131072, seeds=(0, 1, 2), pretrain=PRETRAIN_METHODS, finetune=FINETUNE_METHODS,
         bias_pairs=10_000, theory_samples=1_000_000, alpha_theta_grid=GRID,
-        passkey_steps=1000, passkey_trials=10, untested=True,
+        passkey_steps=1000, passkey_trials=10, untested=True, precision="bf16", compile=True,
+    ),
+    # the gpu preset's code paths (bf16 autocast, compile, every method, grid, passkey) at a
+    # size a CPU runs in minutes: what CI can check of it without a GPU
+    "gpu-dry": Preset(
+        "gpu-dry", d_model=32, n_layers=2, n_heads=2, seq_len=64, batch_size=16, pretrain_steps=6,
+        finetune_steps=3, eval_tokens=2048, seeds=(0,), pretrain=PRETRAIN_METHODS, finetune=FINETUNE_METHODS,
+        bias_pairs=200, theory_samples=20_000, alpha_theta_grid=GRID[:1], passkey_steps=3, passkey_trials=1,
+        precision="bf16", compile=True, toy=True,
     ),
     # the paper's geometry where 2 CPU cores allow it: BPE tokens, head_dim 128 (docs/study.md)
     "paper-cpu": Preset(

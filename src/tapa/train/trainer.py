@@ -233,6 +233,11 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
 
     model.to(env.device)
     if config.compile:  # in place, block by block: parameter names (and checkpoints) are unchanged
+        torch._dynamo.reset()  # a new model: drop the graphs (and recompile budget) of earlier runs in this process
+        if env.device.type == "cpu":  # load (or build) the fused kernel outside the traced code
+            from tapa.attention.fused_cpu import fused_cpu_available
+
+            fused_cpu_available()
         for block in model.blocks:
             block.compile()
     wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
