@@ -47,6 +47,8 @@ def test_convert_study_smoke(parent, tmp_path, capsys):
                           / "run" / "train_config.json")  # fmt: skip
     assert ft.model.rope_scaling == {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32}
     assert ft.seq_len == 128 and ft.init_from == str((parent / "parent").resolve())
+    again_lr = results["children"]["tapa_rope_lr"]
+    assert again_lr["lr"] == yarn["lr"] == 2 * tapa["lr"]  # the converted model again, at YaRN's fine-tuning LR
     parent_l0 = results["parent_eval"]["lengths"]["32"]
     assert tapa["within"] == steps_to_within(tapa["curve"], parent_l0)
     # the last curve point is the final model, scored the same way

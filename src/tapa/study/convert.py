@@ -7,6 +7,8 @@ fine-tunes two children on the same data, length and steps:
 
 - the converted TAPA model (no RoPE anywhere),
 - the parent itself with YaRN (factor ``yarn_factor``), the usual RoPE context extension,
+- (``tapa_at_rope_lr``) the converted model again at the YaRN child's LR, since the
+  library's fine-tuning LR for TAPA (0.2 x 1e-3) is half RoPE's (0.2 x 2e-3),
 
 keeping a checkpoint every ``save_every`` steps. Every checkpoint (and step 0, before any
 update) is scored on the test book at the parent's training length L0, and the final
@@ -41,6 +43,7 @@ class ConvertStudy:
     eval_factors: tuple[int, ...] = (1, 2, 4, 8, 16)
     eval_tokens: int = 16384
     seed: int = 0
+    tapa_at_rope_lr: bool = True
 
 
 STUDIES = {
@@ -85,7 +88,8 @@ def _convert_stage(out: Path, parent: str, log) -> dict[str, Any]:
     return run_stage(out, "convert_tapa", {"parent": parent, "positional": "tapa"}, work, log)
 
 
-def child_config(study: ConvertStudy, start: str, base_len: int, yarn: bool, cache_dir: str | None) -> TrainConfig:
+def child_config(study: ConvertStudy, start: str, base_len: int, yarn: bool, cache_dir: str | None,
+                 lr: float | None = None) -> TrainConfig:  # fmt: skip
     from tapa.model import load_config
     from tapa.model.scaling import scaled_model_config
 
@@ -96,7 +100,7 @@ def child_config(study: ConvertStudy, start: str, base_len: int, yarn: bool, cac
         assert model.rope_scaling["original_max_position_embeddings"] == base_len
     return TrainConfig(seq_len=seq_len, batch_size=study.batch_size, steps=study.steps, seed=study.seed, eval_every=0,
                        save_every=study.save_every, keep_last=study.steps // study.save_every + 1, eval_segments=8,
-                       init_from=start, tokenizer=start, cache_dir=cache_dir, model=model)  # fmt: skip
+                       init_from=start, tokenizer=start, cache_dir=cache_dir, model=model, lr=lr)  # fmt: skip
 
 
 def steps_to_within(curve: list[dict[str, Any]], parent: dict[str, float], tolerance: float = TOLERANCE):
@@ -126,9 +130,12 @@ def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: st
     results: dict[str, Any] = {"study": asdict(study), "parent": parent, "l0": l0, "children": {}, "compare": {}}
     results["parent_eval"] = _perplexity_stage(out, "ppl_parent", parent, lengths, study, cache_dir, log)
     parent_l0 = results["parent_eval"]["lengths"][str(l0)]
-    starts = {"tapa": _convert_stage(out, parent, log)["run"], "rope_yarn": parent}
-    for name, start in starts.items():
-        config = child_config(study, start, l0, name == "rope_yarn", cache_dir)
+    converted = _convert_stage(out, parent, log)["run"]
+    starts = {"tapa": (converted, None), "rope_yarn": (parent, None)}
+    if study.tapa_at_rope_lr:
+        starts["tapa_rope_lr"] = (converted, child_config(study, parent, l0, True, cache_dir).peak_lr)
+    for name, (start, lr) in starts.items():
+        config = child_config(study, start, l0, name == "rope_yarn", cache_dir, lr)
         trained = train_stage(out, config, f"finetune_{name}", log)
         points = [(0, start)] + [(checkpoint_step(c), str(c)) for c in list_checkpoints(trained["run"])]
         curve = []

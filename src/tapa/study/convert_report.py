@@ -8,7 +8,8 @@ from typing import Any
 
 from tapa.reproduce.stages import finished_seconds
 
-LABELS = {"tapa": "RoPE -> TAPA (converted)", "rope_yarn": "RoPE + YaRN"}
+LABELS = {"tapa": "RoPE -> TAPA (converted)", "rope_yarn": "RoPE + YaRN",
+          "tapa_rope_lr": "RoPE -> TAPA (converted), at YaRN's LR"}  # fmt: skip
 
 
 def _within(step: int | None, steps: int) -> str:
@@ -60,7 +61,9 @@ def plot_convert(results: dict[str, Any], path: Path) -> None:
     parent = results["parent_eval"]["lengths"]
     l0 = results["l0"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (name, child), style, marker in zip(results["children"].items(), ("-", "--"), ("o", "s"), strict=False):
+    for (name, child), style, marker in zip(
+        results["children"].items(), ("-", "--", "-."), ("o", "s", "D"), strict=False
+    ):
         curve = child["curve"]
         left.plot([p["step"] for p in curve], [p["perplexity"] for p in curve], ls=style, marker=marker,
                   label=LABELS.get(name, name))  # fmt: skip
@@ -99,7 +102,8 @@ def write_convert_report(results: dict[str, Any], out: Path) -> None:
         "# RoPE -> TAPA conversion", "",
         f"Parent: `{results['parent']}` (RoPE, L0 = {l0} tokens). Both children fine-tune from it on the same "
         f"data for {study['steps']} steps at {study['length_factor']} x L0, batch {study['batch_size']}, seed "
-        f"{study['seed']}, each at the library's fine-tuning LR for its scheme; YaRN factor {study['yarn_factor']:g}. "
+        f"{study['seed']}, at the library's fine-tuning LR for its scheme (0.2 x the pretraining default) unless the "
+        f"row says otherwise; YaRN factor {study['yarn_factor']:g}. "
         f"Perplexity on the test book ({study['eval_tokens']} tokens, sliding windows, stride = window / 4).", "",
         convert_table(results), "",
         "'Within 5%' two ways: the L0 loss (nats per token) at most 1.05 x the parent's, and the L0 perplexity "
