@@ -55,7 +55,9 @@ def test_plan_command_prints_a_runnable_train_command(capsys):
     # the flags rebuild the same model config through tapa train's parser
     from tapa.cli import build_parser
 
-    args = build_parser().parse_args(["train", "--out", "x", *flags.split()])
+    assert "--parallel fsdp --activation-checkpointing true --data SHARDS" in out
+    args = build_parser().parse_args(["train", "--out", "x", *flags.split(), "--parallel", "fsdp"])
+    assert args.parallel == "fsdp"
     model_args = {k.removeprefix("model."): v for k, v in vars(args).items() if k.startswith("model.")}
     rebuilt = ModelConfig(**{**model_args, "vocab_size": 128256})
     assert rebuilt == ModelConfig.load(CONFIGS / "paper-7b-rope.json")

@@ -71,7 +71,8 @@ def describe(config: ModelConfig, gpus: int, seq_len: int, parallel: str) -> str
         f"activations per sequence of {seq_len}: {p.activation_gib_per_sequence:.1f} GiB, with "
         f"--activation-checkpointing {p.activation_gib_per_sequence_checkpointed:.2f} GiB",
         f"command: torchrun --standalone --nproc_per_node={gpus} -m tapa.cli train {model_flags(config)} "
-        f"--seq-len {seq_len} --precision bf16 --data DATA --tokenizer TOKENIZER.json --out runs/NAME",
+        f"--seq-len {seq_len} --precision bf16 --parallel {parallel} --activation-checkpointing true "
+        f"--data SHARDS --out runs/NAME   (SHARDS: a tapa tokenize folder, which holds its tokenizer)",
     ]
     return "\n".join(lines)
 
