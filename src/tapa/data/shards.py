@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tapa.data.sources import SOURCE_SUFFIXES, TEXT_SUFFIXES, VALIDATION_EVERY
+from tapa.data.sources import TEXT_SUFFIXES, VALIDATION_EVERY, iter_jsonl, source_files
 from tapa.data.token_cache import TokenArray
 from tapa.data.tokenizer import Bytes, Tokenizer
 from tapa.errors import ConfigError
@@ -101,18 +101,7 @@ def _line_end_after(path: Path, offset: int) -> int:
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"corpus: {path}:{number} is not valid JSON ({err.msg}); fix or remove it") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise ConfigError(f"corpus: {path}:{number} has no string field {text_field!r}; pass --text-field")
-            if record[text_field].strip():
-                yield record[text_field]
+    return (text for text in iter_jsonl(path, text_field) if text.strip())
 
 
 Document = Iterable[str]  # a document is a stream of text pieces
@@ -129,19 +118,6 @@ def _file_documents(path: Path, text_field: str, chunk_bytes: int) -> Iterator[D
 def _has_text(path: Path) -> bool:
     """Not blank (the in-memory reader skips blank documents too); reads until the first non-space."""
     return any(piece.strip() for piece in _text_chunks(path, 2**16))
-
-
-def _source_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise ConfigError(f"corpus: {path} does not exist; pass a .txt/.md/.jsonl file, a directory, or hf:NAME")
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"corpus: {path} holds no .txt, .md or .jsonl files")
-        return files
-    if path.suffix not in SOURCE_SUFFIXES:
-        raise ConfigError(f"corpus: {path} has suffix {path.suffix!r}; expected one of {', '.join(SOURCE_SUFFIXES)}")
-    return [path]
 
 
 def _hf_splits(spec: str, text_field: str) -> dict[str, Iterable[Any]]:
@@ -183,7 +159,7 @@ def split_streams(source: str, text_field: str = "text", val_fraction: float = 0
                  for i, d in enumerate(docs))  # fmt: skip
         return every, f"every {VALIDATION_EVERY}th document of the train split"
     path = Path(source).expanduser()
-    files = _source_files(path)
+    files = source_files(path, alternatives="hf:NAME")
     if len(files) == 1 and files[0].suffix in TEXT_SUFFIXES:
         return _token_level(files[0], val_fraction, chunk_bytes), f"token-level: the last {val_fraction:.2%} of bytes"
     count = sum(1 for f in files for _ in _file_documents(f, text_field, 2**16))

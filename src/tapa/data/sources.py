@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,8 @@ class Corpus:
         return digest.hexdigest()
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    docs = []
+def iter_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    """The ``text_field`` of each non-blank line of a JSONL file, read line by line."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -65,8 +66,11 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
                 ) from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise ConfigError(f"corpus: {path}:{number} has no string field {text_field!r}; pass --text-field NAME")
-            docs.append(record[text_field])
-    return docs
+            yield record[text_field]
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[str]:
+    return list(iter_jsonl(path, text_field))
 
 
 def _read_file(path: Path, text_field: str) -> list[str]:
@@ -78,19 +82,24 @@ def _read_file(path: Path, text_field: str) -> list[str]:
         raise ConfigError(f"corpus: {path} is not UTF-8 text; convert it or remove it from the corpus") from None
 
 
-def read_documents(source: str | Path, text_field: str = "text") -> list[str]:
-    """All non-empty documents of a file or directory, in a fixed (sorted) order."""
-    path = Path(source).expanduser()
+def source_files(path: Path, alternatives: str = "'books'") -> list[Path]:
+    """The corpus files of a file or directory source, in a fixed (sorted) order."""
     if not path.exists():
-        raise ConfigError(f"corpus: {path} does not exist; pass a .txt/.md/.jsonl file, a directory, or 'books'")
+        raise ConfigError(f"corpus: {path} does not exist; pass a .txt/.md/.jsonl file, a directory, or {alternatives}")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
         if not files:
             raise ConfigError(f"corpus: {path} holds no .txt, .md or .jsonl files")
-    elif path.suffix in SOURCE_SUFFIXES:
-        files = [path]
-    else:
+        return files
+    if path.suffix not in SOURCE_SUFFIXES:
         raise ConfigError(f"corpus: {path} has suffix {path.suffix!r}; expected one of {', '.join(SOURCE_SUFFIXES)}")
+    return [path]
+
+
+def read_documents(source: str | Path, text_field: str = "text") -> list[str]:
+    """All non-empty documents of a file or directory, in a fixed (sorted) order."""
+    path = Path(source).expanduser()
+    files = source_files(path)
     docs = [doc for file in files for doc in _read_file(file, text_field) if doc.strip()]
     if not docs:
         raise ConfigError(f"corpus: {path} is empty (no non-blank document in {len(files)} file(s))")

@@ -28,6 +28,7 @@ from typing import Any
 from tapa.errors import ConfigError
 from tapa.reproduce.stages import printer, run_stage
 from tapa.study.ablation import train_stage
+from tapa.study.perplexity_stage import perplexity_stage
 from tapa.train.config import TrainConfig
 
 TOLERANCE = 0.05
@@ -53,22 +54,7 @@ STUDIES = {
 
 
 def _perplexity_stage(out: Path, name: str, run: str, lengths: list[int], study: ConvertStudy, cache_dir, log):
-    def work(_directory: Path) -> dict[str, Any]:
-        from tapa.data.tokenizer import load_checkpoint_tokenizer
-        from tapa.evaluate.heldout import heldout_documents
-        from tapa.evaluate.perplexity import evaluate_perplexity
-        from tapa.model import load_pretrained
-
-        docs = heldout_documents(load_checkpoint_tokenizer(run), "books", "test", study.eval_tokens, cache_dir)
-        model = load_pretrained(run).eval()
-        rows = {}
-        for length in lengths:
-            r = evaluate_perplexity(model, docs, length, max(1, length // 4), batch_size=4)
-            rows[str(length)] = {"perplexity": r.perplexity, "loss": r.loss, "tokens": r.tokens}
-        return {"lengths": rows}
-
-    key = {"run": run, "lengths": lengths, "eval_tokens": study.eval_tokens}
-    return run_stage(out, name, key, work, log)
+    return perplexity_stage(out, name, run, lengths, study.eval_tokens, cache_dir, log)
 
 
 def _convert_stage(out: Path, parent: str, log) -> dict[str, Any]:

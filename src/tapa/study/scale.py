@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from tapa.model import ModelConfig
-from tapa.reproduce.stages import printer, run_stage
+from tapa.reproduce.stages import printer
 from tapa.study.ablation import BPE_VOCAB, train_stage
+from tapa.study.perplexity_stage import perplexity_stage as heldout_perplexity
 from tapa.train.config import TrainConfig
 
 METHODS = ("rope", "tapa", "nope")
@@ -82,22 +83,7 @@ def size_config(ladder: ScaleLadder, size: Size, method: str, cache_dir: str | N
 
 def perplexity_stage(out: Path, run: str, ladder: ScaleLadder, cache_dir: str | None, log) -> dict[str, Any]:
     lengths = [ladder.seq_len * f for f in ladder.length_factors]
-
-    def work(_directory: Path) -> dict[str, Any]:
-        from tapa.data.tokenizer import load_checkpoint_tokenizer
-        from tapa.evaluate.heldout import heldout_documents
-        from tapa.evaluate.perplexity import evaluate_perplexity
-        from tapa.model import load_pretrained
-
-        docs = heldout_documents(load_checkpoint_tokenizer(run), "books", "test", ladder.eval_tokens, cache_dir)
-        model = load_pretrained(run).eval()
-        rows = {}
-        for length in lengths:
-            r = evaluate_perplexity(model, docs, length, max(1, length // 4), batch_size=4)
-            rows[str(length)] = {"perplexity": r.perplexity, "tokens": r.tokens}
-        return {"lengths": rows}
-
-    return run_stage(out, "perplexity", {"run": run, "lengths": lengths, "eval_tokens": ladder.eval_tokens}, work, log)
+    return heldout_perplexity(out, "perplexity", run, lengths, ladder.eval_tokens, cache_dir, log)
 
 
 def trend(points: list[tuple[float, float]]) -> dict[str, float] | None:
