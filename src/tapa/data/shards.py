@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tapa.data.sources import TEXT_SUFFIXES, VALIDATION_EVERY, iter_jsonl, source_files
+from tapa.data.sources import TEXT_SUFFIXES, VALIDATION_EVERY, iter_jsonl, load_hf_dataset, source_files
 from tapa.data.token_cache import TokenArray
 from tapa.data.tokenizer import Bytes, Tokenizer
 from tapa.errors import ConfigError
@@ -120,17 +120,8 @@ def _has_text(path: Path) -> bool:
     return any(piece.strip() for piece in _text_chunks(path, 2**16))
 
 
-def _hf_splits(spec: str, text_field: str) -> dict[str, Iterable[Any]]:
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(f"corpus: {spec!r} needs the `datasets` package; pip install 'tapa[datasets]'") from None
-    name, _, config = spec.removeprefix("hf:").partition(":")
-    try:
-        return dict(datasets.load_dataset(name, config or None, streaming=True))
-    except Exception as err:  # datasets raises many types; all mean "not available here"
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"corpus: cannot stream dataset {name!r} ({reason})") from None
+def _hf_splits(spec: str) -> dict[str, Iterable[Any]]:
+    return dict(load_hf_dataset(spec, streaming=True)[1])
 
 
 def _hf_texts(rows: Iterable[Any], text_field: str, name: str) -> Iterator[Document]:
@@ -146,7 +137,7 @@ def split_streams(source: str, text_field: str = "text", val_fraction: float = 0
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[Iterator[tuple[str, Document]], str]:  # fmt: skip
     """(split, document) pairs in corpus order, and how validation was chosen."""
     if source.startswith("hf:"):
-        splits = _hf_splits(source, text_field)
+        splits = _hf_splits(source)
         if "train" not in splits:
             raise ConfigError(f"corpus: dataset {source!r} has no 'train' split (it has {', '.join(splits)})")
         if "validation" in splits:

@@ -106,19 +106,24 @@ def read_documents(source: str | Path, text_field: str = "text") -> list[str]:
     return docs
 
 
-def _read_hf(spec: str, text_field: str) -> dict[str, list[str]]:
+def load_hf_dataset(spec: str, streaming: bool = False):
+    """(name, the ``datasets`` splits) of ``hf:NAME[:CONFIG]``; one-line errors when the
+    package is missing or the dataset cannot be loaded (from its local cache, or streamed)."""
     try:
         import datasets
     except ImportError:
-        raise ConfigError(f"corpus: {spec!r} needs the `datasets` package; pip install datasets") from None
+        raise ConfigError(f"corpus: {spec!r} needs the `datasets` package; pip install 'tapa[datasets]'") from None
     name, _, config = spec.removeprefix("hf:").partition(":")
     try:
-        loaded = datasets.load_dataset(name, config or None)
+        return name, datasets.load_dataset(name, config or None, **({"streaming": True} if streaming else {}))
     except Exception as err:  # datasets raises many types; all mean "not available here"
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            f"corpus: cannot load dataset {name!r} ({reason}); download it into the cache first"
-        ) from None
+        hint = "" if streaming else "; download it into the cache first"
+        raise ConfigError(f"corpus: cannot load dataset {name!r} ({reason}){hint}") from None
+
+
+def _read_hf(spec: str, text_field: str) -> dict[str, list[str]]:
+    name, loaded = load_hf_dataset(spec)
     splits = {}
     for split, rows in loaded.items():
         if text_field not in rows.column_names:
