@@ -38,6 +38,7 @@ VERBS: dict[str, list[str]] = {
     "study convert": ["CKPT", "--study", "smoke"],
     "study lr": ["--preset", "smoke", "--grid", "smoke"],
     "tokenize": ["FILE"],
+    "consolidate": ["CKPT"],
     "export-hf": ["CKPT"],
     "import-hf": ["CKPT"],
     "convert": ["CKPT", "--positional", "tapa"],
