@@ -67,6 +67,7 @@ def test_fsdp_two_processes_follow_one_process_from_the_same_weights(tmp_path, c
         assert torch.equal(consolidated(ids), load_pretrained(tmp_path / "two")(ids))
 
 
+@pytest.mark.slow
 def test_fsdp_kill_9_then_resume_is_bit_identical(tmp_path, cache):
     args = ["train", *TINY, "--steps", "12", "--save-every", "2", "--keep-last", "2", "--parallel", "fsdp",
             "--cache-dir", cache]  # fmt: skip
@@ -95,6 +96,7 @@ def test_fsdp_kill_9_then_resume_is_bit_identical(tmp_path, cache):
     assert res.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_fsdp_bf16_mixed_precision_trains(tmp_path, cache):
     args = ["train", *TINY, "--steps", "4", "--save-every", "4", "--parallel", "fsdp", "--cache-dir", cache]
     fp32 = torchrun(2, *args, "--out", str(tmp_path / "fp32"))
