@@ -56,6 +56,31 @@ def test_random_placement_covers_the_context_and_overlapping_depths_are_refused(
         make_batch(TASK, 1, TASK.min_length() - 1, g)
 
 
+def test_repeat_queries_draws_planted_pairs_with_replacement():
+    """repeat_queries: every query is a planted key followed by its own value, and a key may
+    be asked twice; without it (and with depths, whatever the flag) the queries are distinct."""
+    rep = RecallTask(n_keys=16, n_values=10, n_filler=12, n_pairs=3, n_queries=6, repeat_queries=True)
+    g = torch.Generator().manual_seed(3)
+    batch = make_batch(rep, 300, 40, g)
+    context = 40 - 2 * rep.n_queries
+    repeats = 0
+    for i in range(300):
+        row = batch.ids[i].tolist()
+        planted = {row[s]: row[s + 1] for s in range(context - 1) if 1 <= row[s] <= rep.n_keys}
+        assert len(planted) == rep.n_pairs
+        asked = [row[context + 2 * j] for j in range(rep.n_queries)]
+        for j, k in enumerate(asked):
+            assert planted[k] == row[context + 2 * j + 1] == batch.targets[i, context + 2 * j]
+            assert row[int(batch.key_positions[i, j])] == k
+        repeats += len(asked) > len(set(asked))
+    assert repeats == 300  # 6 queries of 3 pairs: every row repeats a key
+    distinct = make_batch(TASK, 100, 40, g)
+    assert all(len(set(r.tolist())) == TASK.n_queries for r in distinct.key_positions)
+    placed = make_batch(RecallTask(n_pairs=5, n_queries=3, repeat_queries=True), 20, 60, g,
+                        stratified_depths(20, 3, 60, TASK, g))  # fmt: skip
+    assert all(len(set(r.tolist())) == 3 for r in placed.key_positions)
+
+
 def test_rigged_model_scores_100_percent_at_every_length():
     g = torch.Generator().manual_seed(1)
     for length in (30, 120, 480):

@@ -55,9 +55,10 @@ def test_recall_and_diagnose_smoke(tmp_path, smoke_ladder):
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"rope", "tapa"}
     lengths = results["runs"]["tapa"]["0"]["lengths"]
-    assert set(lengths) == {"24", "48"} and all(0 <= r["accuracy"] <= 1 for r in lengths.values())
+    assert set(lengths) == {"12", "24"} and all(0 <= r["accuracy"] <= 1 for r in lengths.values())
     assert (out / "figures" / "recall_by_length.png").is_file()
-    assert "Accuracy by depth" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Accuracy by depth of the first copy's start" in report and "61%" in report  # segment 4: (1+1/2+1/3)/3
 
     abl = smoke_ladder / "abl"
     runs = sorted(str(p) for p in abl.glob("stages/train_tapa_s0-*/run"))
@@ -66,6 +67,22 @@ def test_recall_and_diagnose_smoke(tmp_path, smoke_ladder):
     data = json.loads((diag / "diagnostics.json").read_text())
     assert set(data) == set(runs) and all(len(d["layers"]) == 1 for d in data.values())
     assert "TAPA median abs(phase)" in (diag / "report.md").read_text()
+
+
+def test_recall_subsets_share_stages_with_the_full_study(tmp_path):
+    """--methods/--seeds run part of a study; the full study then reuses those stages (a
+    stage's key leaves out the lists), and the key-value task still runs (smoke-pairs)."""
+    out = tmp_path / "rec"
+    assert main(["study", "recall", "--study", "smoke", "--out", str(out), "--methods", "tapa", "--quiet"]) == 0
+    assert set(json.loads((out / "results.json").read_text())["runs"]) == {"tapa"}
+    (stage,) = out.glob("stages/recall_tapa_s0-*/result.json")
+    stamp = stage.stat().st_mtime_ns
+    assert main(["study", "recall", "--study", "smoke", "--out", str(out), "--quiet"]) == 0
+    assert stage.stat().st_mtime_ns == stamp and len(list(out.glob("stages/*/result.json"))) == 2
+    assert set(json.loads((out / "results.json").read_text())["runs"]) == {"rope", "tapa"}
+    pairs = tmp_path / "pairs"
+    assert main(["study", "recall", "--study", "smoke-pairs", "--out", str(pairs), "--quiet"]) == 0
+    assert "key-value pairs" in (pairs / "report.md").read_text()
 
 
 @pytest.mark.parametrize(("kw"), [{"d_model": 64, "n_heads": 1, "head_dim": 64}, {"d_model": 48, "n_heads": 4,

@@ -22,6 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rec = verbs.add_parser("recall", help="associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)")
     rec.add_argument("--study", choices=list(STUDIES), default="default")
     rec.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    rec.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these of the study's methods")
+    rec.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run only these of the study's seeds")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_recall)
 
@@ -82,10 +84,22 @@ def _ablation(args: argparse.Namespace) -> None:
 
 
 def _recall(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from tapa.errors import ConfigError
     from tapa.study.recall import STUDIES, run_recall
     from tapa.study.recall_report import recall_table
 
-    results = run_recall(STUDIES[args.study], args.out, verbose=not args.quiet)
+    study = STUDIES[args.study]
+    for name, chosen in (("methods", args.methods), ("seeds", args.seeds)):
+        if chosen is None:
+            continue
+        unknown = [c for c in chosen if c not in getattr(study, name)]
+        if unknown:
+            allowed, bad = " ".join(map(str, getattr(study, name))), " ".join(map(str, unknown))
+            raise ConfigError(f"--{name} {bad}: not in study {args.study!r} (choose from {allowed})")
+        study = dataclasses.replace(study, **{name: tuple(chosen)})
+    results = run_recall(study, args.out, verbose=not args.quiet)
     print(recall_table(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 

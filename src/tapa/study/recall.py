@@ -1,5 +1,6 @@
-"""Train small models on associative recall at L0 and test them at 1x..16x L0
-(:mod:`tapa.evaluate.recall` defines the task). Tests the abstract's claim that TAPA
+"""Train small models on a recall task at L0 and test them at 1x..16x L0: segment recall
+(:mod:`tapa.evaluate.segment_recall`, the default) or key-value pairs in filler
+(:mod:`tapa.evaluate.recall`, study ``pairs``). Tests the abstract's claim that TAPA
 "preserves token interactions over long range": the planted pair can sit anywhere in a
 context up to 16x longer than any seen in training.
 
@@ -19,7 +20,8 @@ from typing import Any
 
 import torch
 
-from tapa.evaluate.recall import RecallTask, make_batch, score, stratified_depths
+from tapa.evaluate.recall import RecallBatch, RecallTask, make_batch, score, stratified_depths
+from tapa.evaluate.segment_recall import SegmentTask, make_segment_batch, stratified_segment_depths
 from tapa.model import ModelConfig, TapaLM
 from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR
@@ -30,13 +32,12 @@ DEPTH_BINS = 5
 
 @dataclass(frozen=True)
 class RecallStudy:
-    task: RecallTask = field(default_factory=lambda: RecallTask(n_keys=32, n_values=32, n_filler=32, n_pairs=4,
-                                                                 n_queries=4))  # fmt: skip
+    task: RecallTask | SegmentTask = field(default_factory=SegmentTask)
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
     seq_len: int = 32  # L0
-    batch_size: int = 32
+    batch_size: int = 64
     steps: int = 2000
     warmup: int = 100
     eval_sequences: int = 256
@@ -45,12 +46,37 @@ class RecallStudy:
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
+PAIRS = RecallTask(n_keys=32, n_values=32, n_filler=32, n_pairs=4, n_queries=4)
 STUDIES = {
     "default": RecallStudy(),
-    "smoke": RecallStudy(task=RecallTask(n_keys=8, n_values=8, n_filler=8, n_pairs=3, n_queries=2), d_model=16,
-                         n_layers=1, seq_len=24, batch_size=4, steps=5, warmup=2, eval_sequences=8,
-                         length_factors=(1, 2), methods=("rope", "tapa"), seeds=(0,)),
+    # the first recall study (2026-12-01): no method got past the no-association shortcuts
+    "pairs": RecallStudy(task=PAIRS, batch_size=32),
+    "smoke": RecallStudy(task=SegmentTask(n_tokens=12, n_filler=4, segment=4), d_model=16, n_layers=1,
+                         seq_len=12, batch_size=4, steps=5, warmup=2, eval_sequences=8, length_factors=(1, 2),
+                         methods=("rope", "tapa"), seeds=(0,)),
+    "smoke-pairs": RecallStudy(task=RecallTask(n_keys=8, n_values=8, n_filler=8, n_pairs=3, n_queries=2),
+                               d_model=16, n_layers=1, seq_len=24, batch_size=4, steps=5, warmup=2,
+                               eval_sequences=8, length_factors=(1, 2), methods=("rope", "tapa"), seeds=(0,)),
 }  # fmt: skip
+
+
+def training_batch(task: RecallTask | SegmentTask, n: int, length: int, g: torch.Generator) -> RecallBatch:
+    if isinstance(task, SegmentTask):
+        return make_segment_batch(task, n, length, g)
+    return make_batch(task, n, length, g)
+
+
+def evaluation_batch(task: RecallTask | SegmentTask, n: int, length: int, g: torch.Generator) -> RecallBatch:
+    """Sequences whose queried keys are spread over every depth (stratified)."""
+    if isinstance(task, SegmentTask):
+        return make_segment_batch(task, n, length, g, stratified_segment_depths(n, length, task, g))
+    return make_batch(task, n, length, g, stratified_depths(n, task.n_queries, length, task, g))
+
+
+def stage_key(study: RecallStudy, method: str, seed: int) -> dict[str, Any]:
+    """What a (method, seed) stage depends on: not the study's lists of methods and seeds."""
+    fields = {k: v for k, v in asdict(study).items() if k not in ("methods", "seeds")}
+    return {"study": fields, "method": method, "seed": seed}
 
 
 def model_config(study: RecallStudy, method: str) -> ModelConfig:
@@ -68,7 +94,7 @@ def train_recall(study: RecallStudy, method: str, seed: int) -> tuple[TapaLM, li
     losses = []
     for step in range(study.steps):
         g = torch.Generator().manual_seed(1_000_003 * seed + step)
-        batch = make_batch(study.task, study.batch_size, study.seq_len, g)
+        batch = training_batch(study.task, study.batch_size, study.seq_len, g)
         logits = model(batch.ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -91,9 +117,7 @@ def evaluate_recall(model: TapaLM, study: RecallStudy) -> dict[str, Any]:
         correct, probs, placed = [], [], []
         for start in range(0, study.eval_sequences, 32):
             n = min(32, study.eval_sequences - start)
-            batch = make_batch(
-                study.task, n, length, g, stratified_depths(n, study.task.n_queries, length, study.task, g)
-            )
+            batch = evaluation_batch(study.task, n, length, g)
             with torch.no_grad():
                 result = score(model, study.task, batch)
             correct.append(result.correct.flatten())
@@ -119,7 +143,7 @@ def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True) -> dic
 
     log = printer(verbose)
 
-    results: dict[str, Any] = {"study": asdict(study), "chance": 1 / study.task.n_values, "runs": {}}
+    results: dict[str, Any] = {"study": asdict(study), "chance": 1 / len(study.task.value_ids), "runs": {}}
     for seed in study.seeds:
         for method in study.methods:
 
@@ -129,8 +153,7 @@ def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True) -> dic
                 (directory / "model_config.json").write_text(model.config.to_json() + "\n")
                 return {"final_loss": sum(losses[-50:]) / len(losses[-50:]), "lengths": evaluate_recall(model, study)}
 
-            key = {"study": asdict(study), "method": method, "seed": seed}
-            res = run_stage(out, f"recall_{method}_s{seed}", key, work, log)
+            res = run_stage(out, f"recall_{method}_s{seed}", stage_key(study, method, seed), work, log)
             results["runs"].setdefault(method, {})[str(seed)] = res
             results["wall_seconds"] = time.perf_counter() - started
             (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")

@@ -79,12 +79,39 @@ def plot_recall(results: dict[str, Any], path: Path) -> None:
 
 
 def shortcut_levels(task: dict[str, Any]) -> tuple[float, float]:
-    """Accuracy of two shortcuts that need no key -> value association: naming one of the
-    values planted in the context at random (1 / n_pairs), and doing so while skipping the
-    values already answered in the query block (mean over queries j of 1 / (n_pairs - j)).
-    Planted values may repeat, which raises both slightly."""
+    """Accuracy of two shortcuts that need no key -> value association.
+
+    Pairs: naming one of the values planted in the context at random (1 / n_pairs), and
+    doing so while skipping the values already answered in the query block (mean over
+    queries j of 1 / (n_pairs - j)); planted values may repeat, which raises both slightly.
+    Segment: naming one of the segment's tokens at random (1 / segment), and one not yet
+    seen in the query copy (before token j + 1, j + 1 are seen: mean over j of
+    1 / (segment - 1 - j))."""
+    if task.get("kind") == "segment":
+        n = task["segment"]
+        return 1 / n, sum(1 / m for m in range(1, n)) / (n - 1)
     n, q = task["n_pairs"], task["n_queries"]
     return 1 / n, sum(1 / (n - j) for j in range(q)) / q
+
+
+def task_text(task: dict[str, Any], chance: float) -> tuple[str, str, str]:
+    """(what the task is, what the two shortcuts are, what a depth is) for the report."""
+    if task.get("kind") == "segment":
+        return (
+            f"Task: a segment of {task['segment']} distinct tokens (alphabet of {task['n_tokens']}), random filler, "
+            f"then the same segment again; the model must predict tokens 2..{task['segment']} of the repeat by "
+            f"finding each token's earlier occurrence and copying its successor ({task['segment'] - 1} lookups per "
+            f"sequence; chance {chance:.1%}). In training the first copy starts anywhere, so the gap between the "
+            "copies varies and no fixed offset solves it.",
+            "any segment token, and any not yet seen in the repeat",
+            "the first copy's start",
+        )
+    return (
+        f"Task: {task['n_pairs']} key-value pairs planted in random filler, then {task['n_queries']} of the keys "
+        f"again; the model must name each key's value ({task['n_values']} possible values: chance {chance:.1%}).",
+        "any value seen in the context, and any value seen and not yet answered",
+        "the queried pair",
+    )
 
 
 def write_recall_report(results: dict[str, Any], out: Path) -> None:
@@ -92,19 +119,18 @@ def write_recall_report(results: dict[str, Any], out: Path) -> None:
     (out / "figures").mkdir(exist_ok=True)
     plot_recall(results, out / "figures" / "recall_by_length.png")
     longest = str(study["seq_len"] * study["length_factors"][-1])
+    what, shortcuts, depth = task_text(task, results["chance"])
+    low, high = shortcut_levels(task)
     text = [
-        "# Associative recall past the training length",
+        "# Recall past the training length",
         "",
-        f"Task: {task['n_pairs']} key-value pairs planted in random filler, then {task['n_queries']} of the keys "
-        f"again; the model must name each key's value ({task['n_values']} possible values: chance "
-        f"{results['chance']:.1%}). Models: d_model {study['d_model']}, {study['n_layers']} layers, "
+        f"{what} Models: d_model {study['d_model']}, {study['n_layers']} layers, "
         f"{study['n_heads']} heads, trained {study['steps']} steps of {study['batch_size']} sequences at "
-        f"L0 = {study['seq_len']}, then tested on {study['eval_sequences']} sequences per length with the queried "
-        "pairs spread over every depth.",
+        f"L0 = {study['seq_len']}, each method at its default LR, then tested on {study['eval_sequences']} "
+        "sequences per length with the queried keys spread over every depth.",
         "",
-        "Accuracy (mean ± sd over seeds). Two shortcuts that use no key -> value association score "
-        f"{shortcut_levels(task)[0]:.0%} (any value seen in the context) and {shortcut_levels(task)[1]:.0%} "
-        "(any value seen and not yet answered): only accuracy well above these shows retrieval.",
+        f"Accuracy (mean ± sd over seeds). Two shortcuts that use no key -> value association ({shortcuts}) "
+        f"score {low:.0%} and {high:.0%}: only accuracy well above these shows retrieval.",
         "",
         recall_table(results),
         "",
@@ -114,7 +140,7 @@ def write_recall_report(results: dict[str, Any], out: Path) -> None:
         "*Figure: recall accuracy against sequence length (log scale); the dashed line is the training length, "
         "the dotted line chance.*",
         "",
-        f"Accuracy by depth of the queried pair at {longest} tokens (0 = start of the context):",
+        f"Accuracy by depth of {depth} at {longest} tokens (0 = start of the context, 1 = its end):",
         "",
         depth_table(results, longest),
         "",
