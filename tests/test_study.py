@@ -59,6 +59,8 @@ def test_recall_and_diagnose_smoke(tmp_path, smoke_ladder):
     assert (out / "figures" / "recall_by_length.png").is_file()
     report = (out / "report.md").read_text()
     assert "Accuracy by depth of the first copy's start" in report and "61%" in report  # segment 4: (1+1/2+1/3)/3
+    loss = results["runs"]["tapa"]["0"]["final_loss"]
+    assert f"| tapa | 0 | {loss:.3f} | {lengths['12']['accuracy']:.1%} | {lengths['24']['accuracy']:.1%} |" in report
 
     abl = smoke_ladder / "abl"
     runs = sorted(str(p) for p in abl.glob("stages/train_tapa_s0-*/run"))

@@ -49,6 +49,21 @@ def depth_table(results: dict[str, Any], length: str) -> str:
     return "\n".join(lines)
 
 
+def seed_table(results: dict[str, Any]) -> str:
+    """One row per (method, seed): final training loss and accuracy at every length, so a
+    seed that did not learn the task shows as itself, not only as a wide spread."""
+    lengths = list(next(iter(next(iter(results["runs"].values())).values()))["lengths"])
+    lines = [
+        "| method | seed | final training loss | " + " | ".join(lengths) + " |",
+        "|---|---|---|" + "---|" * len(lengths),
+    ]
+    for method, seeds in results["runs"].items():
+        for seed, run in seeds.items():
+            cells = " | ".join(f"{run['lengths'][n]['accuracy']:.1%}" for n in lengths)
+            lines.append(f"| {method} | {seed} | {run['final_loss']:.3f} | {cells} |")
+    return "\n".join(lines)
+
+
 def plot_recall(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -140,10 +155,22 @@ def write_recall_report(results: dict[str, Any], out: Path) -> None:
         "*Figure: recall accuracy against sequence length (log scale); the dashed line is the training length, "
         "the dotted line chance.*",
         "",
-        f"Accuracy by depth of {depth} at {longest} tokens (0 = start of the context, 1 = its end):",
+        "Per seed (accuracy by length):",
         "",
-        depth_table(results, longest),
+        seed_table(results),
         "",
+    ]
+    for length in dict.fromkeys([str(2 * study["seq_len"]), longest]):
+        if length not in next(iter(next(iter(results["runs"].values())).values()))["lengths"]:
+            continue
+        text += [
+            f"Accuracy by depth of {depth} at {length} tokens (0 = start of the context, 1 = its end; "
+            "mean over seeds):",
+            "",
+            depth_table(results, length),
+            "",
+        ]
+    text += [
         f"Compute: {finished_seconds(out) / 60:.1f} min of stages in all (this invocation "
         f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
