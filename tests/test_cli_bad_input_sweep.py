@@ -97,6 +97,7 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("study recall", "method not in the study", ["--methods", "nope"]),
         ("study recall", "seed not in the study", ["--seeds", "7"]),
         ("study recall", "non-numeric seed", ["--seeds", "x"]),
+        ("study recall", "jobs 0", ["--jobs", "0"]),
         ("plan", "gpus 0", ["--gpus", "0"]),
         ("plan", "seq-len 0", ["--seq-len", "0"]),
         ("plan", "config is a JSON list", ["CKPT=LISTJSON"]),

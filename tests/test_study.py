@@ -82,6 +82,13 @@ def test_recall_subsets_share_stages_with_the_full_study(tmp_path):
     assert main(["study", "recall", "--study", "smoke", "--out", str(out), "--quiet"]) == 0
     assert stage.stat().st_mtime_ns == stamp and len(list(out.glob("stages/*/result.json"))) == 2
     assert set(json.loads((out / "results.json").read_text())["runs"]) == {"rope", "tapa"}
+    # --jobs 2: the same stages trained in two worker processes, the same numbers
+    par = tmp_path / "par"
+    assert main(["study", "recall", "--study", "smoke", "--out", str(par), "--jobs", "2", "--quiet"]) == 0
+    one, two = (json.loads((d / "results.json").read_text())["runs"] for d in (out, par))
+    for method in ("rope", "tapa"):
+        assert two[method]["0"]["final_loss"] == pytest.approx(one[method]["0"]["final_loss"], rel=1e-4)
+    assert len(list(par.glob("stages/*/result.json"))) == 2 and "| rope | 0 |" in (par / "report.md").read_text()
     pairs = tmp_path / "pairs"
     assert main(["study", "recall", "--study", "smoke-pairs", "--out", str(pairs), "--quiet"]) == 0
     assert "key-value pairs" in (pairs / "report.md").read_text()

@@ -24,6 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
     rec.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these of the study's methods")
     rec.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run only these of the study's seeds")
+    rec.add_argument("--jobs", type=int, default=1, help="train this many models at once (worker processes)")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_recall)
 
@@ -91,6 +92,8 @@ def _recall(args: argparse.Namespace) -> None:
     from tapa.study.recall_report import recall_table
 
     study = STUDIES[args.study]
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: must be at least 1")
     for name, chosen in (("methods", args.methods), ("seeds", args.seeds)):
         if chosen is None:
             continue
@@ -99,7 +102,7 @@ def _recall(args: argparse.Namespace) -> None:
             allowed, bad = " ".join(map(str, getattr(study, name))), " ".join(map(str, unknown))
             raise ConfigError(f"--{name} {bad}: not in study {args.study!r} (choose from {allowed})")
         study = dataclasses.replace(study, **{name: tuple(chosen)})
-    results = run_recall(study, args.out, verbose=not args.quiet)
+    results = run_recall(study, args.out, verbose=not args.quiet, jobs=args.jobs)
     print(recall_table(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 

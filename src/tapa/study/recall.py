@@ -136,28 +136,52 @@ def evaluate_recall(model: TapaLM, study: RecallStudy) -> dict[str, Any]:
     return rows
 
 
-def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True) -> dict[str, Any]:
+def _recall_stage(study: RecallStudy, out: Path, method: str, seed: int, verbose: bool) -> dict[str, Any]:
+    """Train and score one (method, seed) as a cached stage (in this process or a worker)."""
+
+    def work(directory: Path) -> dict[str, Any]:
+        model, losses = train_recall(study, method, seed)
+        torch.save(model.state_dict(), directory / "model.pt")
+        (directory / "model_config.json").write_text(model.config.to_json() + "\n")
+        return {"final_loss": sum(losses[-50:]) / len(losses[-50:]), "lengths": evaluate_recall(model, study)}
+
+    return run_stage(out, f"recall_{method}_s{seed}", stage_key(study, method, seed), work, printer(verbose))
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Every (method, seed) stage, then results.json and the report. ``jobs`` > 1 trains that
+    many stages at once in worker processes, splitting the CPU threads between them (the
+    models are small: one thread each uses a core better than two threads for one)."""
     from tapa.study.recall_report import write_recall_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-
-    log = printer(verbose)
-
     results: dict[str, Any] = {"study": asdict(study), "chance": 1 / len(study.task.value_ids), "runs": {}}
-    for seed in study.seeds:
-        for method in study.methods:
+    order = [(method, seed) for seed in study.seeds for method in study.methods]
 
-            def work(directory: Path, method: str = method, seed: int = seed) -> dict[str, Any]:
-                model, losses = train_recall(study, method, seed)
-                torch.save(model.state_dict(), directory / "model.pt")
-                (directory / "model_config.json").write_text(model.config.to_json() + "\n")
-                return {"final_loss": sum(losses[-50:]) / len(losses[-50:]), "lengths": evaluate_recall(model, study)}
+    def record(method: str, seed: int, res: dict[str, Any]) -> None:
+        results["runs"].setdefault(method, {})[str(seed)] = res
+        results["wall_seconds"] = time.perf_counter() - started
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_recall_report(results, out)
 
-            res = run_stage(out, f"recall_{method}_s{seed}", stage_key(study, method, seed), work, log)
-            results["runs"].setdefault(method, {})[str(seed)] = res
-            results["wall_seconds"] = time.perf_counter() - started
-            (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-            write_recall_report(results, out)
+    if jobs <= 1:
+        for method, seed in order:
+            record(method, seed, _recall_stage(study, out, method, seed, verbose))
+        return results
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(_recall_stage, study, out, m, s, verbose) for m, s in order]
+        for (method, seed), future in zip(order, futures, strict=True):
+            record(method, seed, future.result())
     return results
