@@ -51,6 +51,8 @@ STUDIES = {
     "default": RecallStudy(),
     # the same task at twice the training length (gaps of 0..48 tokens in training), to 8 x L0
     "l0-64": RecallStudy(seq_len=64, length_factors=(1, 2, 4, 8)),
+    # twice the training steps for RoPE and TAPA (does TAPA just learn the lookup later?)
+    "steps-4000": RecallStudy(steps=4000, methods=("rope", "tapa")),
     # the first recall study (2026-12-01): no method got past the no-association shortcuts
     "pairs": RecallStudy(task=PAIRS, batch_size=32),
     "smoke": RecallStudy(task=SegmentTask(n_tokens=12, n_filler=4, segment=4), d_model=16, n_layers=1,
