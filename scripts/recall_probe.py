@@ -1,10 +1,10 @@
 """One recall training run with any study field overridden: the probes behind the choice of
 the recall study's task (docs/study.md, section 4).
 
-Trains one model exactly as ``tapa study recall`` does (AdamW, warmup + cosine, loss on the
-query tokens), printing the mean training loss every 100 steps, then the accuracy at 1x,
-2x, 4x and 8x L0 on 128 random sequences. ``study=NAME`` picks the base study (``pairs``
-or ``default``); ``task_FIELD=N`` overrides a task field, ``FIELD=N`` a study field:
+Trains one model with ``tapa study recall``'s own training loop (at any peak LR),
+printing the mean training loss every 100 steps, then the accuracy at 1x, 2x, 4x and 8x
+L0 on 128 random sequences. ``study=NAME`` picks the base study (``pairs`` or
+``default``); ``task_FIELD=N`` overrides a task field, ``FIELD=N`` a study field:
 
     OMP_NUM_THREADS=1 python scripts/recall_probe.py study=pairs method=rope lr=2e-3 batch_size=128 steps=2500
     OMP_NUM_THREADS=1 python scripts/recall_probe.py study=pairs method=rope lr=2e-3 batch_size=128 steps=2500 \\
@@ -20,9 +20,7 @@ import time
 import torch
 
 from tapa.evaluate.recall import score
-from tapa.model import TapaLM
-from tapa.study.recall import STUDIES, model_config, training_batch
-from tapa.train.schedule import WarmupCosine
+from tapa.study.recall import STUDIES, train_recall, training_batch
 
 
 def main(argv: list[str]) -> None:
@@ -33,25 +31,15 @@ def main(argv: list[str]) -> None:
     study = dataclasses.replace(study, **{k: int(v) for k, v in args.items() if not k.startswith("task_")})
     if task_kw:
         study = dataclasses.replace(study, task=dataclasses.replace(study.task, **task_kw))
-    torch.manual_seed(seed)
-    model = TapaLM(model_config(study, method))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(study.warmup, study.steps))
-    start, losses = time.time(), []
-    for step in range(study.steps):
-        batch = training_batch(study.task, study.batch_size, study.seq_len,
-                               torch.Generator().manual_seed(1_000_003 * seed + step))  # fmt: skip
-        logits = model(batch.ids)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    start, window = time.time(), []
+
+    def report(step: int, loss: float) -> None:
+        window.append(loss)
         if (step + 1) % 100 == 0:
-            print(f"{method} step {step + 1} loss {sum(losses[-100:]) / 100:.3f} ({time.time() - start:.0f} s)",
+            print(f"{method} step {step + 1} loss {sum(window[-100:]) / 100:.3f} ({time.time() - start:.0f} s)",
                   flush=True)  # fmt: skip
+
+    model, _ = train_recall(study, method, seed, lr=lr, on_step=report)
     model.eval()
     g = torch.Generator().manual_seed(5)
     for factor in (1, 2, 4, 8):

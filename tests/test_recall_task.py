@@ -4,22 +4,14 @@
 import pytest
 import torch
 
+from conftest import induction_logits
 from tapa.evaluate.recall import RecallTask, make_batch, score, stratified_depths
 
 TASK = RecallTask(n_keys=16, n_values=10, n_filler=12, n_pairs=5, n_queries=3)
 
 
 def lookup_model(ids: torch.Tensor) -> torch.Tensor:
-    """A rigged model: at every position, put all mass on the token that followed the
-    current token's most recent earlier occurrence (a perfect induction head)."""
-    b, n = ids.shape
-    logits = torch.full((b, n, TASK.vocab_size), -1e9)
-    for i in range(b):
-        for t in range(1, n):
-            earlier = (ids[i, :t] == ids[i, t]).nonzero().flatten()
-            if len(earlier):
-                logits[i, t, ids[i, earlier[-1] + 1]] = 0.0
-    return logits
+    return induction_logits(ids, TASK.vocab_size)
 
 
 @pytest.mark.parametrize("length", [24, 64, 300])

@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from conftest import induction_logits
 from tapa.evaluate.recall import score
 from tapa.evaluate.segment_recall import SegmentTask, make_segment_batch, stratified_segment_depths
 
@@ -11,16 +12,7 @@ TASK = SegmentTask(n_tokens=20, n_filler=6, segment=5)
 
 
 def lookup_model(ids: torch.Tensor) -> torch.Tensor:
-    """A perfect induction head: all mass on the token after the current token's most
-    recent earlier occurrence."""
-    b, n = ids.shape
-    logits = torch.full((b, n, TASK.vocab_size), -1e9)
-    for i in range(b):
-        for t in range(1, n):
-            earlier = (ids[i, :t] == ids[i, t]).nonzero().flatten()
-            if len(earlier):
-                logits[i, t, ids[i, earlier[-1] + 1]] = 0.0
-    return logits
+    return induction_logits(ids, TASK.vocab_size)
 
 
 @pytest.mark.parametrize("length", [10, 23, 200])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,15 @@ def model_config(study: RecallStudy, method: str) -> ModelConfig:
                        n_layers=study.n_layers, n_heads=study.n_heads, max_seq_len=study.seq_len)  # fmt: skip
 
 
-def train_recall(study: RecallStudy, method: str, seed: int) -> tuple[TapaLM, list[float]]:
-    """AdamW (0.9, 0.95, no weight decay), warmup + cosine, the method's default peak LR;
-    batch i is drawn from a generator seeded by (seed, i); loss on the query values only."""
+def train_recall(study: RecallStudy, method: str, seed: int, lr: float | None = None,
+                 on_step: Callable[[int, float], None] | None = None) -> tuple[TapaLM, list[float]]:  # fmt: skip
+    """AdamW (0.9, 0.95, no weight decay), warmup + cosine, peak LR ``lr`` (the method's
+    default when None); batch i is drawn from a generator seeded by (seed, i); loss on the
+    query values only. ``on_step(step, loss)`` is called after every step."""
     torch.manual_seed(seed)
     model = TapaLM(model_config(study, method))
-    opt = torch.optim.AdamW(model.parameters(), lr=DEFAULT_LR[method], betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    peak = DEFAULT_LR[method] if lr is None else lr
+    opt = torch.optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(study.warmup, study.steps))
     losses = []
     for step in range(study.steps):
@@ -107,6 +111,8 @@ def train_recall(study: RecallStudy, method: str, seed: int) -> tuple[TapaLM, li
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
     return model, losses
 
 
