@@ -20,7 +20,7 @@ import time
 import torch
 
 from tapa.evaluate.recall import score
-from tapa.study.recall import STUDIES, train_recall, training_batch
+from tapa.study.recall import STUDIES, train_recall
 
 
 def main(argv: list[str]) -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     model.eval()
     g = torch.Generator().manual_seed(5)
     for factor in (1, 2, 4, 8):
-        batch = training_batch(study.task, 128, study.seq_len * factor, g)
+        batch = study.task.training_batch(128, study.seq_len * factor, g)
         with torch.no_grad():
             result = score(model, study.task, batch)
         print(f"{method} length {study.seq_len * factor}: accuracy {result.accuracy:.3f}", flush=True)

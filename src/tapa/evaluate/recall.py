@@ -45,6 +45,14 @@ class RecallTask:
     def min_length(self) -> int:
         return 2 * self.n_pairs + 2 * self.n_queries + 1
 
+    def training_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
+        return make_batch(self, batch, length, generator)
+
+    def evaluation_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
+        """Queried pairs spread over every depth (:func:`stratified_depths`)."""
+        return make_batch(self, batch, length, generator,
+                          stratified_depths(batch, self.n_queries, length, self, generator))  # fmt: skip
+
 
 @dataclass
 class RecallBatch:

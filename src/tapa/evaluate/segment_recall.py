@@ -50,6 +50,14 @@ class SegmentTask:
     def min_length(self) -> int:
         return 2 * self.segment
 
+    def training_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
+        return make_segment_batch(self, batch, length, generator)
+
+    def evaluation_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
+        """First copies spread over every depth (:func:`stratified_segment_depths`)."""
+        return make_segment_batch(self, batch, length, generator,
+                                  stratified_segment_depths(batch, length, self, generator))  # fmt: skip
+
 
 def make_segment_batch(task: SegmentTask, batch: int, length: int, generator: torch.Generator,
                        depths: torch.Tensor | None = None) -> RecallBatch:  # fmt: skip

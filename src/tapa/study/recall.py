@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from tapa.evaluate.recall import RecallBatch, RecallTask, make_batch, score, stratified_depths
-from tapa.evaluate.segment_recall import SegmentTask, make_segment_batch, stratified_segment_depths
+from tapa.evaluate.recall import RecallTask, score
+from tapa.evaluate.segment_recall import SegmentTask
 from tapa.model import ModelConfig, TapaLM
 from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR
@@ -65,19 +65,6 @@ STUDIES = {
 }  # fmt: skip
 
 
-def training_batch(task: RecallTask | SegmentTask, n: int, length: int, g: torch.Generator) -> RecallBatch:
-    if isinstance(task, SegmentTask):
-        return make_segment_batch(task, n, length, g)
-    return make_batch(task, n, length, g)
-
-
-def evaluation_batch(task: RecallTask | SegmentTask, n: int, length: int, g: torch.Generator) -> RecallBatch:
-    """Sequences whose queried keys are spread over every depth (stratified)."""
-    if isinstance(task, SegmentTask):
-        return make_segment_batch(task, n, length, g, stratified_segment_depths(n, length, task, g))
-    return make_batch(task, n, length, g, stratified_depths(n, task.n_queries, length, task, g))
-
-
 def stage_key(study: RecallStudy, method: str, seed: int) -> dict[str, Any]:
     """What a (method, seed) stage depends on: not the study's lists of methods and seeds."""
     fields = {k: v for k, v in asdict(study).items() if k not in ("methods", "seeds")}
@@ -102,7 +89,7 @@ def train_recall(study: RecallStudy, method: str, seed: int, lr: float | None = 
     losses = []
     for step in range(study.steps):
         g = torch.Generator().manual_seed(1_000_003 * seed + step)
-        batch = training_batch(study.task, study.batch_size, study.seq_len, g)
+        batch = study.task.training_batch(study.batch_size, study.seq_len, g)
         logits = model(batch.ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -127,7 +114,7 @@ def evaluate_recall(model: TapaLM, study: RecallStudy) -> dict[str, Any]:
         correct, probs, placed = [], [], []
         for start in range(0, study.eval_sequences, 32):
             n = min(32, study.eval_sequences - start)
-            batch = evaluation_batch(study.task, n, length, g)
+            batch = study.task.evaluation_batch(n, length, g)
             with torch.no_grad():
                 result = score(model, study.task, batch)
             correct.append(result.correct.flatten())

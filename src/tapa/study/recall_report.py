@@ -49,10 +49,15 @@ def depth_table(results: dict[str, Any], length: str) -> str:
     return "\n".join(lines)
 
 
+def measured_lengths(results: dict[str, Any]) -> list[str]:
+    """The lengths (as results.json keys) every run was scored at."""
+    return list(next(iter(next(iter(results["runs"].values())).values()))["lengths"])
+
+
 def seed_table(results: dict[str, Any]) -> str:
     """One row per (method, seed): final training loss and accuracy at every length, so a
     seed that did not learn the task shows as itself, not only as a wide spread."""
-    lengths = list(next(iter(next(iter(results["runs"].values())).values()))["lengths"])
+    lengths = measured_lengths(results)
     lines = [
         "| method | seed | final training loss | " + " | ".join(lengths) + " |",
         "|---|---|---|" + "---|" * len(lengths),
@@ -161,7 +166,7 @@ def write_recall_report(results: dict[str, Any], out: Path) -> None:
         "",
     ]
     for length in dict.fromkeys([str(2 * study["seq_len"]), longest]):
-        if length not in next(iter(next(iter(results["runs"].values())).values()))["lengths"]:
+        if length not in measured_lengths(results):
             continue
         text += [
             f"Accuracy by depth of {depth} at {length} tokens (0 = start of the context, 1 = its end; "
