@@ -7,7 +7,7 @@ The kernel (``csrc/tapa_fused_cpu.cpp``) computes the same function as the chunk
 with the online softmax of flash attention, and the backward by recomputation from the row
 log-sum-exp (formulas in :mod:`tapa.attention.chunked`). What it changes is where the work
 happens: per tile, two BLAS products fill the amplitude and phase tiles, then one
-vectorised pass (AVX2 polynomial cos/sin/exp) turns them into probabilities while they
+vectorised pass (AVX-512 or AVX2 polynomial cos/sin/exp) turns them into probabilities while they
 are still in cache; the distance factor comes from a 1-D table indexed by the signed
 distance. For one or a few query rows (decoding) the keys are split across threads and the
 partial softmaxes combined by their log-sum-exp (flash-decoding). Details and measurements:
@@ -55,9 +55,32 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+ISAS = ("avx512", "avx2", "none")
+
+
+def vector_isa() -> str:
+    """The vector instructions the kernel is built for: the widest this CPU has, or the
+    narrower one named by ``TAPA_FUSED_ISA`` (``avx512``, ``avx2`` or ``none``: C library
+    cos/sin/exp), e.g. to test the AVX2 build on an AVX-512 machine."""
+    flags = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    have = [isa for isa, need in (("avx512", {"avx512f", "avx2", "fma"}), ("avx2", {"avx2", "fma"})) if need <= flags]
+    have.append("none")
+    asked = os.environ.get("TAPA_FUSED_ISA", "").strip().lower()
+    if not asked or asked == "auto":
+        return have[0]
+    if asked not in ISAS:
+        raise ConfigError(f"TAPA_FUSED_ISA: expected one of auto, {', '.join(ISAS)}, got {asked!r}")
+    if asked not in have:
+        raise ConfigError(f"TAPA_FUSED_ISA: this CPU lacks {asked}; use one of {', '.join(have)}")
+    return asked
+
+
 def _build_flags() -> list[str]:
     flags = ["-O3", "-fopenmp", "-std=c++17"]
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+    isa = vector_isa()
+    if isa == "avx512":
+        flags += ["-mavx512f", "-mavx2", "-mfma", "-DTAPA_AVX512"]
+    elif isa == "avx2":
         flags += ["-mavx2", "-mfma", "-DTAPA_AVX2"]
     return flags
 

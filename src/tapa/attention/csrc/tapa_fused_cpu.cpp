@@ -1,14 +1,15 @@
 // Fused TAPA attention for CPUs: forward, backward and split-key decoding in one pass per tile.
 //
 // Scores (Eq. 12, from pre-scaled parts, see tapa/attention/phase.py):
-//     a = qa . ka,  p = qp . kp,  c(m, n) = 2 pi |m - n|^alpha,  s = a * cos(c p)
+//     a = qa . ka,  p = qp . kp,  c(m, n) = |m - n|^alpha,  s = a * cos(2 pi c p)
+// (c p is the phase in turns: reducing it to [-1/2, 1/2] is an exact subtraction)
 // Forward: online softmax over key blocks (flash attention); stores O and the row
 // log-sum-exp L. Backward recomputes each tile from L:
 //     P = exp(s - L),  dS = P * (dO . v - rowsum(dO * O))
 //     da = dS * cos(c p),  dp = -dS * a * c * sin(c p)
 //     dqa = da ka, dka = da^T qa, dqp = dp kp, dkp = dp^T qp, dv = P^T dO
 // Each tile costs matrix products (BLAS sgemm/dgemm from libtorch, one thread per task)
-// and one vectorised elementwise pass (AVX2 polynomial cos/sin/exp), so the
+// and one vectorised elementwise pass (AVX-512 or AVX2 polynomial cos/sin/exp), so the
 // scores never leave the cache. The distance factor c is read from a 1-D table indexed
 // by the signed distance n - m, contiguous along a row of a tile.
 //
@@ -31,7 +32,7 @@
 #include <mutex>
 #include <vector>
 
-#if defined(TAPA_AVX2)
+#if defined(TAPA_AVX512) || defined(TAPA_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -46,6 +47,13 @@ int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 namespace {
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
+constexpr float kLog2e = 1.44269504088896341f;
+
+// the phase in radians of c (turns per unit of p) and p
+template <typename T>
+inline T radians(T c, T p) {
+  return static_cast<T>(kTwoPi) * (c * p);
+}
 // lazy rescaling: exp(s - m) with a stale max m is exact math and safe in float32 while s - m
 // stays below this margin (e^20 ~ 5e8); beyond it the row is redone with its new max
 constexpr double kLazyMargin = 20.0;
@@ -109,12 +117,12 @@ struct SerialBlas {
 
 // ---- elementwise passes over one row of a tile: n visible columns of bk ----
 
-// s[j] = a[j] * cos(c[j] * p[j]) written over a; returns the row max (NaN may win: it propagates).
+// s[j] = a[j] * cos(2 pi c[j] p[j]) written over a; returns the row max (NaN may win: it propagates).
 template <typename T>
 T scores_row(T* a, const T* p, const T* c, int n) {
   T mx = -std::numeric_limits<T>::infinity();
   for (int j = 0; j < n; ++j) {
-    a[j] = a[j] * std::cos(c[j] * p[j]);
+    a[j] = a[j] * std::cos(radians(c[j], p[j]));
     mx = (a[j] > mx || std::isnan(a[j])) ? a[j] : mx;
   }
   return mx;
@@ -132,7 +140,7 @@ T exp_row(const T* s, T* out, int n, int bk, T m) {
   return sum;
 }
 
-// One pass for a row whose running max m is already finite: out[j] = exp(a[j] cos(c[j] p[j]) - m)
+// One pass for a row whose running max m is already finite: out[j] = exp(a[j] cos(2 pi c[j] p[j]) - m)
 // for j < n, 0 up to bk; returns the sum and sets *max to the row's largest score. The caller
 // redoes the row with a larger m when that max exceeds m by too much (lazy rescaling: after
 // the first key block this is rare, and it saves a pass over the tile and the rescaling of
@@ -141,7 +149,7 @@ template <typename T>
 T scores_exp_row(const T* a, const T* p, const T* c, int n, int bk, T m, T* out, T* max) {
   T sum = 0, mx = -std::numeric_limits<T>::infinity();
   for (int j = 0; j < n; ++j) {
-    const T s = a[j] * std::cos(c[j] * p[j]);
+    const T s = a[j] * std::cos(radians(c[j], p[j]));
     mx = s > mx ? s : mx;
     out[j] = std::exp(s - m);
     sum += out[j];
@@ -156,129 +164,204 @@ T scores_exp_row(const T* a, const T* p, const T* c, int n, int bk, T m, T* out,
 template <typename T>
 void backward_row(T* a, T* p, const T* g, T* prob, const T* c, int n, int bk, T lse, T delta) {
   for (int j = 0; j < n; ++j) {
-    const T ph = c[j] * p[j];
+    const T ph = radians(c[j], p[j]);
     const T cs = std::cos(ph), sn = std::sin(ph);
     const T pr = std::exp(a[j] * cs - lse);
     const T ds = pr * (g[j] - delta);
     prob[j] = pr;
-    p[j] = -ds * a[j] * c[j] * sn;
+    p[j] = -ds * a[j] * static_cast<T>(kTwoPi) * c[j] * sn;
     a[j] = ds * cs;
   }
   for (int j = n; j < bk; ++j) a[j] = p[j] = prob[j] = 0;
 }
 
-#if defined(TAPA_AVX2)
-// float32 cos, sin and exp on 8 lanes (Cephes-style minimax polynomials). The phase is
-// reduced modulo pi/2 in three FMA steps (Cody-Waite): error ~1e-7 absolute for |x| up to
-// ~1e5, past which a float32 phase has no fractional digits left anyway. exp is the
-// Cephes expf polynomial (~1 ulp); it gives 0 below -87.3 and keeps NaN.
+#if defined(TAPA_AVX512) || defined(TAPA_AVX2)
+// One vector ISA per build, chosen from the build machine's CPU flags (fused_cpu.py): the
+// polynomials and row passes below are written once against this thin layer.
+#if defined(TAPA_AVX512)
+struct Simd {  // 16 float32 lanes, masks in k registers
+  using V = __m512;
+  using I = __m512i;
+  using M = __mmask16;
+  static constexpr int W = 16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+  static V fmsub(V a, V b, V c) { return _mm512_fmsub_ps(a, b, c); }    // a b - c
+  // max/min return their second operand when either is NaN (as SSE/AVX2)
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static I to_int(V x) { return _mm512_cvtps_epi32(x); }
+  static V bits(I i) { return _mm512_castsi512_ps(i); }
+  static I and_int(I i, int x) { return _mm512_and_si512(i, _mm512_set1_epi32(x)); }
+  static I add_int(I i, int x) { return _mm512_add_epi32(i, _mm512_set1_epi32(x)); }
+  template <int n>
+  static I shift_left(I i) { return _mm512_slli_epi32(i, n); }
+  static V flip(V a, V sign) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(sign))); }
+  static M odd(I q) { return _mm512_test_epi32_mask(q, _mm512_set1_epi32(1)); }
+  static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // m ? b : a
+  static M less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static V zero_where(M m, V a) { return _mm512_mask_mov_ps(a, m, _mm512_setzero_ps()); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+#else
+struct Simd {  // 8 float32 lanes, masks as all-ones lanes
+  using V = __m256;
+  using I = __m256i;
+  using M = __m256;
+  static constexpr int W = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static I to_int(V x) { return _mm256_cvtps_epi32(x); }
+  static V bits(I i) { return _mm256_castsi256_ps(i); }
+  static I and_int(I i, int x) { return _mm256_and_si256(i, _mm256_set1_epi32(x)); }
+  static I add_int(I i, int x) { return _mm256_add_epi32(i, _mm256_set1_epi32(x)); }
+  template <int n>
+  static I shift_left(I i) { return _mm256_slli_epi32(i, n); }
+  static V flip(V a, V sign) { return _mm256_xor_ps(a, sign); }
+  static M odd(I q) { return bits(_mm256_cmpeq_epi32(and_int(q, 1), _mm256_set1_epi32(1))); }
+  static V select(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
+  static M less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static V zero_where(M m, V a) { return _mm256_andnot_ps(m, a); }
+  static float sum(V v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_hadd_ps(lo, lo);
+    lo = _mm_hadd_ps(lo, lo);
+    return _mm_cvtss_f32(lo);
+  }
+};
+#endif
+
+using V = Simd::V;
+constexpr int W = Simd::W;
+
+// float32 cos, sin and 2^x on W lanes, from phases in turns. Reducing a phase x (turns) to
+// r = x - round(x) in [-1/2, 1/2] is an exact float32 subtraction, so no Cody-Waite
+// constants are needed: the error is the polynomial's (4e-7 absolute) for any |x| whose
+// float32 value still has fractional digits. exp(y) is computed as 2^(y log2 e), the
+// log2 e folded by the callers into one FMA with the row max; 2^r on [-1/2, 1/2] is a
+// degree-5 minimax polynomial (2.3e-7 relative), scaled by 2^n.
 struct SinCos {
-  __m256 sin, cos;
+  V sin, cos;
 };
 
-inline SinCos sincos8(__m256 x) {
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.636619772367581343f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.5703125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(4.837512969970703125e-4f), r);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(7.54978995489188216e-8f), r);
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  __m256 ps = _mm256_fmadd_ps(_mm256_set1_ps(-1.9515295891e-4f), r2, _mm256_set1_ps(8.3321608736e-3f));
-  ps = _mm256_fmadd_ps(ps, r2, _mm256_set1_ps(-1.6666654611e-1f));
-  ps = _mm256_fmadd_ps(_mm256_mul_ps(ps, r2), r, r);  // sin r
-  __m256 pc = _mm256_fmadd_ps(_mm256_set1_ps(2.443315711809948e-5f), r2, _mm256_set1_ps(-1.388731625493765e-3f));
-  pc = _mm256_fmadd_ps(pc, r2, _mm256_set1_ps(4.166664568298827e-2f));
-  pc = _mm256_fmadd_ps(_mm256_mul_ps(pc, r2), r2, _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), r2, _mm256_set1_ps(1.0f)));
-  // quadrant q = n mod 4: sin x = (sin r, cos r, -sin r, -cos r)[q], cos x = (cos r, -sin r, -cos r, sin r)[q]
-  const __m256i q = _mm256_cvtps_epi32(n);
-  const __m256 swap = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(q, _mm256_set1_epi32(1)),
-                                                             _mm256_set1_epi32(1)));
-  const __m256 sin_sign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(q, _mm256_set1_epi32(2)), 30));
-  const __m256 cos_sign = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(q, _mm256_set1_epi32(1)), _mm256_set1_epi32(2)), 30));
-  const __m256 sin_x = _mm256_xor_ps(_mm256_blendv_ps(ps, pc, swap), sin_sign);
-  const __m256 cos_x = _mm256_xor_ps(_mm256_blendv_ps(pc, ps, swap), cos_sign);
-  return {sin_x, cos_x};
+// sin(2 pi x), cos(2 pi x): quarter turns n = round(4x), u = 2 pi (x - n/4) in [-pi/4, pi/4],
+// then the Cephes sin/cos polynomials and the quadrant's swap and signs.
+inline SinCos sincos_turns(V x) {
+  using S = Simd;
+  const V n = S::round(S::mul(x, S::set1(4.0f)));
+  const V u = S::mul(S::fnmadd(n, S::set1(0.25f), x), S::set1(static_cast<float>(kTwoPi)));
+  const V u2 = S::mul(u, u);
+  V ps = S::fmadd(S::set1(-1.9515295891e-4f), u2, S::set1(8.3321608736e-3f));
+  ps = S::fmadd(ps, u2, S::set1(-1.6666654611e-1f));
+  ps = S::fmadd(S::mul(ps, u2), u, u);  // sin u
+  V pc = S::fmadd(S::set1(2.443315711809948e-5f), u2, S::set1(-1.388731625493765e-3f));
+  pc = S::fmadd(pc, u2, S::set1(4.166664568298827e-2f));
+  pc = S::fmadd(S::mul(pc, u2), u2, S::fnmadd(S::set1(0.5f), u2, S::set1(1.0f)));  // cos u
+  // quadrant q = n mod 4: sin = (sin u, cos u, -sin u, -cos u)[q], cos = (cos u, -sin u, -cos u, sin u)[q]
+  const Simd::I q = S::to_int(n);
+  const Simd::M swap = S::odd(q);
+  const V sin_sign = S::bits(S::shift_left<30>(S::and_int(q, 2)));
+  const V cos_sign = S::bits(S::shift_left<30>(S::and_int(S::add_int(q, 1), 2)));
+  return {S::flip(S::select(swap, ps, pc), sin_sign), S::flip(S::select(swap, pc, ps), cos_sign)};
 }
 
-// cos alone (the forward): reduce modulo 2 pi to [-pi, pi] and one even polynomial of
-// degree 14 (least-squares minimax; 4.6e-7 absolute error in float32, ~4x the quadrant
-// version's, for half its work).
-inline __m256 cos8(__m256 x) {
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.159154943091895336f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(6.28318548202514648f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-1.74845553146951715e-7f), r);
-  const __m256 t = _mm256_mul_ps(r, r);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-9.659162358843787e-12f), t, _mm256_set1_ps(2.058069270560736e-09f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-2.7531484647624893e-07f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(2.480030889273621e-05f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.0013888853136450052f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.0416666604578495f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.5f));
-  return _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.0f));
+// cos(2 pi x) alone (the forward): r = x - round(x), one even polynomial of degree 12 in r
+// (near-minimax fit of cos(2 pi r) on [-1/2, 1/2]; 4.0e-7 absolute error in float32).
+inline V cos_turns(V x) {
+  using S = Simd;
+  const V r = S::sub(x, S::round(x));
+  const V t = S::mul(r, r);
+  V p = S::fmadd(S::set1(6.529609680175781f), t, S::set1(-25.968313217163086f));
+  p = S::fmadd(p, t, S::set1(60.16783142089844f));
+  p = S::fmadd(p, t, S::set1(-85.45016479492188f));
+  p = S::fmadd(p, t, S::set1(64.93911743164062f));
+  p = S::fmadd(p, t, S::set1(-19.73920440673828f));
+  return S::fmadd(p, t, S::set1(1.0f));
 }
 
-inline __m256 exp8(__m256 x) {
-  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-  // max/min return their second operand when either is NaN: x second keeps NaN
-  x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+// 2^x: n = round(x), 2^(x - n) by the polynomial, times 2^n. Keeps NaN; 0 where float32
+// underflows.
+inline V exp2_v(V x) {
+  using S = Simd;
+#if defined(TAPA_AVX512)
+  // vscalefps underflows to 0 and overflows to inf by itself; the clamp only keeps
+  // x = -inf from becoming -inf - (-inf). max returns its second operand when either is
+  // NaN: x second keeps NaN.
+  x = S::max(S::set1(-200.0f), x);
+#else
+  const Simd::M tiny = S::less(x, S::set1(-126.0f));
+  x = S::min(S::set1(128.0f), S::max(S::set1(-126.0f), x));
+#endif
+  const V n = S::round(x);
+  const V r = S::sub(x, n);
+  V p = S::fmadd(S::set1(0.0013409997336566448f), r, S::set1(0.009676036424934864f));
+  p = S::fmadd(p, r, S::set1(0.05550297349691391f));
+  p = S::fmadd(p, r, S::set1(0.2402210682630539f));
+  p = S::fmadd(p, r, S::set1(0.6931472420692444f));
+  p = S::fmadd(p, r, S::set1(1.0000001192092896f));
+#if defined(TAPA_AVX512)
+  return _mm512_scalef_ps(p, n);
+#else
+  const V e = S::bits(S::shift_left<23>(S::add_int(S::to_int(n), 127)));
+  return S::zero_where(tiny, S::mul(p, e));
+#endif
 }
 
-inline float hmax(__m256 v) {
-  alignas(32) float x[8];
-  _mm256_store_ps(x, v);
+inline float hmax(V v) {
+  alignas(64) float x[W];
+  Simd::store(x, v);
   float m = x[0];
-  for (int i = 1; i < 8; ++i) m = (x[i] > m || std::isnan(x[i])) ? x[i] : m;
+  for (int i = 1; i < W; ++i) m = (x[i] > m || std::isnan(x[i])) ? x[i] : m;
   return m;
 }
 
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_hadd_ps(lo, lo);
-  lo = _mm_hadd_ps(lo, lo);
-  return _mm_cvtss_f32(lo);
-}
-
-// a[j:j+8] * cos(c[j:j+8] * p[j:j+8]): eight scores of a tile row
-inline __m256 score8(const float* a, const float* p, const float* c, int j) {
-  return _mm256_mul_ps(_mm256_loadu_ps(a + j), cos8(_mm256_mul_ps(_mm256_loadu_ps(c + j), _mm256_loadu_ps(p + j))));
+// a[j:j+W] * cos(2 pi c[j:j+W] p[j:j+W]): W scores of a tile row
+inline V score_v(const float* a, const float* p, const float* c, int j) {
+  return Simd::mul(Simd::load(a + j), cos_turns(Simd::mul(Simd::load(c + j), Simd::load(p + j))));
 }
 
 template <>
 float scores_row<float>(float* a, const float* p, const float* c, int n) {
   // two independent chains per loop for instruction-level parallelism. A NaN score need not
   // reach the max: exp(NaN - max) is NaN and carries it to the output.
-  __m256 vmax0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), vmax1 = vmax0;
+  using S = Simd;
+  V vmax0 = S::set1(-std::numeric_limits<float>::infinity()), vmax1 = vmax0;
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m256 s0 = score8(a, p, c, j), s1 = score8(a, p, c, j + 8);
-    _mm256_storeu_ps(a + j, s0);
-    _mm256_storeu_ps(a + j + 8, s1);
-    vmax0 = _mm256_max_ps(s0, vmax0);
-    vmax1 = _mm256_max_ps(s1, vmax1);
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const V s0 = score_v(a, p, c, j), s1 = score_v(a, p, c, j + W);
+    S::store(a + j, s0);
+    S::store(a + j + W, s1);
+    vmax0 = S::max(s0, vmax0);
+    vmax1 = S::max(s1, vmax1);
   }
-  for (; j + 8 <= n; j += 8) {
-    const __m256 s0 = score8(a, p, c, j);
-    _mm256_storeu_ps(a + j, s0);
-    vmax0 = _mm256_max_ps(s0, vmax0);
+  for (; j + W <= n; j += W) {
+    const V s0 = score_v(a, p, c, j);
+    S::store(a + j, s0);
+    vmax0 = S::max(s0, vmax0);
   }
-  float mx = hmax(_mm256_max_ps(vmax0, vmax1));
+  float mx = hmax(S::max(vmax0, vmax1));
   for (; j < n; ++j) {
-    a[j] = a[j] * std::cos(c[j] * p[j]);
+    a[j] = a[j] * std::cos(radians(c[j], p[j]));
     mx = a[j] > mx ? a[j] : mx;
   }
   return mx;
@@ -286,23 +369,23 @@ float scores_row<float>(float* a, const float* p, const float* c, int n) {
 
 template <>
 float exp_row<float>(const float* s, float* out, int n, int bk, float m) {
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 vsum0 = _mm256_setzero_ps(), vsum1 = vsum0;
+  using S = Simd;
+  const V vl = S::set1(kLog2e), vm = S::set1(m * kLog2e);
+  V vsum0 = S::zero(), vsum1 = vsum0;
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-    const __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), vm));
-    _mm256_storeu_ps(out + j, e0);
-    _mm256_storeu_ps(out + j + 8, e1);
-    vsum0 = _mm256_add_ps(vsum0, e0);
-    vsum1 = _mm256_add_ps(vsum1, e1);
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const V e0 = exp2_v(S::fmsub(S::load(s + j), vl, vm)), e1 = exp2_v(S::fmsub(S::load(s + j + W), vl, vm));
+    S::store(out + j, e0);
+    S::store(out + j + W, e1);
+    vsum0 = S::add(vsum0, e0);
+    vsum1 = S::add(vsum1, e1);
   }
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-    _mm256_storeu_ps(out + j, e);
-    vsum0 = _mm256_add_ps(vsum0, e);
+  for (; j + W <= n; j += W) {
+    const V e = exp2_v(S::fmsub(S::load(s + j), vl, vm));
+    S::store(out + j, e);
+    vsum0 = S::add(vsum0, e);
   }
-  float sum = hsum(_mm256_add_ps(vsum0, vsum1));
+  float sum = S::sum(S::add(vsum0, vsum1));
   for (; j < n; ++j) {
     out[j] = std::exp(s[j] - m);
     sum += out[j];
@@ -314,31 +397,32 @@ float exp_row<float>(const float* s, float* out, int n, int bk, float m) {
 template <>
 float scores_exp_row<float>(const float* a, const float* p, const float* c, int n, int bk, float m, float* out,
                             float* max) {
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 vmax0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), vmax1 = vmax0;
-  __m256 vsum0 = _mm256_setzero_ps(), vsum1 = vsum0;
+  using S = Simd;
+  const V vl = S::set1(kLog2e), vm = S::set1(m * kLog2e);
+  V vmax0 = S::set1(-std::numeric_limits<float>::infinity()), vmax1 = vmax0;
+  V vsum0 = S::zero(), vsum1 = vsum0;
   int j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m256 s0 = score8(a, p, c, j), s1 = score8(a, p, c, j + 8);
-    vmax0 = _mm256_max_ps(s0, vmax0);
-    vmax1 = _mm256_max_ps(s1, vmax1);
-    const __m256 e0 = exp8(_mm256_sub_ps(s0, vm)), e1 = exp8(_mm256_sub_ps(s1, vm));
-    _mm256_storeu_ps(out + j, e0);
-    _mm256_storeu_ps(out + j + 8, e1);
-    vsum0 = _mm256_add_ps(vsum0, e0);
-    vsum1 = _mm256_add_ps(vsum1, e1);
+  for (; j + 2 * W <= n; j += 2 * W) {
+    const V s0 = score_v(a, p, c, j), s1 = score_v(a, p, c, j + W);
+    vmax0 = S::max(s0, vmax0);
+    vmax1 = S::max(s1, vmax1);
+    const V e0 = exp2_v(S::fmsub(s0, vl, vm)), e1 = exp2_v(S::fmsub(s1, vl, vm));
+    S::store(out + j, e0);
+    S::store(out + j + W, e1);
+    vsum0 = S::add(vsum0, e0);
+    vsum1 = S::add(vsum1, e1);
   }
-  for (; j + 8 <= n; j += 8) {
-    const __m256 s0 = score8(a, p, c, j);
-    vmax0 = _mm256_max_ps(s0, vmax0);
-    const __m256 e0 = exp8(_mm256_sub_ps(s0, vm));
-    _mm256_storeu_ps(out + j, e0);
-    vsum0 = _mm256_add_ps(vsum0, e0);
+  for (; j + W <= n; j += W) {
+    const V s0 = score_v(a, p, c, j);
+    vmax0 = S::max(s0, vmax0);
+    const V e0 = exp2_v(S::fmsub(s0, vl, vm));
+    S::store(out + j, e0);
+    vsum0 = S::add(vsum0, e0);
   }
-  float mx = hmax(_mm256_max_ps(vmax0, vmax1));
-  float sum = hsum(_mm256_add_ps(vsum0, vsum1));
+  float mx = hmax(S::max(vmax0, vmax1));
+  float sum = S::sum(S::add(vsum0, vsum1));
   for (; j < n; ++j) {
-    const float sc = a[j] * std::cos(c[j] * p[j]);
+    const float sc = a[j] * std::cos(radians(c[j], p[j]));
     mx = sc > mx ? sc : mx;
     out[j] = std::exp(sc - m);
     sum += out[j];
@@ -351,28 +435,26 @@ float scores_exp_row<float>(const float* a, const float* p, const float* c, int 
 template <>
 void backward_row<float>(float* a, float* p, const float* g, float* prob, const float* c, int n, int bk, float lse,
                          float delta) {
-  const __m256 vlse = _mm256_set1_ps(lse), vdelta = _mm256_set1_ps(delta);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
+  using S = Simd;
+  const V vl = S::set1(kLog2e), vlse = S::set1(lse * kLog2e), vdelta = S::set1(delta);
+  const V minus_two_pi = S::set1(-static_cast<float>(kTwoPi));
   int j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 vc = _mm256_loadu_ps(c + j), va = _mm256_loadu_ps(a + j);
-    const __m256 ph = _mm256_mul_ps(vc, _mm256_loadu_ps(p + j));
-    const SinCos sc = sincos8(ph);
-    const __m256 cs = sc.cos, sn = sc.sin;
-    const __m256 pr = exp8(_mm256_sub_ps(_mm256_mul_ps(va, cs), vlse));
-    const __m256 ds = _mm256_mul_ps(pr, _mm256_sub_ps(_mm256_loadu_ps(g + j), vdelta));
-    _mm256_storeu_ps(prob + j, pr);
-    const __m256 dp = _mm256_mul_ps(_mm256_mul_ps(ds, va), _mm256_mul_ps(vc, sn));
-    _mm256_storeu_ps(p + j, _mm256_xor_ps(dp, sign));
-    _mm256_storeu_ps(a + j, _mm256_mul_ps(ds, cs));
+  for (; j + W <= n; j += W) {
+    const V vc = S::load(c + j), va = S::load(a + j);
+    const SinCos sc = sincos_turns(S::mul(vc, S::load(p + j)));
+    const V pr = exp2_v(S::fmsub(S::mul(va, sc.cos), vl, vlse));
+    const V ds = S::mul(pr, S::sub(S::load(g + j), vdelta));
+    S::store(prob + j, pr);
+    S::store(p + j, S::mul(S::mul(S::mul(ds, va), S::mul(vc, sc.sin)), minus_two_pi));
+    S::store(a + j, S::mul(ds, sc.cos));
   }
   for (; j < n; ++j) {
-    const float ph = c[j] * p[j];
+    const float ph = radians(c[j], p[j]);
     const float cs = std::cos(ph), sn = std::sin(ph);
     const float pr = std::exp(a[j] * cs - lse);
     const float ds = pr * (g[j] - delta);
     prob[j] = pr;
-    p[j] = -ds * a[j] * c[j] * sn;
+    p[j] = -ds * a[j] * static_cast<float>(kTwoPi) * c[j] * sn;
     a[j] = ds * cs;
   }
   for (; j < bk; ++j) a[j] = p[j] = prob[j] = 0;
@@ -419,7 +501,7 @@ struct Strided {
   int ld() const { return static_cast<int>(sr); }
 };
 
-// 2 pi d^alpha for d = 0 .. n-1, kept between calls (decoding would otherwise recompute a
+// d^alpha for d = 0 .. n-1, kept between calls (decoding would otherwise recompute a
 // power per cached token at every step); grown on demand, one table per (dtype, alpha).
 template <typename T>
 std::shared_ptr<const std::vector<T>> power_table(double alpha, int64_t n) {
@@ -429,15 +511,15 @@ std::shared_ptr<const std::vector<T>> power_table(double alpha, int64_t n) {
   auto& table = tables[alpha];
   if (!table || static_cast<int64_t>(table->size()) < n) {
     auto grown = std::make_shared<std::vector<T>>(static_cast<size_t>(std::max<int64_t>(n, 2 * (table ? table->size() : 0))));
-    const T two_pi = static_cast<T>(kTwoPi), a = static_cast<T>(alpha);
-    for (size_t d = 0; d < grown->size(); ++d) (*grown)[d] = two_pi * std::pow(static_cast<T>(d), a);
+    const T a = static_cast<T>(alpha);
+    for (size_t d = 0; d < grown->size(); ++d) (*grown)[d] = std::pow(static_cast<T>(d), a);
     table = grown;
   }
   return table;
 }
 
 // The factor of every signed distance (key position - query position) this call meets:
-// table[diff - diff_min] = 2 pi |diff|^alpha, so a tile row reads it contiguously.
+// table[diff - diff_min] = |diff|^alpha, so a tile row reads it contiguously.
 template <typename T>
 std::vector<T> distance_table(const Geometry& g, double alpha) {
   const int64_t diff_max = (g.k_offset + g.lk - 1) - g.q_offset;
