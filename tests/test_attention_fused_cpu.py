@@ -1,5 +1,7 @@
 """The fused C++ CPU kernel against the reference (the oracle), in outputs and gradients."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -67,6 +69,43 @@ def test_fused_matches_reference_float64_property(case):
     assert rel_err(out, ref_out) < 1e-10
     for name, g, rg in zip(["qa", "ka", "qp", "kp", "v"], grads, ref_grads, strict=True):
         assert rel_err(g, rg) < 1e-10, name
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(case=attention_case(), scale=st.sampled_from([1.0, 8.0]))
+def test_fused_float32_matches_float64_reference_property(case, scale):
+    # float32 runs the vector passes (AVX-512 / AVX2 polynomials, their scalar row tails,
+    # the lazy rescaling); amplitudes scaled by 8 put scores far apart, so many exponentials
+    # underflow (the phases are not scaled: float32 phase rounding would dominate)
+    gen = torch.Generator().manual_seed(case["seed"])
+    b, h, hk, d = case["batch"], case["heads"], case["h_kv"], case["d"]
+    q = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
+    v = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
+    d_out = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
+    qa, ka, qp, kp = quadratic_parts(q, k, case["theta"])
+    parts = Parts(scale * qa, ka, qp, kp)
+    kw = {"alpha": case["alpha"], "causal": case["causal"], "q_offset": case["q_offset"], "k_offset": case["k_offset"]}
+    ref_out, ref_grads = run(reference_attention, parts, v, d_out, **kw)
+    blocks = {"block_q": case["block_q"], "block_k": case["block_k"], "splits": case["splits"]}
+    out, grads = run(fused_cpu_attention, Parts(*(t.float() for t in parts)), v.float(), d_out.float(), **kw, **blocks)
+    assert out.dtype == torch.float32
+    # float32 conditioning: each phase 2 pi c (qp . kp) carries a rounding error of a few
+    # 2^-24 of its size, which the score multiplies by its amplitude
+    dist = max(
+        abs(case["k_offset"] - case["q_offset"] - case["lq"] + 1), case["k_offset"] + case["lk"] - 1 - case["q_offset"]
+    )
+    phase = (
+        2
+        * math.pi
+        * max(dist, 1) ** case["alpha"]
+        * (parts.qp @ parts.kp.transpose(-1, -2).repeat_interleave(h // hk, 1)).abs().max()
+    )
+    amp = (parts.qa @ parts.ka.transpose(-1, -2).repeat_interleave(h // hk, 1)).abs().max()
+    bound = 2**-24 * float(amp * phase)
+    assert rel_err(out.double(), ref_out) < 2e-5 + bound
+    for name, g, rg in zip(["qa", "ka", "qp", "kp", "v"], grads, ref_grads, strict=True):
+        assert rel_err(g.double(), rg) < 2e-4 + 4 * bound, name
 
 
 @pytest.mark.parametrize("causal", [True, False])
