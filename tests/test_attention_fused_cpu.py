@@ -49,17 +49,22 @@ def attention_case(draw):
     }
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(case=attention_case())
-def test_fused_matches_reference_float64_property(case):
-    # float64 end to end: the two kernels must agree to rounding (~1e-15), so any wrong
-    # position, mask, split or gradient term shows
+def case_tensors(case: dict) -> tuple[torch.Tensor, ...]:
+    """q, k, v and the output gradient of a drawn case, float64."""
     gen = torch.Generator().manual_seed(case["seed"])
     b, h, hk, d = case["batch"], case["heads"], case["h_kv"], case["d"]
     q = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
     k = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
     v = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
-    d_out = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
+    return q, k, v, torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(case=attention_case())
+def test_fused_matches_reference_float64_property(case):
+    # float64 end to end: the two kernels must agree to rounding (~1e-15), so any wrong
+    # position, mask, split or gradient term shows
+    q, k, v, d_out = case_tensors(case)
     parts = quadratic_parts(q, k, case["theta"])
     kw = {"alpha": case["alpha"], "causal": case["causal"], "q_offset": case["q_offset"], "k_offset": case["k_offset"]}
     ref_out, ref_grads = run(reference_attention, parts, v, d_out, **kw)
@@ -77,14 +82,10 @@ def test_fused_float32_matches_float64_reference_property(case, scale):
     # float32 runs the vector passes (AVX-512 / AVX2 polynomials, their scalar row tails,
     # the lazy rescaling); amplitudes scaled by 8 put scores far apart, so many exponentials
     # underflow (the phases are not scaled: float32 phase rounding would dominate)
-    gen = torch.Generator().manual_seed(case["seed"])
-    b, h, hk, d = case["batch"], case["heads"], case["h_kv"], case["d"]
-    q = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
-    k = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
-    v = torch.randn(b, hk, case["lk"], d, generator=gen, dtype=torch.float64)
-    d_out = torch.randn(b, h, case["lq"], d, generator=gen, dtype=torch.float64)
+    q, k, v, d_out = case_tensors(case)
     qa, ka, qp, kp = quadratic_parts(q, k, case["theta"])
     parts = Parts(scale * qa, ka, qp, kp)
+    h, hk = case["heads"], case["h_kv"]
     kw = {"alpha": case["alpha"], "causal": case["causal"], "q_offset": case["q_offset"], "k_offset": case["k_offset"]}
     ref_out, ref_grads = run(reference_attention, parts, v, d_out, **kw)
     blocks = {"block_q": case["block_q"], "block_k": case["block_k"], "splits": case["splits"]}
