@@ -55,16 +55,26 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-ISAS = ("avx512", "avx2", "none")
+# vector builds, widest first: the CPU flags each needs and the compiler flags it adds
+_ISA_FLAGS: dict[str, tuple[set[str], list[str]]] = {
+    "avx512": ({"avx512f", "avx2", "fma"}, ["-mavx512f", "-mavx2", "-mfma", "-DTAPA_AVX512"]),
+    "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma", "-DTAPA_AVX2"]),
+    "none": (set(), []),  # the C library's cos/sin/exp
+}
+ISAS = tuple(_ISA_FLAGS)
+
+
+def available_isas() -> list[str]:
+    """The vector builds this CPU can run, widest first (always ending with ``none``)."""
+    flags = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    return [isa for isa, (need, _) in _ISA_FLAGS.items() if need <= flags]
 
 
 def vector_isa() -> str:
     """The vector instructions the kernel is built for: the widest this CPU has, or the
     narrower one named by ``TAPA_FUSED_ISA`` (``avx512``, ``avx2`` or ``none``: C library
     cos/sin/exp), e.g. to test the AVX2 build on an AVX-512 machine."""
-    flags = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
-    have = [isa for isa, need in (("avx512", {"avx512f", "avx2", "fma"}), ("avx2", {"avx2", "fma"})) if need <= flags]
-    have.append("none")
+    have = available_isas()
     asked = os.environ.get("TAPA_FUSED_ISA", "").strip().lower()
     if not asked or asked == "auto":
         return have[0]
@@ -76,13 +86,7 @@ def vector_isa() -> str:
 
 
 def _build_flags() -> list[str]:
-    flags = ["-O3", "-fopenmp", "-std=c++17"]
-    isa = vector_isa()
-    if isa == "avx512":
-        flags += ["-mavx512f", "-mavx2", "-mfma", "-DTAPA_AVX512"]
-    elif isa == "avx2":
-        flags += ["-mavx2", "-mfma", "-DTAPA_AVX2"]
-    return flags
+    return ["-O3", "-fopenmp", "-std=c++17", *_ISA_FLAGS[vector_isa()][1]]
 
 
 def _build_dir(flags: list[str]) -> Path:

@@ -6,7 +6,7 @@
 // Forward: online softmax over key blocks (flash attention); stores O and the row
 // log-sum-exp L. Backward recomputes each tile from L:
 //     P = exp(s - L),  dS = P * (dO . v - rowsum(dO * O))
-//     da = dS * cos(c p),  dp = -dS * a * c * sin(c p)
+//     da = dS * cos(2 pi c p),  dp = -dS * a * 2 pi c * sin(2 pi c p)
 //     dqa = da ka, dka = da^T qa, dqp = dp kp, dkp = dp^T qp, dv = P^T dO
 // Each tile costs matrix products (BLAS sgemm/dgemm from libtorch, one thread per task)
 // and one vectorised elementwise pass (AVX-512 or AVX2 polynomial cos/sin/exp), so the
@@ -207,9 +207,11 @@ struct Simd {  // 16 float32 lanes, masks in k registers
   static V flip(V a, V sign) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(sign))); }
   static M odd(I q) { return _mm512_test_epi32_mask(q, _mm512_set1_epi32(1)); }
   static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // m ? b : a
-  static M less(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static V zero_where(M m, V a) { return _mm512_mask_mov_ps(a, m, _mm512_setzero_ps()); }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  // 2^x = p 2^n (n = round(x), p = 2^(x - n)): vscalefps underflows to 0 and overflows to inf
+  // by itself; the clamp only keeps x = -inf from becoming -inf - (-inf)
+  static V exp2_clamp(V x) { return max(set1(-200.0f), x); }
+  static V times_pow2(V p, V n) { return _mm512_scalef_ps(p, n); }
 };
 #else
 struct Simd {  // 8 float32 lanes, masks as all-ones lanes
@@ -239,8 +241,6 @@ struct Simd {  // 8 float32 lanes, masks as all-ones lanes
   static V flip(V a, V sign) { return _mm256_xor_ps(a, sign); }
   static M odd(I q) { return bits(_mm256_cmpeq_epi32(and_int(q, 1), _mm256_set1_epi32(1))); }
   static V select(M m, V a, V b) { return _mm256_blendv_ps(a, b, m); }
-  static M less(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static V zero_where(M m, V a) { return _mm256_andnot_ps(m, a); }
   static float sum(V v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -248,6 +248,10 @@ struct Simd {  // 8 float32 lanes, masks as all-ones lanes
     lo = _mm_hadd_ps(lo, lo);
     return _mm_cvtss_f32(lo);
   }
+  // 2^n through the exponent field: n = -127 gives the bit pattern of 0 (underflow to 0),
+  // n = 128 that of inf
+  static V exp2_clamp(V x) { return min(set1(128.0f), max(set1(-127.0f), x)); }
+  static V times_pow2(V p, V n) { return mul(p, bits(shift_left<23>(add_int(to_int(n), 127)))); }
 };
 #endif
 
@@ -303,15 +307,7 @@ inline V cos_turns(V x) {
 // underflows.
 inline V exp2_v(V x) {
   using S = Simd;
-#if defined(TAPA_AVX512)
-  // vscalefps underflows to 0 and overflows to inf by itself; the clamp only keeps
-  // x = -inf from becoming -inf - (-inf). max returns its second operand when either is
-  // NaN: x second keeps NaN.
-  x = S::max(S::set1(-200.0f), x);
-#else
-  const Simd::M tiny = S::less(x, S::set1(-126.0f));
-  x = S::min(S::set1(128.0f), S::max(S::set1(-126.0f), x));
-#endif
+  x = S::exp2_clamp(x);  // max/min return their second operand when either is NaN: NaN is kept
   const V n = S::round(x);
   const V r = S::sub(x, n);
   V p = S::fmadd(S::set1(0.0013409997336566448f), r, S::set1(0.009676036424934864f));
@@ -319,12 +315,7 @@ inline V exp2_v(V x) {
   p = S::fmadd(p, r, S::set1(0.2402210682630539f));
   p = S::fmadd(p, r, S::set1(0.6931472420692444f));
   p = S::fmadd(p, r, S::set1(1.0000001192092896f));
-#if defined(TAPA_AVX512)
-  return _mm512_scalef_ps(p, n);
-#else
-  const V e = S::bits(S::shift_left<23>(S::add_int(S::to_int(n), 127)));
-  return S::zero_where(tiny, S::mul(p, e));
-#endif
+  return S::times_pow2(p, n);
 }
 
 inline float hmax(V v) {
