@@ -1,9 +1,13 @@
 """Attention benchmark: TAPA reference, chunked and fused kernels vs RoPE + PyTorch SDPA.
 
-For each length L it times the forward pass (no grad) and forward + backward, as medians
-of several repeats, and measures the peak memory of forward + backward (peak RSS above the
-level before the call on CPU, see tapa.utils.memory; max_memory_allocated on CUDA). It prints
-a Markdown table with the ratios TAPA / SDPA from the same run.
+For each length L it times the forward pass (no grad) and forward + backward, and measures
+the peak memory of forward + backward (peak RSS above the level before the call on CPU, see
+tapa.utils.memory; max_memory_allocated on CUDA). It prints a Markdown table with the
+ratios TAPA / SDPA from the same run.
+
+Timing is interleaved: each repeat calls every method once, in turn, so a slow spell of a
+shared machine hits all of them alike. A time is the median over repeats; a ratio is the
+median over repeats of the paired ratio (method / SDPA within the same repeat).
 
     python benchmarks/attention.py                      # L = 1K..8K, B=1, H=4, D=64, causal
     python benchmarks/attention.py --lengths 1024 2048 --repeats 5 --json out.json
@@ -64,16 +68,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_median(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list]:
+    """Seconds per call of each function, ``repeats`` rounds, each round calling all in turn."""
+    for fn in fns.values():  # warm-up (kernel builds, allocator, thread pools)
         fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    sync(device)
+    times: dict[str, list] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """Median over rounds of time / baseline time in the same round."""
+    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
@@ -137,24 +149,28 @@ def bench(args: argparse.Namespace) -> list[dict]:
         shape = (args.batch, args.heads, length, args.head_dim)
         q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, args.dtype)) for _ in range(3))
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        row: dict = {"L": length}
-        for name, attn in selected(args).items():
-            if name == "tapa_reference" and length > args.max_reference_len:
-                continue
-            repeats = args.repeats if length <= 4096 else max(1, args.repeats // 2)
+        names = [n for n in selected(args) if not (n == "tapa_reference" and length > args.max_reference_len)]
+        attns = {n: selected(args)[n] for n in names}
+        repeats = args.repeats if length <= 4096 else max(3, args.repeats // 2)
 
-            def fwd(attn=attn, qkv=(q, k, v)):
-                with torch.no_grad():
-                    return attn(*qkv)
+        def fwd(attn, qkv=(q, k, v)):
+            with torch.no_grad():
+                return attn(*qkv)
 
-            def fwd_bwd(attn=attn, leaves=leaves):
-                out = attn(*leaves)
-                out.backward(torch.ones_like(out))
-                for t in leaves:
-                    t.grad = None
+        def fwd_bwd(attn, leaves=leaves):
+            out = attn(*leaves)
+            out.backward(torch.ones_like(out))
+            for t in leaves:
+                t.grad = None
 
-            row[f"{name}_fwd_s"] = time_median(fwd, repeats, device)
-            row[f"{name}_fwdbwd_s"] = time_median(fwd_bwd, repeats, device)
+        row: dict = {"L": length, "repeats": repeats}
+        for key, step in (("fwd", fwd), ("fwdbwd", fwd_bwd)):
+            times = time_interleaved({n: (lambda a=a, step=step: step(a)) for n, a in attns.items()}, repeats, device)
+            for name, ts in times.items():
+                row[f"{name}_{key}_times"] = ts
+                row[f"{name}_{key}_s"] = statistics.median(ts)
+                row[f"{name}_{key}_ratio"] = paired_ratio(ts, times["rope_sdpa"])
+        for name in names:
             row[f"{name}_peak_mib"] = peak_in_fresh_process(args, name, length)
             print(
                 f"  L={length} {name}: fwd {row[f'{name}_fwd_s']:.3f} s, fwd+bwd {row[f'{name}_fwdbwd_s']:.3f} s, "
@@ -172,8 +188,8 @@ def table(rows: list[dict], names: list[str]) -> str:
         return fmt.format(row[key]) if key in row else "-"
 
     def ratio(row, name, key):
-        a, b = row.get(f"{name}_{key}"), row.get(f"rope_sdpa_{key}")
-        return f"{a / b:.2f}x" if a is not None and b else "-"
+        r = row.get(f"{name}_{key}_ratio")
+        return f"{r:.2f}x" if r is not None else "-"
 
     tapa = [n for n in names if n != "rope_sdpa"]
     head = ["L", "SDPA fwd", "SDPA f+b", "SDPA peak"]
@@ -186,7 +202,7 @@ def table(rows: list[dict], names: list[str]) -> str:
         cells.append(cell(r, "rope_sdpa_peak_mib", "{:.0f} MiB"))
         for n in tapa:
             cells += [cell(r, f"{n}_fwd_s", "{:.3f} s"), cell(r, f"{n}_fwdbwd_s", "{:.3f} s")]
-            cells += [ratio(r, n, "fwd_s"), ratio(r, n, "fwdbwd_s"), cell(r, f"{n}_peak_mib", "{:.0f} MiB")]
+            cells += [ratio(r, n, "fwd"), ratio(r, n, "fwdbwd"), cell(r, f"{n}_peak_mib", "{:.0f} MiB")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -217,7 +233,7 @@ def main() -> None:
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
         f"B={args.batch} H={args.heads} D={args.head_dim}, causal, medians of {args.repeats} "
-        f"(of {max(1, args.repeats // 2)} above L=4096)"
+        f"interleaved repeats (of {max(3, args.repeats // 2)} above L=4096), ratios paired per repeat"
     )
     print(env)
     rows = bench(args)

@@ -49,12 +49,44 @@ class Parts(NamedTuple):
     kp: torch.Tensor
 
 
+class _SplitScaled(torch.autograd.Function):
+    """(t[..., :d] * scale_a, t[..., d:] * scale_p); views of ``t`` when both scales are 1.
+
+    The same values and gradients as slicing and scaling, but the backward writes the
+    gradient of ``t`` in one pass, ``cat(g_a * scale_a, g_p * scale_p)``, where autograd's
+    slicing would zero-fill a full-size tensor per part and add them.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, d: int, scale_a: float, scale_p: float):  # type: ignore[override]
+        ctx.d, ctx.scales, ctx.shape = d, (scale_a, scale_p), t.shape
+        if scale_a == 1.0 and scale_p == 1.0:
+            return t[..., :d], t[..., d:]
+        return t[..., :d] * scale_a, t[..., d:] * scale_p
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_a: torch.Tensor | None, g_p: torch.Tensor | None):  # type: ignore[override]
+        ref = g_a if g_a is not None else g_p
+        grad = ref.new_empty(ctx.shape)
+        for g, part, scale in ((g_a, grad[..., : ctx.d], ctx.scales[0]), (g_p, grad[..., ctx.d :], ctx.scales[1])):
+            if g is None:
+                part.zero_()
+            elif scale == 1.0:
+                part.copy_(g)
+            else:
+                torch.mul(g, scale, out=part)
+        return grad, None, None, None
+
+
 def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
-    return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], q32[..., d_a:] * d_p**-0.5, k32[..., d_a:])
+    qa, qp = _SplitScaled.apply(q32, d_a, d_a**-0.5, d_p**-0.5)
+    ka, kp = _SplitScaled.apply(k32, d_a, 1.0, 1.0)
+    return Parts(qa, ka, qp, kp)
 
 
 def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:

@@ -727,10 +727,17 @@ void backward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T>
     T* dqa = dqa_all + tid * q_elems_a;
     T* dqp = dqp_all + tid * q_elems_p;
     std::vector<T> a_buf(BQ * BK), p_buf(BQ * BK), g_buf(BQ * BK), prob(BQ * BK);
-    // static round-robin: which thread adds which key block into its dq buffer, and so the
-    // order of the final sum, depends only on the thread count: gradients are bit-reproducible
+    // static "snake" round-robin: round r hands tasks r*threads .. r*threads + threads-1 to
+    // threads 0 .. threads-1, odd rounds in reverse, so under the causal mask (work falling
+    // with the key block) no thread always gets the larger task of a round. Which thread adds
+    // which key block into its dq buffer, and so the order of the final sum, depends only on
+    // the thread count: gradients are bit-reproducible.
+    const int64_t rounds = (tasks + threads - 1) / threads;
 #pragma omp for schedule(static, 1)
-    for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t u = 0; u < rounds * threads; ++u) {
+      const int64_t round = u / threads, pos = u % threads;
+      const int64_t t = round * threads + (round % 2 == 0 ? pos : threads - 1 - pos);
+      if (t >= tasks) continue;
       const int64_t kb = t % nkb, bh = t / nkb;
       const int64_t b = bh / g.kv_heads, hk = bh % g.kv_heads;
       const int64_t ks = kb * BK, bk = std::min(ks + BK, g.lk) - ks;
