@@ -2,8 +2,10 @@
 
 For each context length C, a TAPA model and a RoPE model of the same size each prefill a
 C-token prompt and then decode N tokens one at a time (greedy, through the KV cache). It
-reports the prefill time and the decoding tokens/s, medians of repeats with the schemes
-interleaved, and the ratio TAPA / RoPE from the same run.
+reports the prefill time (median of repeats) and the decoding tokens/s (1 / the median step
+time). The two models take turns at every decoding step, so a slow spell of a shared
+machine hits both; the ratio TAPA / RoPE is the median over steps of the paired ratio
+(RoPE's step time / TAPA's at the same step).
 
     python benchmarks/decoding.py                          # C = 2K, 4K, 8K, 16K; 32 new tokens
     python benchmarks/decoding.py --contexts 2048 --new-tokens 64 --tapa-impl chunked
@@ -36,17 +38,30 @@ def make(positional: str, args: argparse.Namespace, context: int, impl: str) -> 
 
 
 @torch.no_grad()
-def run(model: TapaLM, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decoding seconds for new_tokens tokens)."""
+def prefill(model: TapaLM, prompt: torch.Tensor) -> tuple[float, object, torch.Tensor]:
+    """(seconds, the filled KV cache, the first generated token)."""
     cache = model.new_cache()
     start = time.perf_counter()
     logits = model(prompt, cache)
-    prefill = time.perf_counter() - start
-    token = logits[:, -1:].argmax(-1)
-    start = time.perf_counter()
+    seconds = time.perf_counter() - start
+    return seconds, cache, logits[:, -1:].argmax(-1)
+
+
+def decode_interleaved(models: dict[str, TapaLM], prompt: torch.Tensor, new_tokens: int) -> dict[str, dict]:
+    """Prefill every model, then decode new_tokens steps, the models taking turns at each step.
+
+    Returns per model the prefill seconds and the list of per-step seconds: step i of one
+    model and step i of another ran back to back, on caches of the same length.
+    """
+    state = {name: prefill(model, prompt) for name, model in models.items()}
+    steps: dict[str, list[float]] = {name: [] for name in models}
+    tokens = {name: s[2] for name, s in state.items()}
     for _ in range(new_tokens):
-        token = model(token, cache)[:, -1:].argmax(-1)
-    return prefill, time.perf_counter() - start
+        for name, model in models.items():
+            start = time.perf_counter()
+            tokens[name] = model(tokens[name], state[name][1])[:, -1:].argmax(-1)
+            steps[name].append(time.perf_counter() - start)
+    return {name: {"prefill_s": state[name][0], "steps_s": steps[name]} for name in models}
 
 
 def main() -> None:
@@ -71,16 +86,15 @@ def main() -> None:
     for context in args.contexts:
         models = {"tapa": make("tapa", args, context, args.tapa_impl), "rope": make("rope", args, context, "auto")}
         prompt = torch.randint(0, 256, (1, context))
-        for model in models.values():  # warm-up
-            run(model, prompt[:, :64], 2)
-        times: dict[str, list[tuple[float, float]]] = {s: [] for s in models}
-        for _ in range(args.repeats):
-            for scheme, model in models.items():
-                times[scheme].append(run(model, prompt, args.new_tokens))
-        prefill = {s: statistics.median(t[0] for t in v) for s, v in times.items()}
-        rate = {s: args.new_tokens / statistics.median(t[1] for t in v) for s, v in times.items()}
-        ratio = rate["tapa"] / rate["rope"]
-        rows.append({"context": context, "prefill_s": prefill, "tokens_per_s": rate, "ratio": ratio})
+        for _ in range(2):  # warm-up (kernel builds, allocator, thread pools)
+            decode_interleaved(models, prompt[:, :64], 2)
+        runs = [decode_interleaved(models, prompt, args.new_tokens) for _ in range(args.repeats)]
+        prefill = {s: statistics.median(r[s]["prefill_s"] for r in runs) for s in models}
+        steps = {s: [t for r in runs for t in r[s]["steps_s"]] for s in models}
+        rate = {s: 1.0 / statistics.median(steps[s]) for s in models}
+        # paired: RoPE's step time over TAPA's at the same step of the same repeat
+        ratio = statistics.median(b / a for a, b in zip(steps["tapa"], steps["rope"], strict=True))
+        rows.append({"context": context, "prefill_s": prefill, "tokens_per_s": rate, "ratio": ratio, "steps_s": steps})
         print(
             f"| {context} | {prefill['tapa']:.3f} s | {prefill['rope']:.3f} s | {rate['tapa']:.1f} | "
             f"{rate['rope']:.1f} | {ratio:.2f} |",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tapa.model import ModelConfig, TapaLM
+from tapa.model.cache import KVCache
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
 SCHEMES = {
@@ -48,6 +49,38 @@ def test_kv_cache_decoding_equals_full_forward(scheme):
     steps = [model(ids[:, :9], cache), model(ids[:, 9:13], cache)]
     steps += [model(ids[:, i : i + 1], cache) for i in range(13, 24)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_kv_cache_decoding_without_grad_equals_full_forward(scheme):
+    """Inference decoding writes into the cache's preallocated buffers (the path above, with
+    autograd on, concatenates): both must give the full forward's logits."""
+    model = tiny(**SCHEMES[scheme])
+    ids = torch.randint(0, 37, (2, 24))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache()
+        steps = [model(ids[:, :9], cache), model(ids[:, 9:13], cache)]
+        steps += [model(ids[:, i : i + 1], cache) for i in range(13, 24)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_kv_cache_buffers_equal_concatenation_across_growth():
+    """Appends of 1..40 rows, past several regrowths of the buffers: the cache always returns
+    the concatenation of everything appended, and views returned earlier keep their values."""
+    torch.manual_seed(0)
+    cache = KVCache(n_layers=2)
+    ref_k, ref_v, earlier = [], [], []
+    for step in range(60):
+        n = 1 + (step * 7) % 40
+        k, v = torch.randn(2, 3, n, 5), torch.randn(2, 3, n, 4)
+        ref_k.append(k)
+        ref_v.append(v)
+        got_k, got_v = cache.update(1, k, v)
+        assert torch.equal(got_k, torch.cat(ref_k, dim=2)) and torch.equal(got_v, torch.cat(ref_v, dim=2))
+        earlier.append((got_k, torch.cat(ref_k, dim=2)))
+    assert cache.keys[1].shape[2] > 1000  # the buffers grew several times
+    assert all(torch.equal(view, want) for view, want in earlier)
 
 
 def test_dynamic_ntk_cache_matches_within_original_length():

@@ -84,6 +84,9 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
+    if not (torch.is_grad_enabled() and (q32.requires_grad or k32.requires_grad)):
+        # inference (decoding): plain slicing, without an autograd function's call overhead
+        return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], q32[..., d_a:] * d_p**-0.5, k32[..., d_a:])
     qa, qp = _SplitScaled.apply(q32, d_a, d_a**-0.5, d_p**-0.5)
     ka, kp = _SplitScaled.apply(k32, d_a, 1.0, 1.0)
     return Parts(qa, ka, qp, kp)
