@@ -37,7 +37,6 @@ def make(positional: str, args: argparse.Namespace, context: int, impl: str) -> 
     return TapaLM(config).eval()
 
 
-@torch.no_grad()
 def prefill(model: TapaLM, prompt: torch.Tensor) -> tuple[float, object, torch.Tensor]:
     """(seconds, the filled KV cache, the first generated token)."""
     cache = model.new_cache()
@@ -47,6 +46,7 @@ def prefill(model: TapaLM, prompt: torch.Tensor) -> tuple[float, object, torch.T
     return seconds, cache, logits[:, -1:].argmax(-1)
 
 
+@torch.no_grad()
 def decode_interleaved(models: dict[str, TapaLM], prompt: torch.Tensor, new_tokens: int) -> dict[str, dict]:
     """Prefill every model, then decode new_tokens steps, the models taking turns at each step.
 
