@@ -450,6 +450,48 @@ void backward_row<float>(float* a, float* p, const float* g, float* prob, const 
   }
   for (; j < bk; ++j) a[j] = p[j] = prob[j] = 0;
 }
+
+// Decoding products in explicit vectors: the generic loops' "omp simd reduction" compiles to
+// a spill and sixteen dependent scalar adds per key, and their accumulation to a load and a
+// store of the accumulator per key.
+template <>
+void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t d, const float* q, int64_t ldq, const float* k,
+                            int64_t ldk, float* out, int64_t ldo) {
+  using V = Simd::V;
+  const int64_t dw = d - d % Simd::W;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* qi = q + i * ldq;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float* kj = k + j * ldk;
+      V acc = Simd::zero();
+      for (int64_t t = 0; t < dw; t += Simd::W) acc = Simd::fmadd(Simd::load(qi + t), Simd::load(kj + t), acc);
+      float sum = Simd::sum(acc);
+      for (int64_t t = dw; t < d; ++t) sum += qi[t] * kj[t];
+      out[i * ldo + j] = sum;
+    }
+  }
+}
+
+template <>
+void few_rows_accumulate<float>(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const float* v,
+                                int64_t ldv, float* acc) {
+  using V = Simd::V;
+  const int64_t dw = dv - dv % Simd::W;
+  for (int64_t i = 0; i < rows; ++i) {
+    float* a = acc + i * dv;
+    const float* pi = p + i * ldp;
+    for (int64_t t = 0; t < dw; t += Simd::W) {  // one accumulator register per W columns
+      V sum = Simd::load(a + t);
+      for (int64_t j = 0; j < cols; ++j) sum = Simd::fmadd(Simd::set1(pi[j]), Simd::load(v + j * ldv + t), sum);
+      Simd::store(a + t, sum);
+    }
+    for (int64_t t = dw; t < dv; ++t) {
+      float sum = a[t];
+      for (int64_t j = 0; j < cols; ++j) sum += pi[j] * v[j * ldv + t];
+      a[t] = sum;
+    }
+  }
+}
 #endif
 
 // ---- geometry shared by forward and backward ----
