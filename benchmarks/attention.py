@@ -25,11 +25,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import paired_ratio, sync, time_interleaved
 
 from tapa.attention import tapa_attention
 from tapa.positional import RotaryEmbedding
@@ -61,31 +61,6 @@ def selected(args: argparse.Namespace) -> dict[str, Callable]:
     every.pop("tapa_fused" if args.device != "cpu" else "tapa_triton")
     names = [m for m in args.methods if m in every and m != "rope_sdpa"] + ["rope_sdpa"]
     return {name: every[name] for name in names}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list]:
-    """Seconds per call of each function, ``repeats`` rounds, each round calling all in turn."""
-    for fn in fns.values():  # warm-up (kernel builds, allocator, thread pools)
-        fn()
-    sync(device)
-    times: dict[str, list] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def paired_ratio(times: list[float], baseline: list[float]) -> float:
-    """Median over rounds of time / baseline time in the same round."""
-    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
@@ -149,8 +124,9 @@ def bench(args: argparse.Namespace) -> list[dict]:
         shape = (args.batch, args.heads, length, args.head_dim)
         q, k, v = (torch.randn(shape, device=device, dtype=getattr(torch, args.dtype)) for _ in range(3))
         leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        names = [n for n in selected(args) if not (n == "tapa_reference" and length > args.max_reference_len)]
-        attns = {n: selected(args)[n] for n in names}
+        attns = {
+            n: a for n, a in selected(args).items() if not (n == "tapa_reference" and length > args.max_reference_len)
+        }
         repeats = args.repeats if length <= 4096 else max(3, args.repeats // 2)
 
         def fwd(attn, qkv=(q, k, v)):
@@ -170,7 +146,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
                 row[f"{name}_{key}_times"] = ts
                 row[f"{name}_{key}_s"] = statistics.median(ts)
                 row[f"{name}_{key}_ratio"] = paired_ratio(ts, times["rope_sdpa"])
-        for name in names:
+        for name in attns:
             row[f"{name}_peak_mib"] = peak_in_fresh_process(args, name, length)
             print(
                 f"  L={length} {name}: fwd {row[f'{name}_fwd_s']:.3f} s, fwd+bwd {row[f'{name}_fwdbwd_s']:.3f} s, "

@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from timing import paired_ratio
 
 from tapa.model import ModelConfig, TapaLM
 
@@ -93,7 +94,7 @@ def main() -> None:
         steps = {s: [t for r in runs for t in r[s]["steps_s"]] for s in models}
         rate = {s: 1.0 / statistics.median(steps[s]) for s in models}
         # paired: RoPE's step time over TAPA's at the same step of the same repeat
-        ratio = statistics.median(b / a for a, b in zip(steps["tapa"], steps["rope"], strict=True))
+        ratio = paired_ratio(steps["rope"], steps["tapa"])
         rows.append({"context": context, "prefill_s": prefill, "tokens_per_s": rate, "ratio": ratio, "steps_s": steps})
         print(
             f"| {context} | {prefill['tapa']:.3f} s | {prefill['rope']:.3f} s | {rate['tapa']:.1f} | "

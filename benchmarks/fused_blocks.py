@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import time_interleaved
 
 from tapa.attention.fused_cpu import fused_cpu_attention
 from tapa.attention.phase import quadratic_parts
@@ -49,14 +49,7 @@ def main() -> None:
             with torch.no_grad():
                 fn()
 
-    for fn in fns.values():
-        call(fn)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            call(fn)
-            times[name].append(time.perf_counter() - start)
+    times = time_interleaved({name: (lambda fn=fn: call(fn)) for name, fn in fns.items()}, args.repeats)
     med0, min0 = statistics.median(times["sdpa"]), min(times["sdpa"])
     print(f"L={args.length} mode={args.mode} repeats={args.repeats} threads={torch.get_num_threads()}")
     for name, ts in times.items():

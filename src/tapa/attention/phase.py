@@ -49,10 +49,15 @@ class Parts(NamedTuple):
     kp: torch.Tensor
 
 
-class _SplitScaled(torch.autograd.Function):
-    """(t[..., :d] * scale_a, t[..., d:] * scale_p); views of ``t`` when both scales are 1.
+def _split_scaled(t: torch.Tensor, d: int, scale_a: float, scale_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t[..., :d] * scale_a, t[..., d:] * scale_p); views of ``t`` when both scales are 1."""
+    if scale_a == 1.0 and scale_p == 1.0:
+        return t[..., :d], t[..., d:]
+    return t[..., :d] * scale_a, t[..., d:] * scale_p
 
-    The same values and gradients as slicing and scaling, but the backward writes the
+
+class _SplitScaled(torch.autograd.Function):
+    """:func:`_split_scaled` with the same values and gradients, but the backward writes the
     gradient of ``t`` in one pass, ``cat(g_a * scale_a, g_p * scale_p)``, where autograd's
     slicing would zero-fill a full-size tensor per part and add them.
     """
@@ -60,9 +65,7 @@ class _SplitScaled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, d: int, scale_a: float, scale_p: float):  # type: ignore[override]
         ctx.d, ctx.scales, ctx.shape = d, (scale_a, scale_p), t.shape
-        if scale_a == 1.0 and scale_p == 1.0:
-            return t[..., :d], t[..., d:]
-        return t[..., :d] * scale_a, t[..., d:] * scale_p
+        return _split_scaled(t, d, scale_a, scale_p)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -84,11 +87,12 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
-    if not (torch.is_grad_enabled() and (q32.requires_grad or k32.requires_grad)):
-        # inference (decoding): plain slicing, without an autograd function's call overhead
-        return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], q32[..., d_a:] * d_p**-0.5, k32[..., d_a:])
-    qa, qp = _SplitScaled.apply(q32, d_a, d_a**-0.5, d_p**-0.5)
-    ka, kp = _SplitScaled.apply(k32, d_a, 1.0, 1.0)
+    # with autograd, the function whose backward is one pass; in inference (decoding) the plain
+    # split, without an autograd function's call overhead
+    grad = torch.is_grad_enabled() and (q32.requires_grad or k32.requires_grad)
+    split = _SplitScaled.apply if grad else _split_scaled
+    qa, qp = split(q32, d_a, d_a**-0.5, d_p**-0.5)
+    ka, kp = split(k32, d_a, 1.0, 1.0)
     return Parts(qa, ka, qp, kp)
 
 
