@@ -137,6 +137,24 @@ def test_decoding_splits_equal_reference(splits):
     assert rel_err(out, ref) < 1e-12
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize(("d", "theta"), [(24, 0.5), (64, 0.25), (136, 0.5), (288, 0.5)])
+def test_float32_decoding_rows_match_float64_reference(rows, d, theta):
+    # the few-rows path in float32 (its vector products): head dims that leave a scalar tail,
+    # split unevenly, and need several passes of accumulator registers (288 = 18 vectors);
+    # value rows wider than the keys' too
+    gen = torch.Generator().manual_seed(d + rows)
+    q = torch.randn(2, 4, rows, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, 2, 700, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, 2, 700, d + 40, generator=gen, dtype=torch.float64)
+    parts = quadratic_parts(q, k, theta)
+    kw = {"alpha": 0.1, "causal": True, "q_offset": 700 - rows}
+    ref = reference_attention(parts, v, **kw)
+    out = fused_cpu_attention(Parts(*(t.float() for t in parts)), v.float(), **kw, block_k=128)
+    assert out.dtype == torch.float32
+    assert rel_err(out.double(), ref) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_against_float32_reference(dtype):
     q, k, v, d_out = (torch.randn(2, 4, 200, 32).to(dtype) for _ in range(4))

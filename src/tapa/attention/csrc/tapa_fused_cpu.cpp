@@ -75,29 +75,38 @@ void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, 
 // than the memory traffic it has to do, which is all there is to a decoding step.
 constexpr int64_t kFewRows = 4;
 
+// s[i][j] = qa_i . ka_j and p[i][j] = qp_i . kp_j in one pass over the keys: a key's amplitude
+// and phase halves are read together (the two parts are usually adjacent slices of one key
+// row), so the keys are one sequential stream from memory.
 template <typename T>
-void few_rows_scores(int64_t rows, int64_t cols, int64_t d, const T* q, int64_t ldq, const T* k, int64_t ldk, T* out,
-                     int64_t ldo) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* qi = q + i * ldq;
-    for (int64_t j = 0; j < cols; ++j) {
-      const T* kj = k + j * ldk;
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < d; ++t) sum += qi[t] * kj[t];
-      out[i * ldo + j] = sum;
+void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const T* qa, int64_t ldqa, const T* qp,
+                     int64_t ldqp, const T* ka, int64_t ldka, const T* kp, int64_t ldkp, T* s, T* p, int64_t ldo) {
+  for (int64_t j = 0; j < cols; ++j) {
+    const T* kaj = ka + j * ldka;
+    const T* kpj = kp + j * ldkp;
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* qai = qa + i * ldqa;
+      const T* qpi = qp + i * ldqp;
+      T sa = 0, sp = 0;
+#pragma omp simd reduction(+ : sa)
+      for (int64_t t = 0; t < da; ++t) sa += qai[t] * kaj[t];
+#pragma omp simd reduction(+ : sp)
+      for (int64_t t = 0; t < dp; ++t) sp += qpi[t] * kpj[t];
+      s[i * ldo + j] = sa;
+      p[i * ldo + j] = sp;
     }
   }
 }
 
+// acc[i] += sum_j p[i][j] v_j, reading each value row once, in order.
 template <typename T>
 void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const T* p, int64_t ldp, const T* v, int64_t ldv,
                          T* acc) {
-  for (int64_t i = 0; i < rows; ++i) {
-    T* a = acc + i * dv;
-    for (int64_t j = 0; j < cols; ++j) {
+  for (int64_t j = 0; j < cols; ++j) {
+    const T* vj = v + j * ldv;
+    for (int64_t i = 0; i < rows; ++i) {
       const T w = p[i * ldp + j];
-      const T* vj = v + j * ldv;
+      T* a = acc + i * dv;
 #pragma omp simd
       for (int64_t t = 0; t < dv; ++t) a[t] += w * vj[t];
     }
@@ -454,38 +463,69 @@ void backward_row<float>(float* a, float* p, const float* g, float* prob, const 
 // Decoding products in explicit vectors: the generic loops' "omp simd reduction" compiles to
 // a spill and sixteen dependent scalar adds per key, and their accumulation to a load and a
 // store of the accumulator per key.
-template <>
-void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t d, const float* q, int64_t ldq, const float* k,
-                            int64_t ldk, float* out, int64_t ldo) {
-  using V = Simd::V;
+inline float dot(const float* a, const float* b, int64_t d) {
   const int64_t dw = d - d % Simd::W;
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* qi = q + i * ldq;
-    for (int64_t j = 0; j < cols; ++j) {
-      const float* kj = k + j * ldk;
-      V acc = Simd::zero();
-      for (int64_t t = 0; t < dw; t += Simd::W) acc = Simd::fmadd(Simd::load(qi + t), Simd::load(kj + t), acc);
-      float sum = Simd::sum(acc);
-      for (int64_t t = dw; t < d; ++t) sum += qi[t] * kj[t];
-      out[i * ldo + j] = sum;
+  Simd::V acc0 = Simd::zero(), acc1 = Simd::zero();
+  int64_t t = 0;
+  for (; t + 2 * Simd::W <= dw; t += 2 * Simd::W) {
+    acc0 = Simd::fmadd(Simd::load(a + t), Simd::load(b + t), acc0);
+    acc1 = Simd::fmadd(Simd::load(a + t + Simd::W), Simd::load(b + t + Simd::W), acc1);
+  }
+  if (t < dw) acc0 = Simd::fmadd(Simd::load(a + t), Simd::load(b + t), acc0);
+  float sum = Simd::sum(Simd::add(acc0, acc1));
+  for (t = dw; t < d; ++t) sum += a[t] * b[t];
+  return sum;
+}
+
+template <>
+void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* qa, int64_t ldqa,
+                            const float* qp, int64_t ldqp, const float* ka, int64_t ldka, const float* kp,
+                            int64_t ldkp, float* s, float* p, int64_t ldo) {
+  for (int64_t j = 0; j < cols; ++j) {
+    const float* kaj = ka + j * ldka;
+    const float* kpj = kp + j * ldkp;
+    for (int64_t i = 0; i < rows; ++i) {
+      s[i * ldo + j] = dot(qa + i * ldqa, kaj, da);
+      p[i * ldo + j] = dot(qp + i * ldqp, kpj, dp);
     }
   }
+}
+
+// acc[0 .. NV W) += sum_j p[j] v_j[0 .. NV W), NV accumulator registers, value rows read in order
+template <int NV>
+void accumulate_columns(int64_t cols, const float* p, const float* v, int64_t ldv, float* acc) {
+  Simd::V sum[NV];
+  for (int c = 0; c < NV; ++c) sum[c] = Simd::load(acc + c * Simd::W);
+  for (int64_t j = 0; j < cols; ++j) {
+    const Simd::V w = Simd::set1(p[j]);
+    const float* vj = v + j * ldv;
+    for (int c = 0; c < NV; ++c) sum[c] = Simd::fmadd(w, Simd::load(vj + c * Simd::W), sum[c]);
+  }
+  for (int c = 0; c < NV; ++c) Simd::store(acc + c * Simd::W, sum[c]);
 }
 
 template <>
 void few_rows_accumulate<float>(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const float* v,
                                 int64_t ldv, float* acc) {
-  using V = Simd::V;
-  const int64_t dw = dv - dv % Simd::W;
+  constexpr int64_t kChunk = 8;  // vectors per pass: 128 columns (AVX-512), 64 (AVX2)
+  const int64_t nv = dv / Simd::W;
   for (int64_t i = 0; i < rows; ++i) {
     float* a = acc + i * dv;
     const float* pi = p + i * ldp;
-    for (int64_t t = 0; t < dw; t += Simd::W) {  // one accumulator register per W columns
-      V sum = Simd::load(a + t);
-      for (int64_t j = 0; j < cols; ++j) sum = Simd::fmadd(Simd::set1(pi[j]), Simd::load(v + j * ldv + t), sum);
-      Simd::store(a + t, sum);
+    for (int64_t c0 = 0; c0 < nv; c0 += kChunk) {
+      const int64_t t = c0 * Simd::W;
+      switch (std::min(kChunk, nv - c0)) {
+        case 1: accumulate_columns<1>(cols, pi, v + t, ldv, a + t); break;
+        case 2: accumulate_columns<2>(cols, pi, v + t, ldv, a + t); break;
+        case 3: accumulate_columns<3>(cols, pi, v + t, ldv, a + t); break;
+        case 4: accumulate_columns<4>(cols, pi, v + t, ldv, a + t); break;
+        case 5: accumulate_columns<5>(cols, pi, v + t, ldv, a + t); break;
+        case 6: accumulate_columns<6>(cols, pi, v + t, ldv, a + t); break;
+        case 7: accumulate_columns<7>(cols, pi, v + t, ldv, a + t); break;
+        default: accumulate_columns<8>(cols, pi, v + t, ldv, a + t); break;
+      }
     }
-    for (int64_t t = dw; t < dv; ++t) {
+    for (int64_t t = nv * Simd::W; t < dv; ++t) {
       float sum = a[t];
       for (int64_t j = 0; j < cols; ++j) sum += pi[j] * v[j * ldv + t];
       a[t] = sum;
@@ -640,8 +680,8 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
         if (bq <= kFewRows) {
-          few_rows_scores(bq, bk, g.da, qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), s_buf.data(), BK);
-          few_rows_scores(bq, bk, g.dp, qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), p_buf.data(), BK);
+          few_rows_scores(bq, bk, g.da, g.dp, qa_b, qa.ld(), qp_b, qp.ld(), ka.row(b, hk, ks), ka.ld(),
+                          kp.row(b, hk, ks), kp.ld(), s_buf.data(), p_buf.data(), BK);
         } else {
           gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
           gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
