@@ -9,6 +9,7 @@ machine hits both; the ratio TAPA / RoPE is the median over steps of the paired 
 
     python benchmarks/decoding.py                          # C = 2K, 4K, 8K, 16K; 32 new tokens
     python benchmarks/decoding.py --contexts 2048 --new-tokens 64 --tapa-impl chunked
+    python benchmarks/decoding.py --d-model 512 --n-heads 8 --n-kv-heads 2   # grouped-query
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def make(positional: str, args: argparse.Namespace, context: int, impl: str) -> 
         d_model=args.d_model,
         n_layers=args.n_layers,
         n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads,
         max_seq_len=context + args.new_tokens,
         positional=positional,
         attn_impl=impl if positional == "tapa" else "auto",
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--n-kv-heads", type=int, help="key/value heads (grouped-query attention); default n_heads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tapa-impl", default="auto", help="attention kernel of the TAPA model")
     parser.add_argument("--json", help="also write the results here")
@@ -79,7 +82,8 @@ def main() -> None:
 
     rows = []
     print(
-        f"# decoding, d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, batch 1, "
+        f"# decoding, d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads "
+        f"({args.n_kv_heads or args.n_heads} key/value), batch 1, "
         f"{args.new_tokens} new tokens, TAPA impl {args.tapa_impl}, {torch.get_num_threads()} threads"
     )
     print("| context | TAPA prefill | RoPE prefill | TAPA tok/s | RoPE tok/s | TAPA / RoPE tok/s |")

@@ -138,15 +138,17 @@ def test_decoding_splits_equal_reference(splits):
 
 
 @pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1)])
 @pytest.mark.parametrize(("d", "theta"), [(24, 0.5), (64, 0.25), (136, 0.5), (288, 0.5)])
-def test_float32_decoding_rows_match_float64_reference(rows, d, theta):
-    # the few-rows path in float32 (its vector products): head dims that leave a scalar tail,
-    # split unevenly, and need several passes of accumulator registers (288 = 18 vectors);
-    # value rows wider than the keys' too
-    gen = torch.Generator().manual_seed(d + rows)
-    q = torch.randn(2, 4, rows, d, generator=gen, dtype=torch.float64)
-    k = torch.randn(2, 2, 700, d, generator=gen, dtype=torch.float64)
-    v = torch.randn(2, 2, 700, d + 40, generator=gen, dtype=torch.float64)
+def test_float32_decoding_rows_match_float64_reference(rows, heads, kv_heads, d, theta):
+    # the decoding path in float32: one task per key head holds the rows of its query heads
+    # (1 to 18 here: the vector loops up to 3, BLAS beyond); head dims that leave a scalar
+    # tail, split unevenly, and need several passes of accumulator registers (288 = 18
+    # vectors); value rows wider than the keys'
+    gen = torch.Generator().manual_seed(d + rows + heads)
+    q = torch.randn(2, heads, rows, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, kv_heads, 700, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, kv_heads, 700, d + 40, generator=gen, dtype=torch.float64)
     parts = quadratic_parts(q, k, theta)
     kw = {"alpha": 0.1, "causal": True, "q_offset": 700 - rows}
     ref = reference_attention(parts, v, **kw)

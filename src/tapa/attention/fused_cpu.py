@@ -9,8 +9,10 @@ log-sum-exp (formulas in :mod:`tapa.attention.chunked`). What it changes is wher
 happens: per tile, two BLAS products fill the amplitude and phase tiles, then one
 vectorised pass (AVX-512 or AVX2 polynomial cos/sin/exp) turns them into probabilities while they
 are still in cache; the distance factor comes from a 1-D table indexed by the signed
-distance. For one or a few query rows (decoding) the keys are split across threads and the
-partial softmaxes combined by their log-sum-exp (flash-decoding). Details and measurements:
+distance. For one or a few query rows (decoding) one task holds the rows of all the query
+heads that share a key head, so the cache is read once per key head, and the keys are
+split across threads with the partial softmaxes combined by their log-sum-exp
+(flash-decoding). Details and measurements:
 docs/kernels.md, docs/benchmarks.md.
 
 Building needs a C++ compiler and ``ninja`` (a dependency of tapa); the build takes about
@@ -215,7 +217,8 @@ def fused_cpu_attention(
 
     ``splits``: how many parts the keys of each query block are split into, their partial
     softmaxes combined by log-sum-exp (flash-decoding); 0 chooses: more than 1 only when
-    there are fewer (batch, head, query block) tasks than threads, as in decoding.
+    there are fewer tasks than threads. A task is a (batch, head, query block), or when
+    decoding (at most 4 queries) a (batch, key head) with all its query heads.
 
     Raises ConfigError when the kernel cannot be built here (see :func:`fused_cpu_available`).
     """

@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #if defined(TAPA_AVX512) || defined(TAPA_AVX2)
@@ -77,16 +78,17 @@ constexpr int64_t kFewRows = 4;
 
 // s[i][j] = qa_i . ka_j and p[i][j] = qp_i . kp_j in one pass over the keys: a key's amplitude
 // and phase halves are read together (the two parts are usually adjacent slices of one key
-// row), so the keys are one sequential stream from memory.
+// row), so the keys are one sequential stream from memory, read once for all the rows.
+// qa[i], qp[i]: the query rows (of one head, or of the heads that share a key head).
 template <typename T>
-void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const T* qa, int64_t ldqa, const T* qp,
-                     int64_t ldqp, const T* ka, int64_t ldka, const T* kp, int64_t ldkp, T* s, T* p, int64_t ldo) {
+void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const T* const* qa, const T* const* qp,
+                     const T* ka, int64_t ldka, const T* kp, int64_t ldkp, T* s, T* p, int64_t ldo) {
   for (int64_t j = 0; j < cols; ++j) {
     const T* kaj = ka + j * ldka;
     const T* kpj = kp + j * ldkp;
     for (int64_t i = 0; i < rows; ++i) {
-      const T* qai = qa + i * ldqa;
-      const T* qpi = qp + i * ldqp;
+      const T* qai = qa[i];
+      const T* qpi = qp[i];
       T sa = 0, sp = 0;
 #pragma omp simd reduction(+ : sa)
       for (int64_t t = 0; t < da; ++t) sa += qai[t] * kaj[t];
@@ -478,15 +480,15 @@ inline float dot(const float* a, const float* b, int64_t d) {
 }
 
 template <>
-void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* qa, int64_t ldqa,
-                            const float* qp, int64_t ldqp, const float* ka, int64_t ldka, const float* kp,
-                            int64_t ldkp, float* s, float* p, int64_t ldo) {
+void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
+                            const float* const* qp, const float* ka, int64_t ldka, const float* kp, int64_t ldkp,
+                            float* s, float* p, int64_t ldo) {
   for (int64_t j = 0; j < cols; ++j) {
     const float* kaj = ka + j * ldka;
     const float* kpj = kp + j * ldkp;
     for (int64_t i = 0; i < rows; ++i) {
-      s[i * ldo + j] = dot(qa + i * ldqa, kaj, da);
-      p[i * ldo + j] = dot(qp + i * ldqp, kpj, dp);
+      s[i * ldo + j] = dot(qa[i], kaj, da);
+      p[i * ldo + j] = dot(qp[i], kpj, dp);
     }
   }
 }
@@ -640,26 +642,129 @@ void check_inputs(const std::vector<at::Tensor>& ts, int64_t block_q, int64_t bl
 
 // ---- forward ----
 
+// Running softmax state of one query row: max m, sum l, and acc = sum_j exp(s_j - m) v_j.
+template <typename T>
+struct RowState {
+  T m, l;
+};
+
+// One tile row of the online softmax: s (amplitudes in, overwritten), pr (phase products),
+// c (distance factors), n visible of bk columns. Writes the row's exp(s - m) to e and
+// updates m, l, rescaling the row's accumulator acc (dv values) when m grows; the caller
+// then adds e v to acc.
+template <typename T>
+void online_softmax_row(T* s, const T* pr, const T* c, int n, int bk, RowState<T>& st, T* acc, int64_t dv, T* e) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  if (n == 0) {
+    std::fill(e, e + bk, T(0));
+    return;
+  }
+  if (st.m != neg_inf && !std::isnan(st.m)) {
+    // the row has a finite max from earlier key blocks: exponentiate against it in the same
+    // pass unless this block's scores exceed it by more than kLazyMargin
+    T tile_max;
+    const T row_sum = scores_exp_row<T>(s, pr, c, n, bk, st.m, e, &tile_max);
+    if (!(tile_max > st.m + kLazyMargin)) {
+      st.l += row_sum;
+      return;
+    }
+  }
+  const T tile_max = scores_row<T>(s, pr, c, n);
+  const T m_new = (std::isnan(tile_max) || tile_max > st.m) ? tile_max : st.m;
+  const T m_safe = (m_new == neg_inf) ? T(0) : m_new;
+  const T row_sum = exp_row<T>(s, e, n, bk, m_safe);
+  const T corr = std::exp(st.m - m_safe);
+  st.l = st.l * corr + row_sum;
+  if (corr != T(1)) {
+    for (int64_t d = 0; d < dv; ++d) acc[d] *= corr;
+  }
+  st.m = m_new;
+}
+
+// The row's output acc / l (zeros for a row that saw no key) and its log-sum-exp.
+template <typename T>
+T finish_row(const T* acc, const RowState<T>& st, int64_t dv, T* dst) {
+  const bool any = st.l != T(0);  // NaN counts as "any": it propagates
+  for (int64_t d = 0; d < dv; ++d) dst[d] = any ? acc[d] / st.l : T(0);
+  return any ? st.m + std::log(st.l) : -std::numeric_limits<T>::infinity();
+}
+
+// Partial results of key splits (flash-decoding): per output row, `splits` partial outputs
+// and log-sum-exps, combined into out and lse by their softmax weights.
+template <typename T>
+struct SplitParts {
+  int64_t splits, dv;
+  std::vector<T> out, lse;
+  SplitParts(int64_t rows, int64_t splits_, int64_t dv_) : splits(splits_), dv(dv_) {
+    if (splits > 1) {
+      out.assign(static_cast<size_t>(rows * dv * splits), 0);
+      lse.assign(static_cast<size_t>(rows * splits), -std::numeric_limits<T>::infinity());
+    }
+  }
+  // where split `split` of output row `row` goes
+  T* out_row(T* final_out, int64_t row, int64_t split) {
+    return splits > 1 ? out.data() + (row * splits + split) * dv : final_out + row * dv;
+  }
+  void set_lse(T* final_lse, int64_t row, int64_t split, T value) {
+    (splits > 1 ? lse[row * splits + split] : final_lse[row]) = value;
+  }
+  void combine(int64_t rows, T* final_out, T* final_lse) const {
+    if (splits == 1) return;
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const T* pl = lse.data() + row * splits;
+        T mx = neg_inf;
+        for (int64_t s = 0; s < splits; ++s) mx = (std::isnan(pl[s]) || pl[s] > mx) ? pl[s] : mx;
+        T* dst = final_out + row * dv;
+        std::fill(dst, dst + dv, T(0));
+        if (mx == neg_inf) {
+          final_lse[row] = neg_inf;
+          continue;
+        }
+        T total = 0;
+        for (int64_t s = 0; s < splits; ++s) {
+          if (pl[s] == neg_inf) continue;
+          const T w = std::exp(pl[s] - mx);
+          total += w;
+          const T* src = out.data() + (row * splits + s) * dv;
+          for (int64_t d = 0; d < dv; ++d) dst[d] += w * src[d];
+        }
+        for (int64_t d = 0; d < dv; ++d) dst[d] /= total;
+        final_lse[row] = mx + std::log(total);
+      }
+    });
+  }
+};
+
+// Key blocks [kb0, kb1) of split `split` when the keys [0, end) are cut into `splits` parts.
+inline std::pair<int64_t, int64_t> split_blocks(int64_t end, int64_t block_k, int64_t splits, int64_t split) {
+  const int64_t kblocks = (end + block_k - 1) / block_k;
+  const int64_t per_split = (kblocks + splits - 1) / splits;
+  const int64_t kb0 = split * per_split;
+  return {kb0, std::min(kblocks, kb0 + per_split)};
+}
+
+// Prefill and training: one task per (batch, head, query block, key split); per tile two
+// BLAS products fill the amplitude and phase tiles, one vector pass turns them into
+// probabilities, one more product adds them times v. A block of at most kFewRows query rows
+// uses the vector loops instead of BLAS.
 template <typename T>
 void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
                     T* out, T* lse, int64_t splits, double alpha) {
   const std::vector<T> table = distance_table<T>(g, alpha);
-  const int64_t nqb = g.q_blocks(), nkb = g.k_blocks();
+  const int64_t nqb = g.q_blocks();
   const int64_t tasks = g.batch * g.heads * nqb * splits;
-  // partial results of the key splits (flash-decoding), combined below
-  std::vector<T> part_out, part_lse;
-  if (splits > 1) {
-    part_out.assign(static_cast<size_t>(g.batch * g.heads * g.lq * g.dv * splits), 0);
-    part_lse.assign(static_cast<size_t>(g.batch * g.heads * g.lq * splits), -std::numeric_limits<T>::infinity());
-  }
+  SplitParts<T> parts(g.batch * g.heads * g.lq, splits, g.dv);
   const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(tasks)));
-  const T neg_inf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel num_threads(threads)
   {
     SerialBlas serial;
     const int64_t BQ = g.block_q, BK = g.block_k;
-    std::vector<T> s_buf(BQ * BK), p_buf(BQ * BK), e_buf(BQ * BK), acc(BQ * g.dv), m(BQ), l(BQ);
+    std::vector<T> s_buf(BQ * BK), p_buf(BQ * BK), e_buf(BQ * BK), acc(BQ * g.dv);
+    std::vector<RowState<T>> state(BQ);
+    std::vector<const T*> qa_rows(kFewRows), qp_rows(kFewRows);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       // largest query blocks (most keys under the causal mask) first
@@ -669,56 +774,28 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
       const int64_t b = bh / g.heads, h = bh % g.heads, hk = h / g.groups;
       const int64_t qs = qb * BQ, qe = std::min(qs + BQ, g.lq), bq = qe - qs;
       const int64_t end = g.key_end(qe);
-      const int64_t kblocks = (end + BK - 1) / BK;
-      const int64_t per_split = (kblocks + splits - 1) / splits;
-      const int64_t kb0 = split * per_split, kb1 = std::min(kblocks, kb0 + per_split);
+      const auto [kb0, kb1] = split_blocks(end, BK, splits, split);
       const T* qa_b = qa.row(b, h, qs);
       const T* qp_b = qp.row(b, h, qs);
+      const bool few = bq <= kFewRows;
+      for (int64_t i = 0; few && i < bq; ++i) qa_rows[i] = qa.row(b, h, qs + i), qp_rows[i] = qp.row(b, h, qs + i);
       std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(m.begin(), m.end(), neg_inf);
-      std::fill(l.begin(), l.end(), T(0));
+      std::fill(state.begin(), state.end(), RowState<T>{-std::numeric_limits<T>::infinity(), T(0)});
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
-        if (bq <= kFewRows) {
-          few_rows_scores(bq, bk, g.da, g.dp, qa_b, qa.ld(), qp_b, qp.ld(), ka.row(b, hk, ks), ka.ld(),
+        if (few) {
+          few_rows_scores(bq, bk, g.da, g.dp, qa_rows.data(), qp_rows.data(), ka.row(b, hk, ks), ka.ld(),
                           kp.row(b, hk, ks), kp.ld(), s_buf.data(), p_buf.data(), BK);
         } else {
           gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
           gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
         }
         for (int64_t i = 0; i < bq; ++i) {
-          T* s = s_buf.data() + i * BK;
-          const int n = g.visible(qs + i, ks, bk);
-          if (n == 0) {
-            std::fill(e_buf.data() + i * BK, e_buf.data() + i * BK + bk, T(0));
-            continue;
-          }
           const T* c = table.data() + g.table_index(qs + i, ks);
-          const T* pr = p_buf.data() + i * BK;
-          T* out_row = e_buf.data() + i * BK;
-          if (m[i] != neg_inf && !std::isnan(m[i])) {
-            // the row has a finite max from earlier key blocks: exponentiate against it in the
-            // same pass unless this block's scores exceed it by more than kLazyMargin
-            T tile_max;
-            const T row_sum = scores_exp_row<T>(s, pr, c, n, static_cast<int>(bk), m[i], out_row, &tile_max);
-            if (!(tile_max > m[i] + kLazyMargin)) {
-              l[i] += row_sum;
-              continue;
-            }
-          }
-          const T tile_max = scores_row<T>(s, pr, c, n);
-          const T m_new = (std::isnan(tile_max) || tile_max > m[i]) ? tile_max : m[i];
-          const T m_safe = (m_new == neg_inf) ? T(0) : m_new;
-          const T row_sum = exp_row<T>(s, out_row, n, static_cast<int>(bk), m_safe);
-          const T corr = std::exp(m[i] - m_safe);
-          l[i] = l[i] * corr + row_sum;
-          if (corr != T(1)) {
-            T* a = acc.data() + i * g.dv;
-            for (int64_t d = 0; d < g.dv; ++d) a[d] *= corr;
-          }
-          m[i] = m_new;
+          online_softmax_row<T>(s_buf.data() + i * BK, p_buf.data() + i * BK, c, g.visible(qs + i, ks, bk),
+                                static_cast<int>(bk), state[i], acc.data() + i * g.dv, g.dv, e_buf.data() + i * BK);
         }
-        if (bq <= kFewRows) {
+        if (few) {
           few_rows_accumulate(bq, bk, g.dv, e_buf.data(), BK, v.row(b, hk, ks), v.ld(), acc.data());
         } else {
           gemm(false, false, bq, g.dv, bk, T(1), e_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
@@ -726,44 +803,86 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
       }
       for (int64_t i = 0; i < bq; ++i) {
         const int64_t row = (b * g.heads + h) * g.lq + qs + i;
-        T* dst = splits > 1 ? part_out.data() + (row * splits + split) * g.dv : out + row * g.dv;
-        const T* a = acc.data() + i * g.dv;
-        const bool any = l[i] != T(0);  // NaN counts as "any": it propagates
-        for (int64_t d = 0; d < g.dv; ++d) dst[d] = any ? a[d] / l[i] : T(0);
-        const T row_lse = any ? m[i] + std::log(l[i]) : neg_inf;
-        if (splits > 1) {
-          part_lse[row * splits + split] = row_lse;
-        } else {
-          lse[row] = row_lse;
-        }
+        const T row_lse = finish_row(acc.data() + i * g.dv, state[i], g.dv, parts.out_row(out, row, split));
+        parts.set_lse(lse, row, split, row_lse);
       }
     }
   }
-  if (splits == 1) return;
-  const int64_t rows = g.batch * g.heads * g.lq;
-  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t row = r0; row < r1; ++row) {
-      const T* pl = part_lse.data() + row * splits;
-      T mx = neg_inf;
-      for (int64_t s = 0; s < splits; ++s) mx = (std::isnan(pl[s]) || pl[s] > mx) ? pl[s] : mx;
-      T* dst = out + row * g.dv;
-      std::fill(dst, dst + g.dv, T(0));
-      if (mx == neg_inf) {
-        lse[row] = neg_inf;
-        continue;
+  parts.combine(g.batch * g.heads * g.lq, out, lse);
+}
+
+// Decoding (at most kFewRows queries): one task per (batch, key head, key split) holds the
+// query rows of every query head that shares the key head, so the cached keys and values
+// are read from memory once per key head, not once per query head (grouped-query
+// attention). Up to kDecodeVectorRows rows use the vector loops that read the keys in
+// order; more rows (several query heads per key head) are a small matrix, and BLAS does
+// better: at 16K keys, D 64, one query per head, the loops took 0.97x BLAS's time for
+// 3 rows and 1.28x for 4 (docs/benchmarks.md).
+constexpr int64_t kDecodeVectorRows = 3;
+
+template <typename T>
+void decode_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
+                   T* out, T* lse, int64_t splits, double alpha) {
+  const std::vector<T> table = distance_table<T>(g, alpha);
+  const int64_t rows = g.groups * g.lq;  // row r: query head hk * groups + r / lq, query r % lq
+  const int64_t tasks = g.batch * g.kv_heads * splits;
+  SplitParts<T> parts(g.batch * g.heads * g.lq, splits, g.dv);
+  const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(tasks)));
+  const int64_t end = g.key_end(g.lq);
+  const bool few = rows <= kDecodeVectorRows;
+
+#pragma omp parallel num_threads(threads)
+  {
+    SerialBlas serial;
+    const int64_t BK = g.block_k;
+    std::vector<T> s_buf(rows * BK), p_buf(rows * BK), e_buf(rows * BK), acc(rows * g.dv);
+    std::vector<T> qa_buf(rows * g.da), qp_buf(rows * g.dp);  // the task's query rows, contiguous
+    std::vector<RowState<T>> state(rows);
+    std::vector<const T*> qa_rows(rows), qp_rows(rows);
+    for (int64_t r = 0; r < rows; ++r) qa_rows[r] = qa_buf.data() + r * g.da, qp_rows[r] = qp_buf.data() + r * g.dp;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t split = t % splits, bhk = t / splits;
+      const int64_t b = bhk / g.kv_heads, hk = bhk % g.kv_heads;
+      const auto [kb0, kb1] = split_blocks(end, BK, splits, split);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t h = hk * g.groups + r / g.lq, i = r % g.lq;
+        std::copy_n(qa.row(b, h, i), g.da, qa_buf.data() + r * g.da);
+        std::copy_n(qp.row(b, h, i), g.dp, qp_buf.data() + r * g.dp);
       }
-      T total = 0;
-      for (int64_t s = 0; s < splits; ++s) {
-        if (pl[s] == neg_inf) continue;
-        const T w = std::exp(pl[s] - mx);
-        total += w;
-        const T* src = part_out.data() + (row * splits + s) * g.dv;
-        for (int64_t d = 0; d < g.dv; ++d) dst[d] += w * src[d];
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(state.begin(), state.end(), RowState<T>{-std::numeric_limits<T>::infinity(), T(0)});
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
+        const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
+        const T *ka_b = ka.row(b, hk, ks), *kp_b = kp.row(b, hk, ks), *v_b = v.row(b, hk, ks);
+        if (few) {
+          few_rows_scores(rows, bk, g.da, g.dp, qa_rows.data(), qp_rows.data(), ka_b, ka.ld(), kp_b, kp.ld(),
+                          s_buf.data(), p_buf.data(), BK);
+        } else {
+          gemm(false, true, rows, bk, g.da, T(1), qa_buf.data(), g.da, ka_b, ka.ld(), T(0), s_buf.data(), BK);
+          gemm(false, true, rows, bk, g.dp, T(1), qp_buf.data(), g.dp, kp_b, kp.ld(), T(0), p_buf.data(), BK);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = r % g.lq;
+          const T* c = table.data() + g.table_index(i, ks);
+          online_softmax_row<T>(s_buf.data() + r * BK, p_buf.data() + r * BK, c, g.visible(i, ks, bk),
+                                static_cast<int>(bk), state[r], acc.data() + r * g.dv, g.dv, e_buf.data() + r * BK);
+        }
+        if (few) {
+          few_rows_accumulate(rows, bk, g.dv, e_buf.data(), BK, v_b, v.ld(), acc.data());
+        } else {
+          gemm(false, false, rows, g.dv, bk, T(1), e_buf.data(), BK, v_b, v.ld(), T(1), acc.data(), g.dv);
+        }
       }
-      for (int64_t d = 0; d < g.dv; ++d) dst[d] /= total;
-      lse[row] = mx + std::log(total);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t h = hk * g.groups + r / g.lq, i = r % g.lq;
+        const int64_t row = (b * g.heads + h) * g.lq + i;
+        const T row_lse = finish_row(acc.data() + r * g.dv, state[r], g.dv, parts.out_row(out, row, split));
+        parts.set_lse(lse, row, split, row_lse);
+      }
     }
-  });
+  }
+  parts.combine(g.batch * g.heads * g.lq, out, lse);
 }
 
 std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::Tensor& ka, const at::Tensor& qp,
@@ -775,16 +894,19 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
   auto out = at::zeros({g.batch, g.heads, g.lq, g.dv}, qa.options());
   auto lse = at::full({g.batch, g.heads, g.lq}, -std::numeric_limits<double>::infinity(), qa.options());
   if (g.lq == 0 || g.lk == 0) return {out, lse};
+  // decoding: all queries of a head fit the vector loops (and one query block)
+  const bool decode = g.lq <= kFewRows && g.lq <= block_q;
   if (splits <= 0) {
-    // flash-decoding: split the keys when there are fewer (row block) tasks than threads
-    const int64_t row_tasks = g.batch * g.heads * g.q_blocks();
+    // flash-decoding: split the keys when there are fewer tasks than threads
+    const int64_t row_tasks = decode ? g.batch * g.kv_heads : g.batch * g.heads * g.q_blocks();
     const int64_t threads = at::get_num_threads();
     splits = row_tasks >= threads ? 1 : std::min<int64_t>((threads + row_tasks - 1) / row_tasks, g.k_blocks());
   }
+  splits = std::max<int64_t>(1, splits);
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "tapa_fused_forward", [&] {
-    forward_kernel<scalar_t>(g, Strided<scalar_t>(qa), Strided<scalar_t>(ka), Strided<scalar_t>(qp),
-                             Strided<scalar_t>(kp), Strided<scalar_t>(v), out.data_ptr<scalar_t>(),
-                             lse.data_ptr<scalar_t>(), std::max<int64_t>(1, splits), alpha);
+    auto kernel = decode ? decode_kernel<scalar_t> : forward_kernel<scalar_t>;
+    kernel(g, Strided<scalar_t>(qa), Strided<scalar_t>(ka), Strided<scalar_t>(qp), Strided<scalar_t>(kp),
+           Strided<scalar_t>(v), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), splits, alpha);
   });
   return {out, lse};
 }
