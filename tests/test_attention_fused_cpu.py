@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import rel_err
 from tapa.attention import TapaPhase, linear_parts, quadratic_parts, reference_attention, tapa_attention
+from tapa.attention.fused_cpu import _inference_inputs as fc_inference_inputs
 from tapa.attention.fused_cpu import fused_cpu_attention, fused_cpu_available, unavailable_reason
 from tapa.attention.phase import Parts
 
@@ -155,6 +156,30 @@ def test_float32_decoding_rows_match_float64_reference(rows, heads, kv_heads, d,
     out = fused_cpu_attention(Parts(*(t.float() for t in parts)), v.float(), **kw, block_k=128)
     assert out.dtype == torch.float32
     assert rel_err(out.double(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1)])
+def test_bfloat16_cache_read_in_place_when_decoding(rows, heads, kv_heads):
+    # a bfloat16 KV cache goes to the kernel as it is (no float32 copy per step) and the
+    # result equals the float64 reference on the same bfloat16 values; vector and BLAS paths
+    gen = torch.Generator().manual_seed(rows + heads)
+    q = torch.randn(1, heads, rows, 40, generator=gen).bfloat16()
+    k = torch.randn(1, kv_heads, 600, 40, generator=gen).bfloat16()
+    v = torch.randn(1, kv_heads, 600, 40, generator=gen).bfloat16()
+    parts = quadratic_parts(q, k, 0.5)
+    inputs = fc_inference_inputs(parts, v, 128)
+    assert [t.dtype for t in inputs] == [torch.float32, torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
+    assert inputs[1].data_ptr() == k.data_ptr() and inputs[4].data_ptr() == v.data_ptr()
+    kw = {"alpha": 0.1, "causal": True, "q_offset": 600 - rows}
+    ref = reference_attention(quadratic_parts(q.double(), k.double(), 0.5), v.double(), **kw)
+    with torch.no_grad():
+        out = fused_cpu_attention(parts, v, **kw, block_k=128)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.double(), ref) < 1e-2  # the output's own bfloat16 rounding
+    with torch.no_grad():
+        out32, _ = torch.ops.tapa_fused_cpu.forward(*inputs, 0.1, True, 600 - rows, 0, 128, 128, 0)
+    assert rel_err(out32.double(), ref) < 1e-5  # float32 arithmetic on the bfloat16 values
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

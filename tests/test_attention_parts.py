@@ -40,13 +40,17 @@ def test_gradient_of_an_unused_part_is_zero():
     assert torch.equal(k.grad[..., 4:], torch.ones(1, 2, 4, 4))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("grad", [True, False])
-def test_key_parts_are_views_of_the_keys(grad):
-    """A KV cache is read in place: the key parts share the keys' storage, with or without autograd."""
-    q = torch.randn(1, 2, 3, 8, requires_grad=grad)
-    k = torch.randn(1, 2, 9, 8, requires_grad=grad)
+def test_key_parts_are_views_of_the_keys(grad, dtype):
+    """A KV cache is read in place: the key parts share the keys' storage and dtype (a bfloat16
+    cache is not copied to float32), with or without autograd; query parts are float32."""
+    q = torch.randn(1, 2, 3, 8, dtype=dtype, requires_grad=grad)
+    k = torch.randn(1, 2, 9, 8, dtype=dtype, requires_grad=grad)
     with torch.set_grad_enabled(grad):
         parts = quadratic_parts(q, k, 0.5)
+    assert parts.qa.dtype == parts.qp.dtype == torch.float32
+    assert parts.ka.dtype == parts.kp.dtype == dtype
     assert parts.ka.data_ptr() == k.data_ptr()
     assert parts.kp.data_ptr() == k.data_ptr() + 4 * k.element_size()
     assert parts.qa.data_ptr() != q.data_ptr()  # the query parts carry the scales: new tensors

@@ -7,15 +7,19 @@ Every TAPA variant is computed by one kernel that sees four tensors, already sca
 - ``quadratic`` (Eq. 12, the default): qa, ka are the first D_A = theta*D coordinates
   and qp, kp the last D_P = D - D_A; the queries carry the scales (qa = q_A / sqrt(D_A),
   qp = q_P / sqrt(D_P)), so that the key parts are views of the keys, never copied (a KV
-  cache is read in place when decoding).
+  cache is read in place when decoding), in the keys' own dtype.
 - ``quadratic_full`` (Eq. 9/10): learnable per-head D x D matrices M and N,
   qa = q M, ka = k, qp = q N, kp = k. Initialised to the Eq. 13 blocks, so at
   initialisation it equals ``quadratic``.
 - ``linear`` (Eq. 16, ablation): phase = (sum(q_P) + sum(k_P)) / sqrt(D_P), written
   as a dot product of qp = [sum(q_P)/sqrt(D_P), 1] and kp = [1, sum(k_P)/sqrt(D_P)].
 
-The parts are float32 (docs/paper.md: phases in float32 even when the model runs in bf16), or
-float64 for float64 inputs (useful for exact equivalence tests).
+The query parts are float32 (docs/paper.md: phases in float32 even when the model runs in
+bf16), or float64 for float64 inputs (useful for exact equivalence tests). Key parts that are
+views keep the keys' dtype, so a bfloat16 cache is not copied to float32 at every decoding
+step; each kernel computes in the query parts' dtype (the fused CPU kernel reads bfloat16
+keys and values in place when decoding, the Triton kernel takes half-precision parts, the
+reference and chunked kernels cast).
 """
 
 from __future__ import annotations
@@ -86,13 +90,13 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
-    q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
+    q32 = q.to(compute_dtype(q.dtype))
     # with autograd, the function whose backward is one pass; in inference (decoding) the plain
     # split, without an autograd function's call overhead
-    grad = torch.is_grad_enabled() and (q32.requires_grad or k32.requires_grad)
+    grad = torch.is_grad_enabled() and (q32.requires_grad or k.requires_grad)
     split = _SplitScaled.apply if grad else _split_scaled
     qa, qp = split(q32, d_a, d_a**-0.5, d_p**-0.5)
-    ka, kp = split(k32, d_a, 1.0, 1.0)
+    ka, kp = split(k, d_a, 1.0, 1.0)  # views of k, in k's dtype
     return Parts(qa, ka, qp, kp)
 
 

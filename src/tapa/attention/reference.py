@@ -42,8 +42,9 @@ def _expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 def parts_scores(parts: Parts, q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float) -> torch.Tensor:
     """Pre-softmax TAPA logits (B, H, Lq, Lk) in float32 from pre-scaled parts."""
     h = parts.qa.shape[1]
-    amp = parts.qa @ _expand_heads(parts.ka, h).transpose(-1, -2)
-    prod = parts.qp @ _expand_heads(parts.kp, h).transpose(-1, -2)
+    dtype = parts.qa.dtype  # key parts may be views of half-precision keys
+    amp = parts.qa @ _expand_heads(parts.ka.to(dtype), h).transpose(-1, -2)
+    prod = parts.qp @ _expand_heads(parts.kp.to(dtype), h).transpose(-1, -2)
     scale = phase_scale(q_pos, k_pos, alpha, dtype=prod.dtype)
     if scale.dim() == 3:
         scale = scale.unsqueeze(1)

@@ -137,7 +137,8 @@ def triton_attention(
     if not (parts.qa.is_cuda or interpreting()):
         raise RuntimeError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
     dtypes = {t.dtype for t in (*parts, v)}
-    if len(dtypes) != 1:
+    if len(dtypes) != 1:  # e.g. float32 query parts with views of half-precision keys
+        parts = Parts(*(t.to(parts.qa.dtype) for t in parts))
         v = v.to(parts.qa.dtype)
     width = max(parts.qa.shape[-1], parts.qp.shape[-1], v.shape[-1])
     block_m = block_m or (16 if parts.qa.shape[2] <= 16 else 64)

@@ -46,7 +46,8 @@ def layer_scores(model: TapaLM, input_ids: torch.Tensor) -> list[dict[str, torch
         if config.positional == "tapa":
             parts = attn.phase(q, k)
             scores = parts_scores(parts, pos, pos, config.tapa_alpha)
-            entry["phase"] = phase_scale(pos, pos, config.tapa_alpha) * (parts.qp @ parts.kp.transpose(-1, -2))
+            prod = parts.qp @ parts.kp.to(parts.qp.dtype).transpose(-1, -2)  # key parts: the keys' dtype
+            entry["phase"] = phase_scale(pos, pos, config.tapa_alpha) * prod
         else:
             if tables is not None:
                 q = apply_rotary(q, *tables, config.rope_interleaved)

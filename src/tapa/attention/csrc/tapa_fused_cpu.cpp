@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -79,21 +80,22 @@ constexpr int64_t kFewRows = 4;
 // s[i][j] = qa_i . ka_j and p[i][j] = qp_i . kp_j in one pass over the keys: a key's amplitude
 // and phase halves are read together (the two parts are usually adjacent slices of one key
 // row), so the keys are one sequential stream from memory, read once for all the rows.
-// qa[i], qp[i]: the query rows (of one head, or of the heads that share a key head).
-template <typename T>
+// qa[i], qp[i]: the query rows (of one head, or of the heads that share a key head). K: the
+// keys' storage type (T, or bfloat16 for a bfloat16 cache read in place).
+template <typename T, typename K>
 void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const T* const* qa, const T* const* qp,
-                     const T* ka, int64_t ldka, const T* kp, int64_t ldkp, T* s, T* p, int64_t ldo) {
+                     const K* ka, int64_t ldka, const K* kp, int64_t ldkp, T* s, T* p, int64_t ldo) {
   for (int64_t j = 0; j < cols; ++j) {
-    const T* kaj = ka + j * ldka;
-    const T* kpj = kp + j * ldkp;
+    const K* kaj = ka + j * ldka;
+    const K* kpj = kp + j * ldkp;
     for (int64_t i = 0; i < rows; ++i) {
       const T* qai = qa[i];
       const T* qpi = qp[i];
       T sa = 0, sp = 0;
 #pragma omp simd reduction(+ : sa)
-      for (int64_t t = 0; t < da; ++t) sa += qai[t] * kaj[t];
+      for (int64_t t = 0; t < da; ++t) sa += qai[t] * static_cast<T>(kaj[t]);
 #pragma omp simd reduction(+ : sp)
-      for (int64_t t = 0; t < dp; ++t) sp += qpi[t] * kpj[t];
+      for (int64_t t = 0; t < dp; ++t) sp += qpi[t] * static_cast<T>(kpj[t]);
       s[i * ldo + j] = sa;
       p[i * ldo + j] = sp;
     }
@@ -101,18 +103,24 @@ void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const T
 }
 
 // acc[i] += sum_j p[i][j] v_j, reading each value row once, in order.
-template <typename T>
-void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const T* p, int64_t ldp, const T* v, int64_t ldv,
+template <typename T, typename K>
+void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const T* p, int64_t ldp, const K* v, int64_t ldv,
                          T* acc) {
   for (int64_t j = 0; j < cols; ++j) {
-    const T* vj = v + j * ldv;
+    const K* vj = v + j * ldv;
     for (int64_t i = 0; i < rows; ++i) {
       const T w = p[i * ldp + j];
       T* a = acc + i * dv;
 #pragma omp simd
-      for (int64_t t = 0; t < dv; ++t) a[t] += w * vj[t];
+      for (int64_t t = 0; t < dv; ++t) a[t] += w * static_cast<T>(vj[t]);
     }
   }
+}
+
+// dst[0 .. n) = src[0 .. n) as T (a bfloat16 cache row widened for BLAS)
+template <typename T, typename K>
+void convert_row(const K* src, T* dst, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) dst[t] = static_cast<T>(src[t]);
 }
 
 // One BLAS thread inside each of our OpenMP threads (MKL; other BLAS run serially here anyway).
@@ -196,6 +204,11 @@ struct Simd {  // 16 float32 lanes, masks in k registers
   using M = __mmask16;
   static constexpr int W = 16;
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  // 16 bfloat16 values as float32: the 16 bits are the float's upper half
+  static V load(const c10::BFloat16* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V zero() { return _mm512_setzero_ps(); }
@@ -231,6 +244,10 @@ struct Simd {  // 8 float32 lanes, masks as all-ones lanes
   using M = __m256;
   static constexpr int W = 8;
   static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(const c10::BFloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V zero() { return _mm256_setzero_ps(); }
@@ -465,7 +482,8 @@ void backward_row<float>(float* a, float* p, const float* g, float* prob, const 
 // Decoding products in explicit vectors: the generic loops' "omp simd reduction" compiles to
 // a spill and sixteen dependent scalar adds per key, and their accumulation to a load and a
 // store of the accumulator per key.
-inline float dot(const float* a, const float* b, int64_t d) {
+template <typename K>
+inline float dot(const float* a, const K* b, int64_t d) {
   const int64_t dw = d - d % Simd::W;
   Simd::V acc0 = Simd::zero(), acc1 = Simd::zero();
   int64_t t = 0;
@@ -475,17 +493,17 @@ inline float dot(const float* a, const float* b, int64_t d) {
   }
   if (t < dw) acc0 = Simd::fmadd(Simd::load(a + t), Simd::load(b + t), acc0);
   float sum = Simd::sum(Simd::add(acc0, acc1));
-  for (t = dw; t < d; ++t) sum += a[t] * b[t];
+  for (t = dw; t < d; ++t) sum += a[t] * static_cast<float>(b[t]);
   return sum;
 }
 
-template <>
-void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
-                            const float* const* qp, const float* ka, int64_t ldka, const float* kp, int64_t ldkp,
-                            float* s, float* p, int64_t ldo) {
+template <typename K>
+void few_rows_scores_simd(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
+                          const float* const* qp, const K* ka, int64_t ldka, const K* kp, int64_t ldkp, float* s,
+                          float* p, int64_t ldo) {
   for (int64_t j = 0; j < cols; ++j) {
-    const float* kaj = ka + j * ldka;
-    const float* kpj = kp + j * ldkp;
+    const K* kaj = ka + j * ldka;
+    const K* kpj = kp + j * ldkp;
     for (int64_t i = 0; i < rows; ++i) {
       s[i * ldo + j] = dot(qa[i], kaj, da);
       p[i * ldo + j] = dot(qp[i], kpj, dp);
@@ -494,21 +512,21 @@ void few_rows_scores<float>(int64_t rows, int64_t cols, int64_t da, int64_t dp, 
 }
 
 // acc[0 .. NV W) += sum_j p[j] v_j[0 .. NV W), NV accumulator registers, value rows read in order
-template <int NV>
-void accumulate_columns(int64_t cols, const float* p, const float* v, int64_t ldv, float* acc) {
+template <int NV, typename K>
+void accumulate_columns(int64_t cols, const float* p, const K* v, int64_t ldv, float* acc) {
   Simd::V sum[NV];
   for (int c = 0; c < NV; ++c) sum[c] = Simd::load(acc + c * Simd::W);
   for (int64_t j = 0; j < cols; ++j) {
     const Simd::V w = Simd::set1(p[j]);
-    const float* vj = v + j * ldv;
+    const K* vj = v + j * ldv;
     for (int c = 0; c < NV; ++c) sum[c] = Simd::fmadd(w, Simd::load(vj + c * Simd::W), sum[c]);
   }
   for (int c = 0; c < NV; ++c) Simd::store(acc + c * Simd::W, sum[c]);
 }
 
-template <>
-void few_rows_accumulate<float>(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const float* v,
-                                int64_t ldv, float* acc) {
+template <typename K>
+void few_rows_accumulate_simd(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const K* v,
+                              int64_t ldv, float* acc) {
   constexpr int64_t kChunk = 8;  // vectors per pass: 128 columns (AVX-512), 64 (AVX2)
   const int64_t nv = dv / Simd::W;
   for (int64_t i = 0; i < rows; ++i) {
@@ -529,10 +547,36 @@ void few_rows_accumulate<float>(int64_t rows, int64_t cols, int64_t dv, const fl
     }
     for (int64_t t = nv * Simd::W; t < dv; ++t) {
       float sum = a[t];
-      for (int64_t j = 0; j < cols; ++j) sum += pi[j] * v[j * ldv + t];
+      for (int64_t j = 0; j < cols; ++j) sum += pi[j] * static_cast<float>(v[j * ldv + t]);
       a[t] = sum;
     }
   }
+}
+
+void convert_row(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t t = 0;
+  for (; t + Simd::W <= n; t += Simd::W) Simd::store(dst + t, Simd::load(src + t));
+  for (; t < n; ++t) dst[t] = static_cast<float>(src[t]);
+}
+
+// float32 queries: these overloads take precedence over the generic templates
+void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
+                     const float* const* qp, const float* ka, int64_t ldka, const float* kp, int64_t ldkp, float* s,
+                     float* p, int64_t ldo) {
+  few_rows_scores_simd(rows, cols, da, dp, qa, qp, ka, ldka, kp, ldkp, s, p, ldo);
+}
+void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
+                     const float* const* qp, const c10::BFloat16* ka, int64_t ldka, const c10::BFloat16* kp,
+                     int64_t ldkp, float* s, float* p, int64_t ldo) {
+  few_rows_scores_simd(rows, cols, da, dp, qa, qp, ka, ldka, kp, ldkp, s, p, ldo);
+}
+void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const float* v,
+                         int64_t ldv, float* acc) {
+  few_rows_accumulate_simd(rows, cols, dv, p, ldp, v, ldv, acc);
+}
+void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp,
+                         const c10::BFloat16* v, int64_t ldv, float* acc) {
+  few_rows_accumulate_simd(rows, cols, dv, p, ldp, v, ldv, acc);
 }
 #endif
 
@@ -628,13 +672,18 @@ Geometry make_geometry(const at::Tensor& qa, const at::Tensor& ka, const at::Ten
   return g;
 }
 
-void check_inputs(const std::vector<at::Tensor>& ts, int64_t block_q, int64_t block_k) {
+// ts: query parts first; with `bf16_keys`, ts[1:] (key parts, values) are all bfloat16
+void check_inputs(const std::vector<at::Tensor>& ts, int64_t block_q, int64_t block_k, bool bf16_keys = false) {
   const auto dtype = ts[0].scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "tapa fused cpu: float32 or float64 parts expected");
-  for (const auto& t : ts) {
+  TORCH_CHECK(!bf16_keys || dtype == at::kFloat, "tapa fused cpu: bfloat16 keys need float32 query parts");
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const auto& t = ts[i];
     TORCH_CHECK(t.device().is_cpu(), "tapa fused cpu: CPU tensors expected");
     TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, "tapa fused cpu: unit stride along the last dim expected");
-    TORCH_CHECK(t.scalar_type() == dtype, "tapa fused cpu: all tensors must share one dtype");
+    const bool key_side = i == 1 || i == 3 || i == 4;  // ka, kp, v
+    TORCH_CHECK(t.scalar_type() == (bf16_keys && key_side ? at::kBFloat16 : dtype),
+                "tapa fused cpu: all tensors must share one dtype (or bfloat16 keys and values when decoding)");
     TORCH_CHECK(t.dim() == 4 || t.dim() == 3, "tapa fused cpu: 4-d tensors expected");
   }
   TORCH_CHECK(block_q > 0 && block_k > 0, "tapa fused cpu: block sizes must be positive");
@@ -820,8 +869,22 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
 // 3 rows and 1.28x for 4 (docs/benchmarks.md).
 constexpr int64_t kDecodeVectorRows = 3;
 
-template <typename T>
-void decode_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
+// `rows` rows of `width` values at stride ld as T: the rows themselves when K is T, else
+// converted into buf (contiguous; *ld_out tells the stride)
+template <typename T, typename K>
+const T* as_compute(const K* src, int64_t ld, int64_t rows, int64_t width, std::vector<T>& buf, int* ld_out) {
+  if constexpr (std::is_same_v<T, K>) {
+    *ld_out = static_cast<int>(ld);
+    return src;
+  } else {
+    for (int64_t r = 0; r < rows; ++r) convert_row(src + r * ld, buf.data() + r * width, width);
+    *ld_out = static_cast<int>(width);
+    return buf.data();
+  }
+}
+
+template <typename T, typename K>
+void decode_kernel(const Geometry& g, Strided<T> qa, Strided<K> ka, Strided<T> qp, Strided<K> kp, Strided<K> v,
                    T* out, T* lse, int64_t splits, double alpha) {
   const std::vector<T> table = distance_table<T>(g, alpha);
   const int64_t rows = g.groups * g.lq;  // row r: query head hk * groups + r / lq, query r % lq
@@ -837,6 +900,9 @@ void decode_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> q
     const int64_t BK = g.block_k;
     std::vector<T> s_buf(rows * BK), p_buf(rows * BK), e_buf(rows * BK), acc(rows * g.dv);
     std::vector<T> qa_buf(rows * g.da), qp_buf(rows * g.dp);  // the task's query rows, contiguous
+    // a key block as T for BLAS when the cache is stored narrower (bfloat16)
+    std::vector<T> ka_conv, kp_conv, v_conv;
+    if (!std::is_same_v<T, K> && !few) ka_conv.resize(BK * g.da), kp_conv.resize(BK * g.dp), v_conv.resize(BK * g.dv);
     std::vector<RowState<T>> state(rows);
     std::vector<const T*> qa_rows(rows), qp_rows(rows);
     for (int64_t r = 0; r < rows; ++r) qa_rows[r] = qa_buf.data() + r * g.da, qp_rows[r] = qp_buf.data() + r * g.dp;
@@ -854,13 +920,16 @@ void decode_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> q
       std::fill(state.begin(), state.end(), RowState<T>{-std::numeric_limits<T>::infinity(), T(0)});
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
-        const T *ka_b = ka.row(b, hk, ks), *kp_b = kp.row(b, hk, ks), *v_b = v.row(b, hk, ks);
+        const K *ka_b = ka.row(b, hk, ks), *kp_b = kp.row(b, hk, ks), *v_b = v.row(b, hk, ks);
         if (few) {
           few_rows_scores(rows, bk, g.da, g.dp, qa_rows.data(), qp_rows.data(), ka_b, ka.ld(), kp_b, kp.ld(),
                           s_buf.data(), p_buf.data(), BK);
         } else {
-          gemm(false, true, rows, bk, g.da, T(1), qa_buf.data(), g.da, ka_b, ka.ld(), T(0), s_buf.data(), BK);
-          gemm(false, true, rows, bk, g.dp, T(1), qp_buf.data(), g.dp, kp_b, kp.ld(), T(0), p_buf.data(), BK);
+          int lda, ldp;
+          const T* ka_c = as_compute(ka_b, ka.ld(), bk, g.da, ka_conv, &lda);
+          const T* kp_c = as_compute(kp_b, kp.ld(), bk, g.dp, kp_conv, &ldp);
+          gemm(false, true, rows, bk, g.da, T(1), qa_buf.data(), g.da, ka_c, lda, T(0), s_buf.data(), BK);
+          gemm(false, true, rows, bk, g.dp, T(1), qp_buf.data(), g.dp, kp_c, ldp, T(0), p_buf.data(), BK);
         }
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t i = r % g.lq;
@@ -871,7 +940,9 @@ void decode_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> q
         if (few) {
           few_rows_accumulate(rows, bk, g.dv, e_buf.data(), BK, v_b, v.ld(), acc.data());
         } else {
-          gemm(false, false, rows, g.dv, bk, T(1), e_buf.data(), BK, v_b, v.ld(), T(1), acc.data(), g.dv);
+          int ldv;
+          const T* v_c = as_compute(v_b, v.ld(), bk, g.dv, v_conv, &ldv);
+          gemm(false, false, rows, g.dv, bk, T(1), e_buf.data(), BK, v_c, ldv, T(1), acc.data(), g.dv);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -889,7 +960,8 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
                                                 const at::Tensor& kp, const at::Tensor& v, double alpha, bool causal,
                                                 int64_t q_offset, int64_t k_offset, int64_t block_q, int64_t block_k,
                                                 int64_t splits) {
-  check_inputs({qa, ka, qp, kp, v}, block_q, block_k);
+  const bool bf16_keys = ka.scalar_type() == at::kBFloat16;
+  check_inputs({qa, ka, qp, kp, v}, block_q, block_k, bf16_keys);
   const Geometry g = make_geometry(qa, ka, qp, v, causal, q_offset, k_offset, block_q, block_k);
   auto out = at::zeros({g.batch, g.heads, g.lq, g.dv}, qa.options());
   auto lse = at::full({g.batch, g.heads, g.lq}, -std::numeric_limits<double>::infinity(), qa.options());
@@ -903,8 +975,16 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
     splits = row_tasks >= threads ? 1 : std::min<int64_t>((threads + row_tasks - 1) / row_tasks, g.k_blocks());
   }
   splits = std::max<int64_t>(1, splits);
+  if (bf16_keys) {
+    // a bfloat16 KV cache read in place (decoding only: longer inputs are converted by the caller)
+    TORCH_CHECK(decode, "tapa fused cpu: bfloat16 keys and values only when decoding (at most 4 queries)");
+    decode_kernel<float, c10::BFloat16>(g, Strided<float>(qa), Strided<c10::BFloat16>(ka), Strided<float>(qp),
+                                        Strided<c10::BFloat16>(kp), Strided<c10::BFloat16>(v), out.data_ptr<float>(),
+                                        lse.data_ptr<float>(), splits, alpha);
+    return {out, lse};
+  }
   AT_DISPATCH_FLOATING_TYPES(qa.scalar_type(), "tapa_fused_forward", [&] {
-    auto kernel = decode ? decode_kernel<scalar_t> : forward_kernel<scalar_t>;
+    auto kernel = decode ? decode_kernel<scalar_t, scalar_t> : forward_kernel<scalar_t>;
     kernel(g, Strided<scalar_t>(qa), Strided<scalar_t>(ka), Strided<scalar_t>(qp), Strided<scalar_t>(kp),
            Strided<scalar_t>(v), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), splits, alpha);
   });
