@@ -10,6 +10,7 @@ machine hits both; the ratio TAPA / RoPE is the median over steps of the paired 
     python benchmarks/decoding.py                          # C = 2K, 4K, 8K, 16K; 32 new tokens
     python benchmarks/decoding.py --contexts 2048 --new-tokens 64 --tapa-impl chunked
     python benchmarks/decoding.py --d-model 512 --n-heads 8 --n-kv-heads 2   # grouped-query
+    python benchmarks/decoding.py --dtype bfloat16                            # bfloat16 weights and cache
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def make(positional: str, args: argparse.Namespace, context: int, impl: str) -> 
         positional=positional,
         attn_impl=impl if positional == "tapa" else "auto",
     )
-    return TapaLM(config).eval()
+    return TapaLM(config).eval().to(getattr(torch, args.dtype))
 
 
 def prefill(model: TapaLM, prompt: torch.Tensor) -> tuple[float, object, torch.Tensor]:
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--n-kv-heads", type=int, help="key/value heads (grouped-query attention); default n_heads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="model weights and cache")
     parser.add_argument("--tapa-impl", default="auto", help="attention kernel of the TAPA model")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -84,7 +86,7 @@ def main() -> None:
     print(
         f"# decoding, d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads "
         f"({args.n_kv_heads or args.n_heads} key/value), batch 1, "
-        f"{args.new_tokens} new tokens, TAPA impl {args.tapa_impl}, {torch.get_num_threads()} threads"
+        f"{args.new_tokens} new tokens, {args.dtype}, TAPA impl {args.tapa_impl}, {torch.get_num_threads()} threads"
     )
     print("| context | TAPA prefill | RoPE prefill | TAPA tok/s | RoPE tok/s | TAPA / RoPE tok/s |")
     print("|---|---|---|---|---|---|")
