@@ -1,4 +1,4 @@
-"""Attention benchmark: TAPA reference, chunked and fused kernels vs RoPE + PyTorch SDPA.
+r"""Attention benchmark: TAPA reference, chunked and fused kernels vs RoPE + PyTorch SDPA.
 
 For each length L it times the forward pass (no grad) and forward + backward, and measures
 the peak memory of forward + backward (peak RSS above the level before the call on CPU, see
