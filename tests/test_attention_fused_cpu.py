@@ -158,17 +158,18 @@ def test_float32_decoding_rows_match_float64_reference(rows, heads, kv_heads, d,
     assert rel_err(out.double(), ref) < 1e-5
 
 
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, 50])
 @pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1)])
 def test_bfloat16_cache_read_in_place_when_decoding(rows, heads, kv_heads):
     # a bfloat16 KV cache goes to the kernel as it is (no float32 copy per step) and the
-    # result equals the float64 reference on the same bfloat16 values; vector and BLAS paths
+    # result equals the float64 reference on the same bfloat16 values; vector and BLAS
+    # decoding paths, and 50 queries (prefill: the kernel widens the cache itself)
     gen = torch.Generator().manual_seed(rows + heads)
     q = torch.randn(1, heads, rows, 40, generator=gen).bfloat16()
     k = torch.randn(1, kv_heads, 600, 40, generator=gen).bfloat16()
     v = torch.randn(1, kv_heads, 600, 40, generator=gen).bfloat16()
     parts = quadratic_parts(q, k, 0.5)
-    inputs = fc_inference_inputs(parts, v, 128)
+    inputs = fc_inference_inputs(parts, v)
     assert [t.dtype for t in inputs] == [torch.float32, torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]
     assert inputs[1].data_ptr() == k.data_ptr() and inputs[4].data_ptr() == v.data_ptr()
     kw = {"alpha": 0.1, "causal": True, "q_offset": 600 - rows}

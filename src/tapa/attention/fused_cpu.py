@@ -42,7 +42,6 @@ from tapa.utils.files import cache_root
 SOURCE = Path(__file__).with_name("csrc") / "tapa_fused_cpu.cpp"
 DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 256
-DECODE_ROWS = 4  # queries per head that the kernel's decoding path takes (kFewRows)
 
 _state: dict[str, object] = {}
 
@@ -231,23 +230,18 @@ def fused_cpu_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (*parts, v)):
         return _FusedTapa.apply(*parts, v, *args)
     # inference (decoding): the op directly, without the autograd wrapper's overhead
-    out, _ = torch.ops.tapa_fused_cpu.forward(*_inference_inputs(parts, v, block_q), *args)
+    out, _ = torch.ops.tapa_fused_cpu.forward(*_inference_inputs(parts, v), *args)
     return out.to(v.dtype)
 
 
-def _inference_inputs(parts: Parts, v: torch.Tensor, block_q: int) -> list[torch.Tensor]:
-    """As :func:`_kernel_inputs`, except that when decoding (at most 4 queries) with float32
-    query parts, bfloat16 key parts and values are passed as they are: the kernel reads a
-    bfloat16 cache in place instead of a float32 copy made at every step."""
-    lq = parts.qa.shape[2]
+def _inference_inputs(parts: Parts, v: torch.Tensor) -> list[torch.Tensor]:
+    """As :func:`_kernel_inputs`, except that bfloat16 key parts and values go with float32
+    query parts as they are: the kernel reads a bfloat16 cache in place when decoding (and
+    widens it itself otherwise), instead of a float32 copy made at every step."""
+    qa, qp = _kernel_inputs(parts.qa, parts.qp)
     keys = (parts.ka, parts.kp, v)
-    if (
-        lq <= DECODE_ROWS
-        and lq <= block_q
-        and compute_dtype(parts.qa.dtype) == torch.float32
-        and all(t.dtype == torch.bfloat16 for t in keys)
-    ):
-        qa, qp = _kernel_inputs(parts.qa, parts.qp)
+    if qa.dtype == torch.float32 and all(t.dtype == torch.bfloat16 for t in keys):
         ka, kp, v = (unit_last_stride(t) for t in keys)
-        return [qa, ka, qp, kp, v]
-    return _kernel_inputs(*parts, v)
+    else:
+        ka, kp, v = (unit_last_stride(t.to(qa.dtype)) for t in keys)
+    return [qa, ka, qp, kp, v]

@@ -73,8 +73,9 @@ void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, 
   dgemm_(&cb, &ca, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
-// Few query rows (decoding): products as plain vector loops. BLAS's gemv path costs more
-// than the memory traffic it has to do, which is all there is to a decoding step.
+// Decoding (at most this many queries per head) has its own kernel; for few rows per task
+// its products are plain vector loops: BLAS's gemv path costs more than the memory traffic
+// it has to do, which is all there is to a decoding step.
 constexpr int64_t kFewRows = 4;
 
 // s[i][j] = qa_i . ka_j and p[i][j] = qp_i . kp_j in one pass over the keys: a key's amplitude
@@ -497,8 +498,8 @@ inline float dot(const float* a, const K* b, int64_t d) {
   return sum;
 }
 
-template <typename K>
-void few_rows_scores_simd(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
+template <typename K>  // float32 queries: more specialised than the generic template, so chosen
+void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
                           const float* const* qp, const K* ka, int64_t ldka, const K* kp, int64_t ldkp, float* s,
                           float* p, int64_t ldo) {
   for (int64_t j = 0; j < cols; ++j) {
@@ -524,8 +525,8 @@ void accumulate_columns(int64_t cols, const float* p, const K* v, int64_t ldv, f
   for (int c = 0; c < NV; ++c) Simd::store(acc + c * Simd::W, sum[c]);
 }
 
-template <typename K>
-void few_rows_accumulate_simd(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const K* v,
+template <typename K>  // float32: chosen over the generic template
+void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const K* v,
                               int64_t ldv, float* acc) {
   constexpr int64_t kChunk = 8;  // vectors per pass: 128 columns (AVX-512), 64 (AVX2)
   const int64_t nv = dv / Simd::W;
@@ -559,25 +560,6 @@ void convert_row(const c10::BFloat16* src, float* dst, int64_t n) {
   for (; t < n; ++t) dst[t] = static_cast<float>(src[t]);
 }
 
-// float32 queries: these overloads take precedence over the generic templates
-void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
-                     const float* const* qp, const float* ka, int64_t ldka, const float* kp, int64_t ldkp, float* s,
-                     float* p, int64_t ldo) {
-  few_rows_scores_simd(rows, cols, da, dp, qa, qp, ka, ldka, kp, ldkp, s, p, ldo);
-}
-void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
-                     const float* const* qp, const c10::BFloat16* ka, int64_t ldka, const c10::BFloat16* kp,
-                     int64_t ldkp, float* s, float* p, int64_t ldo) {
-  few_rows_scores_simd(rows, cols, da, dp, qa, qp, ka, ldka, kp, ldkp, s, p, ldo);
-}
-void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp, const float* v,
-                         int64_t ldv, float* acc) {
-  few_rows_accumulate_simd(rows, cols, dv, p, ldp, v, ldv, acc);
-}
-void few_rows_accumulate(int64_t rows, int64_t cols, int64_t dv, const float* p, int64_t ldp,
-                         const c10::BFloat16* v, int64_t ldv, float* acc) {
-  few_rows_accumulate_simd(rows, cols, dv, p, ldp, v, ldv, acc);
-}
 #endif
 
 // ---- geometry shared by forward and backward ----
@@ -796,8 +778,7 @@ inline std::pair<int64_t, int64_t> split_blocks(int64_t end, int64_t block_k, in
 
 // Prefill and training: one task per (batch, head, query block, key split); per tile two
 // BLAS products fill the amplitude and phase tiles, one vector pass turns them into
-// probabilities, one more product adds them times v. A block of at most kFewRows query rows
-// uses the vector loops instead of BLAS.
+// probabilities, one more product adds them times v.
 template <typename T>
 void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> qp, Strided<T> kp, Strided<T> v,
                     T* out, T* lse, int64_t splits, double alpha) {
@@ -813,7 +794,6 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
     const int64_t BQ = g.block_q, BK = g.block_k;
     std::vector<T> s_buf(BQ * BK), p_buf(BQ * BK), e_buf(BQ * BK), acc(BQ * g.dv);
     std::vector<RowState<T>> state(BQ);
-    std::vector<const T*> qa_rows(kFewRows), qp_rows(kFewRows);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       // largest query blocks (most keys under the causal mask) first
@@ -826,29 +806,18 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
       const auto [kb0, kb1] = split_blocks(end, BK, splits, split);
       const T* qa_b = qa.row(b, h, qs);
       const T* qp_b = qp.row(b, h, qs);
-      const bool few = bq <= kFewRows;
-      for (int64_t i = 0; few && i < bq; ++i) qa_rows[i] = qa.row(b, h, qs + i), qp_rows[i] = qp.row(b, h, qs + i);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(state.begin(), state.end(), RowState<T>{-std::numeric_limits<T>::infinity(), T(0)});
       for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t ks = kb * BK, bk = std::min(ks + BK, end) - ks;
-        if (few) {
-          few_rows_scores(bq, bk, g.da, g.dp, qa_rows.data(), qp_rows.data(), ka.row(b, hk, ks), ka.ld(),
-                          kp.row(b, hk, ks), kp.ld(), s_buf.data(), p_buf.data(), BK);
-        } else {
-          gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
-          gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
-        }
+        gemm(false, true, bq, bk, g.da, T(1), qa_b, qa.ld(), ka.row(b, hk, ks), ka.ld(), T(0), s_buf.data(), BK);
+        gemm(false, true, bq, bk, g.dp, T(1), qp_b, qp.ld(), kp.row(b, hk, ks), kp.ld(), T(0), p_buf.data(), BK);
         for (int64_t i = 0; i < bq; ++i) {
           const T* c = table.data() + g.table_index(qs + i, ks);
           online_softmax_row<T>(s_buf.data() + i * BK, p_buf.data() + i * BK, c, g.visible(qs + i, ks, bk),
                                 static_cast<int>(bk), state[i], acc.data() + i * g.dv, g.dv, e_buf.data() + i * BK);
         }
-        if (few) {
-          few_rows_accumulate(bq, bk, g.dv, e_buf.data(), BK, v.row(b, hk, ks), v.ld(), acc.data());
-        } else {
-          gemm(false, false, bq, g.dv, bk, T(1), e_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
-        }
+        gemm(false, false, bq, g.dv, bk, T(1), e_buf.data(), BK, v.row(b, hk, ks), v.ld(), T(1), acc.data(), g.dv);
       }
       for (int64_t i = 0; i < bq; ++i) {
         const int64_t row = (b * g.heads + h) * g.lq + qs + i;
@@ -962,12 +931,16 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
                                                 int64_t splits) {
   const bool bf16_keys = ka.scalar_type() == at::kBFloat16;
   check_inputs({qa, ka, qp, kp, v}, block_q, block_k, bf16_keys);
+  if (bf16_keys && qa.size(2) > kFewRows) {
+    // a bfloat16 cache is read in place only by the decoding kernel: widen it for the others
+    return tapa_forward(qa, ka.to(at::kFloat), qp, kp.to(at::kFloat), v.to(at::kFloat), alpha, causal, q_offset,
+                        k_offset, block_q, block_k, splits);
+  }
   const Geometry g = make_geometry(qa, ka, qp, v, causal, q_offset, k_offset, block_q, block_k);
   auto out = at::zeros({g.batch, g.heads, g.lq, g.dv}, qa.options());
   auto lse = at::full({g.batch, g.heads, g.lq}, -std::numeric_limits<double>::infinity(), qa.options());
   if (g.lq == 0 || g.lk == 0) return {out, lse};
-  // decoding: all queries of a head fit the vector loops (and one query block)
-  const bool decode = g.lq <= kFewRows && g.lq <= block_q;
+  const bool decode = g.lq <= kFewRows;  // decoding: its own kernel
   if (splits <= 0) {
     // flash-decoding: split the keys when there are fewer tasks than threads
     const int64_t row_tasks = decode ? g.batch * g.kv_heads : g.batch * g.heads * g.q_blocks();
@@ -976,8 +949,7 @@ std::tuple<at::Tensor, at::Tensor> tapa_forward(const at::Tensor& qa, const at::
   }
   splits = std::max<int64_t>(1, splits);
   if (bf16_keys) {
-    // a bfloat16 KV cache read in place (decoding only: longer inputs are converted by the caller)
-    TORCH_CHECK(decode, "tapa fused cpu: bfloat16 keys and values only when decoding (at most 4 queries)");
+    // a bfloat16 KV cache read in place
     decode_kernel<float, c10::BFloat16>(g, Strided<float>(qa), Strided<c10::BFloat16>(ka), Strided<float>(qp),
                                         Strided<c10::BFloat16>(kp), Strided<c10::BFloat16>(v), out.data_ptr<float>(),
                                         lse.data_ptr<float>(), splits, alpha);
