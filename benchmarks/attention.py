@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import paired_ratio, sync, time_interleaved
+from timing import machine, paired_ratio, sync, time_interleaved
 
 from tapa.attention import tapa_attention
 from tapa.positional import RotaryEmbedding
@@ -206,8 +204,7 @@ def main() -> None:
         peak_only(args)
         return
     env = (
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
+        f"{machine()}, device {args.device}, {args.dtype}, "
         f"B={args.batch} H={args.heads} D={args.head_dim}, causal, medians of {args.repeats} "
         f"interleaved repeats (of {max(3, args.repeats // 2)} above L=4096), ratios paired per repeat"
     )

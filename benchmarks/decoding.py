@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
-from timing import paired_ratio
+from timing import machine, paired_ratio
 
 from tapa.model import ModelConfig, TapaLM
 
@@ -109,7 +108,7 @@ def main() -> None:
         )
     if args.json:
         meta = {
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "args": vars(args),

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
+from timing import machine
 
 from tapa.model import ModelConfig, TapaLM
 
@@ -89,7 +89,7 @@ def main() -> None:
         print(f"| {length} | {' | '.join(f'{rate[s]:,.0f}' for s in args.schemes)} | {ratio:.2f} |")
     if args.json:
         meta = {
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "device": str(device),
