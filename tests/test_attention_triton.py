@@ -1,8 +1,10 @@
-"""The Triton kernels against the reference, run on CPU tensors by Triton's interpreter.
+"""The Triton kernels against the reference, run on CPU tensors by Triton's interpreter,
+and compiled on a GPU where there is one.
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the cases run in a child
 process; each prints the largest relative error of the output and of every gradient.
-Skipped when triton is not installed (``pip install 'tapa[triton]'``; CI installs it).
+Skipped when triton is not installed (``pip install 'tapa[triton]'``; CI installs it); the
+GPU tests are skipped without CUDA (CI has no GPU).
 """
 
 import json
@@ -11,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tapa.attention.triton_kernel import triton_available
 
@@ -47,17 +50,22 @@ for case in json.loads(sys.argv[1]):
         results.append({"nan_rows": torch.isnan(out[0, 0]).any(-1).tolist()})
         continue
     ref_grads = torch.autograd.grad(ref, leaves, d_out.double())
-    parts = [t.to(dtype).detach().clone().requires_grad_(True) for t in (*quadratic_parts(q, k, case["theta"]), v)]
+    dev = case.get("device", "cpu")  # "cuda": compiled by Triton for the GPU, not interpreted
+    qd, kd, vd = (t.to(dev) for t in (q, k, v))
+    parts = [t.to(dtype).detach().clone().requires_grad_(True) for t in (*quadratic_parts(qd, kd, case["theta"]), vd)]
     out = triton_attention(Parts(*parts[:4]), parts[4], block_m=case["bm"], block_n=case["bn"], **kw)
-    grads = torch.autograd.grad(out, parts, d_out.to(dtype))
-    errors = [rel(g, r) for g, r in zip(grads, ref_grads)]
+    grads = torch.autograd.grad(out, parts, d_out.to(dev, dtype))
+    errors = [rel(g.cpu(), r) for g, r in zip(grads, ref_grads)]
+    out = out.cpu()
     results.append({"dtype": str(out.dtype), "out": rel(out, ref), "grads": errors})
 print(json.dumps(results))
 """
 
 
-def run_cases(cases: list[dict]) -> list[dict]:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+def run_cases(cases: list[dict], interpret: bool = True) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(cases)], capture_output=True, text=True, env=env, timeout=900
     )
@@ -102,3 +110,33 @@ def test_triton_interpreter_bfloat16_within_bf16_tolerance():
 def test_triton_interpreter_propagates_nan():
     (res,) = run_cases([case(h=1, hk=1, nan_key=20)])
     assert res["nan_rows"] == [False] * 20 + [True] * 20
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU (the interpreter tests above run on CPU)")
+
+
+@cuda
+def test_triton_gpu_matches_reference_float32():
+    """The same case families compiled for the GPU, plus the wrapper's default tile sizes on
+    longer, ragged inputs (bm / bn None) where the interpreter would be too slow."""
+    cases = [{**c, "device": "cuda"} for c in CASES.values()]
+    cases += [
+        case(device="cuda", d=64, lq=1000, lk=1000, bm=None, bn=None, seed=10),
+        case(device="cuda", d=128, h=8, hk=2, lq=777, lk=777, bm=None, bn=None, seed=11),
+        case(device="cuda", d=128, lq=3, lk=1500, q_offset=1497, bm=None, bn=None, seed=12),
+    ]
+    for res in run_cases(cases, interpret=False):
+        assert res["dtype"] == "torch.float32"
+        assert res["out"] < 1e-4 and max(res["grads"]) < 1e-4, res
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_triton_gpu_half_precision_within_tolerance(dtype):
+    cases = [
+        case(device="cuda", dtype=dtype, d=64, lq=1000, lk=1000, bm=None, bn=None, seed=13),
+        case(device="cuda", dtype=dtype, d=128, h=4, hk=1, lq=5, lk=900, q_offset=895, bm=None, bn=None, seed=14),
+    ]
+    for res in run_cases(cases, interpret=False):
+        assert res["dtype"] == f"torch.{dtype}"
+        assert res["out"] < 2e-2 and max(res["grads"]) < 5e-2, res
