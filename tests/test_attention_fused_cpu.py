@@ -139,13 +139,14 @@ def test_decoding_splits_equal_reference(splits):
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1)])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1), (24, 1)])
 @pytest.mark.parametrize(("d", "theta"), [(24, 0.5), (64, 0.25), (136, 0.5), (288, 0.5)])
 def test_float32_decoding_rows_match_float64_reference(rows, heads, kv_heads, d, theta):
     # the decoding path in float32: one task per key head holds the rows of its query heads
-    # (1 to 18 here: the vector loops up to 3, BLAS beyond); head dims that leave a scalar
+    # (1 to 72 here: the vector loops up to 64, BLAS beyond); head dims that leave a scalar
     # tail, split unevenly, and need several passes of accumulator registers (288 = 18
-    # vectors); value rows wider than the keys'
+    # vectors); value rows wider than the keys'; 700 keys in blocks of 128 leave a last
+    # block of 60, whole groups of 16 keys and a tail of keys one at a time
     gen = torch.Generator().manual_seed(d + rows + heads)
     q = torch.randn(2, heads, rows, d, generator=gen, dtype=torch.float64)
     k = torch.randn(2, kv_heads, 700, d, generator=gen, dtype=torch.float64)
@@ -159,7 +160,7 @@ def test_float32_decoding_rows_match_float64_reference(rows, heads, kv_heads, d,
 
 
 @pytest.mark.parametrize("rows", [1, 3, 50])
-@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1)])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (4, 2), (6, 1), (24, 1)])
 def test_bfloat16_cache_read_in_place_when_decoding(rows, heads, kv_heads):
     # a bfloat16 KV cache goes to the kernel as it is (no float32 copy per step) and the
     # result equals the float64 reference on the same bfloat16 values; vector and BLAS

@@ -233,6 +233,23 @@ struct Simd {  // 16 float32 lanes, masks in k registers
   static M odd(I q) { return _mm512_test_epi32_mask(q, _mm512_set1_epi32(1)); }
   static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }  // m ? b : a
   static float sum(V v) { return _mm512_reduce_add_ps(v); }
+  // lane j = the sum of x[j]'s lanes, j < 16: pairs, then quads within 128-bit lanes, then
+  // across lanes (15 adds and 30 shuffles for 16 sums, against 16 full reductions)
+  static V transpose_sums(const V* x) {
+    V s[8], u[4];
+    for (int i = 0; i < 8; ++i)
+      s[i] = add(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sums of x[4i .. 4i+3]
+      const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
+      u[i] = add(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const V w01 = add(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const V w23 = add(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return add(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+               _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
   // 2^x = p 2^n (n = round(x), p = 2^(x - n)): vscalefps underflows to 0 and overflows to inf
   // by itself; the clamp only keeps x = -inf from becoming -inf - (-inf)
   static V exp2_clamp(V x) { return max(set1(-200.0f), x); }
@@ -276,6 +293,17 @@ struct Simd {  // 8 float32 lanes, masks as all-ones lanes
     lo = _mm_hadd_ps(lo, lo);
     lo = _mm_hadd_ps(lo, lo);
     return _mm_cvtss_f32(lo);
+  }
+  // lane j = the sum of x[j]'s lanes, j < 8 (as the AVX-512 version, one lane level fewer)
+  static V transpose_sums(const V* x) {
+    V s[4], u[2];
+    for (int i = 0; i < 4; ++i)
+      s[i] = add(_mm256_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm256_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 2; ++i) {
+      const __m256d a = _mm256_castps_pd(s[2 * i]), b = _mm256_castps_pd(s[2 * i + 1]);
+      u[i] = add(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    }
+    return add(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
   }
   // 2^n through the exponent field: n = -127 gives the bit pattern of 0 (underflow to 0),
   // n = 128 that of inf
@@ -498,11 +526,42 @@ inline float dot(const float* a, const K* b, int64_t d) {
   return sum;
 }
 
+// lane j = q . k_j for W keys k_j = k + j ld, d values each: one accumulator per key and one
+// transposing reduction for all W, instead of a full reduction per key
+template <typename K>
+inline Simd::V dot_keys(const float* q, const K* k, int64_t ld, int64_t d) {
+  const int64_t dw = d - d % Simd::W;
+  Simd::V acc[Simd::W];
+  for (int j = 0; j < Simd::W; ++j) acc[j] = Simd::zero();
+  for (int64_t t = 0; t < dw; t += Simd::W) {
+    const Simd::V qv = Simd::load(q + t);
+    for (int j = 0; j < Simd::W; ++j) acc[j] = Simd::fmadd(qv, Simd::load(k + j * ld + t), acc[j]);
+  }
+  Simd::V sums = Simd::transpose_sums(acc);
+  if (dw < d) {  // scalar tail of a head part that is not a whole number of vectors
+    alignas(64) float tail[Simd::W];
+    for (int j = 0; j < Simd::W; ++j) {
+      float sum = 0.0f;
+      for (int64_t t = dw; t < d; ++t) sum += q[t] * static_cast<float>(k[j * ld + t]);
+      tail[j] = sum;
+    }
+    sums = Simd::add(sums, Simd::load(tail));
+  }
+  return sums;
+}
+
 template <typename K>  // float32 queries: more specialised than the generic template, so chosen
 void few_rows_scores(int64_t rows, int64_t cols, int64_t da, int64_t dp, const float* const* qa,
                           const float* const* qp, const K* ka, int64_t ldka, const K* kp, int64_t ldkp, float* s,
                           float* p, int64_t ldo) {
-  for (int64_t j = 0; j < cols; ++j) {
+  int64_t j0 = 0;
+  for (; j0 + Simd::W <= cols; j0 += Simd::W) {  // W keys at a time, every row (the keys stay in L1)
+    for (int64_t i = 0; i < rows; ++i) {
+      Simd::store(s + i * ldo + j0, dot_keys(qa[i], ka + j0 * ldka, ldka, da));
+      Simd::store(p + i * ldo + j0, dot_keys(qp[i], kp + j0 * ldkp, ldkp, dp));
+    }
+  }
+  for (int64_t j = j0; j < cols; ++j) {
     const K* kaj = ka + j * ldka;
     const K* kpj = kp + j * ldkp;
     for (int64_t i = 0; i < rows; ++i) {
@@ -832,11 +891,18 @@ void forward_kernel(const Geometry& g, Strided<T> qa, Strided<T> ka, Strided<T> 
 // Decoding (at most kFewRows queries): one task per (batch, key head, key split) holds the
 // query rows of every query head that shares the key head, so the cached keys and values
 // are read from memory once per key head, not once per query head (grouped-query
-// attention). Up to kDecodeVectorRows rows use the vector loops that read the keys in
-// order; more rows (several query heads per key head) are a small matrix, and BLAS does
-// better: at 16K keys, D 64, one query per head, the loops took 0.97x BLAS's time for
-// 3 rows and 1.28x for 4 (docs/benchmarks.md).
-constexpr int64_t kDecodeVectorRows = 3;
+// attention). The vector loops read the keys in order and reduce W keys' products at once;
+// with a cache larger than the last-level cache (16K keys, D 64, four caches in turn) they
+// took 0.50-0.56x BLAS's time for 1-4 rows, 0.67-0.70x for 8, 0.79-0.80x for 16 and 0.90x
+// for 32; at 2K keys 0.95x for 32 and 64 rows (docs/benchmarks.md). Above that, and where
+// there are no vector loops (float64, builds without AVX2), BLAS.
+template <typename T>
+constexpr int64_t decode_vector_rows() {
+#if defined(TAPA_AVX512) || defined(TAPA_AVX2)
+  if constexpr (std::is_same_v<T, float>) return 64;
+#endif
+  return 3;
+}
 
 // `rows` rows of `width` values at stride ld as T: the rows themselves when K is T, else
 // converted into buf (contiguous; *ld_out tells the stride)
@@ -861,7 +927,7 @@ void decode_kernel(const Geometry& g, Strided<T> qa, Strided<K> ka, Strided<T> q
   SplitParts<T> parts(g.batch * g.heads * g.lq, splits, g.dv);
   const int threads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(tasks)));
   const int64_t end = g.key_end(g.lq);
-  const bool few = rows <= kDecodeVectorRows;
+  const bool few = rows <= decode_vector_rows<T>();
 
 #pragma omp parallel num_threads(threads)
   {
