@@ -25,9 +25,27 @@ TINY = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32
         "--eval-every", "0", "--no-progress"]  # fmt: skip
 
 
-def torchrun(n: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
+# torch's gloo teardown can abort a rank with this message (SIGABRT), also after the rank's
+# work is done; PyTorch's own FSDP tests hit it too (pytorch/pytorch#90549). It happened twice
+# in this project's suite on one machine, never in about 60 runs of the same commands alone. A run
+# that dies of it is run once more: from scratch (its --out removed), or, resuming, resumed
+# again. Any other failure, or the same abort twice, still fails the test.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_ranks(command: list[str], out: str | None = None, resume: bool = False) -> subprocess.CompletedProcess:
+    res = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    if res.returncode != 0 and GLOO_TEARDOWN_ABORT in res.stderr:
+        if out is not None and not resume:
+            shutil.rmtree(out, ignore_errors=True)
+        res = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    return res
+
+
+def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
     command = [TORCHRUN, "--standalone", f"--nproc-per-node={n}", "-m", "tapa.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD, **kwargs)
+    out = args[args.index("--out") + 1] if "--out" in args else None
+    return run_ranks(command, out=out, resume="--resume" in args)
 
 
 def plain(*args: str) -> subprocess.CompletedProcess:
@@ -135,7 +153,7 @@ def test_fsdp_initial_weights_follow_the_rule_and_do_not_depend_on_world_size(tm
             str(tmp_path / "init.py"),
             str(tmp_path / f"{n}.pt"),
         ]
-        res = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+        res = run_ranks(command)
         assert res.returncode == 0, res.stderr[-3000:]
     a, b = torch.load(tmp_path / "1.pt"), torch.load(tmp_path / "2.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
