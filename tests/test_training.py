@@ -422,6 +422,21 @@ def test_garbled_json_in_a_checkpoint_is_reported_as_invalid_json(tmp_path, cach
         resolve_resume(run, "latest")
 
 
+def last_logged_step(run: Path) -> int:
+    """The highest step in a run's metrics.jsonl so far (0 before any; a half-written line is skipped)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    steps = [0]
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, KeyError):
+            continue
+    return max(steps)
+
+
 def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_dir):
     # kills land anywhere: during start-up, steps, checkpoint writes and the deletion of old
     # checkpoints (one every 2 steps, only 2 kept); every restart resumes with --resume
@@ -439,23 +454,37 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_di
     run = tmp_path / "killed"
     base = [sys.executable, "-m", "tapa.cli", *args, "--out", str(run), "--cache-dir", cache_dir]
     rng = random.Random(1234)
-    kills = 0
-    for attempt in range(6):
-        command = base + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            proc.wait(timeout=rng.uniform(0.25, 0.6) * whole)
-        except subprocess.TimeoutExpired:
+    step_time = whole / steps  # an upper bound: it includes start-up
+
+    def start(resume: bool) -> subprocess.Popen:
+        command = base + (["--resume"] if resume else [])
+        return subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode()
-        break
-    else:
-        res = cli(*args, "--out", str(run), "--resume", cache_dir=cache_dir)
-        assert res.returncode == 0, res.stderr
-    assert kills >= 2
+        code = proc.wait()
+        assert code == -signal.SIGKILL, f"the run ended ({code}) before it could be killed: {proc.stderr.read().decode()}"
+
+    # the first kill lands early, in start-up or the first steps; the others are placed by
+    # progress, not by wall time (a wall-time kill after a resume can come after the run ends):
+    # once the run has logged a drawn step, it dies at a random point within the next two steps,
+    # inside a step, a checkpoint write or the deletion of an old checkpoint
+    proc = start(resume=False)
+    time.sleep(rng.uniform(0.05, 0.3) * whole)
+    kill(proc)
+    targets = sorted(rng.sample(range(4, steps - 6), 3))
+    for target in targets:
+        # a kill before the run wrote its config leaves nothing to resume: start it again
+        proc = start(resume=(run / "train_config.json").exists())
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and last_logged_step(run) < target:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 2.0) * step_time)
+        kill(proc)
+    assert last_logged_step(run) > targets[-1]
+    res = cli(*args, "--out", str(run), "--resume", cache_dir=cache_dir)
+    assert res.returncode == 0, res.stderr
     assert read_metrics(run) == reference  # bit-for-bit, across every kill
     assert load_pretrained(run).state_dict().keys() == load_pretrained(tmp_path / "full").state_dict().keys()
     for name, tensor in load_pretrained(run).state_dict().items():
