@@ -464,7 +464,8 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_di
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         code = proc.wait()
-        assert code == -signal.SIGKILL, f"the run ended ({code}) before it could be killed: {proc.stderr.read().decode()}"
+        ended = f"the run ended ({code}) before it could be killed: {proc.stderr.read().decode()}"
+        assert code == -signal.SIGKILL, ended
 
     # the first kill lands early, in start-up or the first steps; the others are placed by
     # progress, not by wall time (a wall-time kill after a resume can come after the run ends):
