@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from tapa.attention import quadratic_parts
 from tapa.attention.triton_kernel import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not installed (pip install 'tapa[triton]')")
@@ -42,8 +43,11 @@ for case in json.loads(sys.argv[1]):
     if case.get("nan_key") is not None:
         k[0, 0, case["nan_key"], 0] = float("nan")
     kw = {"alpha": case["alpha"], "causal": case["causal"], "q_offset": case["q_offset"], "k_offset": case["k_offset"]}
-    ref_parts = quadratic_parts(q.double(), k.double(), case["theta"])
-    leaves = [t.detach().clone().requires_grad_(True) for t in (*ref_parts, v.double())]
+    # the kernel's inputs are the parts in its dtype; the oracle gets the same rounded parts in float64
+    inputs = [t.to(dtype) for t in (*quadratic_parts(q, k, case["theta"]), v)]
+    if case.get("mixed"):  # as a half-precision model passes them: float32 query parts, half keys
+        inputs = [*quadratic_parts(q.to(dtype), k.to(dtype), case["theta"]), v.to(dtype)]
+    leaves = [t.double().requires_grad_(True) for t in inputs]
     ref = reference_attention(Parts(*leaves[:4]), leaves[4], **kw)
     if case.get("nan_key") is not None:
         out = triton_attention(quadratic_parts(q, k, case["theta"]), v, block_m=16, block_n=16, **kw)
@@ -51,13 +55,13 @@ for case in json.loads(sys.argv[1]):
         continue
     ref_grads = torch.autograd.grad(ref, leaves, d_out.double())
     dev = case.get("device", "cpu")  # "cuda": compiled by Triton for the GPU, not interpreted
-    qd, kd, vd = (t.to(dev) for t in (q, k, v))
-    parts = [t.to(dtype).detach().clone().requires_grad_(True) for t in (*quadratic_parts(qd, kd, case["theta"]), vd)]
+    parts = [t.to(dev).requires_grad_(True) for t in inputs]
     out = triton_attention(Parts(*parts[:4]), parts[4], block_m=case["bm"], block_n=case["bn"], **kw)
     grads = torch.autograd.grad(out, parts, d_out.to(dev, dtype))
     errors = [rel(g.cpu(), r) for g, r in zip(grads, ref_grads)]
     out = out.cpu()
-    results.append({"dtype": str(out.dtype), "out": rel(out, ref), "grads": errors})
+    dtypes = [str(t.dtype) for t in (out, *grads)]
+    results.append({"dtype": str(out.dtype), "dtypes": dtypes, "out": rel(out, ref), "grads": errors})
 print(json.dumps(results))
 """
 
@@ -100,11 +104,49 @@ def test_triton_interpreter_matches_reference_float32():
         assert max(res["grads"]) < 1e-4, (name, res)
 
 
-def test_triton_interpreter_bfloat16_within_bf16_tolerance():
-    results = run_cases([case(dtype="bfloat16", seed=9), case(dtype="bfloat16", h=4, hk=1, lq=5, lk=40, q_offset=35)])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_triton_interpreter_half_precision_within_tolerance(dtype):
+    """Half-precision inputs with float32 distances, phases, cosine and accumulators: the
+    oracle gets the same rounded inputs, so what is left is the rounding of the outputs and
+    gradients, a few units of the dtype's epsilon. The third case puts queries 2000
+    positions past their keys with alpha 0.5: phases reach thousands of radians, where a
+    phase rounded to the input's precision would be off by whole radians."""
+    eps = torch.finfo(getattr(torch, dtype)).eps  # 2^-7 for bfloat16, 2^-10 for float16
+    far = case(dtype=dtype, alpha=0.5, lq=8, lk=40, q_offset=2000, seed=10)
+    results = run_cases([case(dtype=dtype, seed=9), case(dtype=dtype, h=4, hk=1, lq=5, lk=40, q_offset=35), far])
     for res in results:
-        assert res["dtype"] == "torch.bfloat16"
-        assert res["out"] < 2e-2 and max(res["grads"]) < 5e-2, res
+        assert res["dtype"] == f"torch.{dtype}"
+        assert res["out"] < 2 * eps and max(res["grads"]) < 4 * eps, res
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_triton_interpreter_float32_queries_with_half_keys(dtype):
+    """What a half-precision model passes (float32 query parts, key parts that are views of
+    half-precision keys): computed with half-precision products, the phase part split in two,
+    never by casting the keys to float32. The errors stay at the dtype's rounding, also where
+    phases reach thousands of radians (2000 positions, alpha 0.5); the query gradients come
+    back in float32, the key and value gradients in the keys' dtype."""
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    cases = [
+        case(dtype=dtype, mixed=True, seed=11),
+        case(dtype=dtype, mixed=True, h=4, hk=2, lq=9, lk=45, q_offset=36, seed=12),
+        case(dtype=dtype, mixed=True, alpha=0.5, lq=8, lk=40, q_offset=2000, seed=13),
+    ]
+    for res in run_cases(cases):
+        half = f"torch.{dtype}"
+        assert res["dtypes"] == [half, "torch.float32", half, "torch.float32", half, half], res
+        assert res["out"] < 2 * eps and max(res["grads"]) < 4 * eps, res
+
+
+def test_split_queries_only_for_float32_queries_with_half_keys():
+    from tapa.attention.triton_kernel import split_queries
+
+    q, k = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    for half in (torch.bfloat16, torch.float16):
+        assert split_queries(quadratic_parts(q.to(half), k.to(half), 0.5), k.to(half))
+        assert not split_queries(quadratic_parts(q.to(half), k.to(half), 0.5), k)  # float32 values
+    assert not split_queries(quadratic_parts(q, k, 0.5), k)  # all float32
+    assert not split_queries(quadratic_parts(q.double(), k.to(torch.bfloat16), 0.5), k.to(torch.bfloat16))
 
 
 def test_triton_interpreter_propagates_nan():
@@ -136,6 +178,9 @@ def test_triton_gpu_half_precision_within_tolerance(dtype):
     cases = [
         case(device="cuda", dtype=dtype, d=64, lq=1000, lk=1000, bm=None, bn=None, seed=13),
         case(device="cuda", dtype=dtype, d=128, h=4, hk=1, lq=5, lk=900, q_offset=895, bm=None, bn=None, seed=14),
+        # a half-precision model's inputs: float32 query parts, half keys (the split phase product)
+        case(device="cuda", dtype=dtype, mixed=True, d=64, lq=1000, lk=1000, bm=None, bn=None, seed=15),
+        case(device="cuda", dtype=dtype, mixed=True, d=128, alpha=0.5, lq=64, lk=900, q_offset=5000, bm=None, bn=None),
     ]
     for res in run_cases(cases, interpret=False):
         assert res["dtype"] == f"torch.{dtype}"

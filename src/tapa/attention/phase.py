@@ -18,8 +18,9 @@ The query parts are float32 (docs/paper.md: phases in float32 even when the mode
 bf16), or float64 for float64 inputs (useful for exact equivalence tests). Key parts that are
 views keep the keys' dtype, so a bfloat16 cache is not copied to float32 at every decoding
 step; each kernel computes in the query parts' dtype (the fused CPU kernel reads bfloat16
-keys and values in place when decoding, the Triton kernel takes half-precision parts, the
-reference and chunked kernels cast).
+keys and values in place when decoding, the Triton kernel reads half-precision keys in place
+with the float32 query phase part split into two half-precision parts, the reference and
+chunked kernels cast).
 """
 
 from __future__ import annotations

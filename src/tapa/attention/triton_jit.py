@@ -38,6 +38,7 @@ def _key_end(pid_m, q_offset, k_offset, lk, BLOCK_M: tl.constexpr, CAUSAL: tl.co
 def _tile(
     qa,
     qp,
+    qpl,
     ka,
     kp,
     offs_m,
@@ -50,10 +51,17 @@ def _tile(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    """Scores of one tile and what the backward needs: (s, a, c, cp, valid)."""
+    """Scores of one tile and what the backward needs: (s, a, c, cp, valid).
+
+    With SPLIT the float32 query phase part arrives as two half-precision parts, qp + qpl
+    (high and low halves of its mantissa), and p = qp . kp + qpl . kp: the phase product
+    of half-precision keys at close to float32 accuracy, on half-precision tensor cores."""
     amp = _dot(qa, tl.trans(ka), PRECISION, UPCAST)
     prod = _dot(qp, tl.trans(kp), PRECISION, UPCAST)
+    if SPLIT:
+        prod += _dot(qpl, tl.trans(kp), PRECISION, UPCAST)
     q_pos = q_offset + offs_m
     k_pos = k_offset + offs_n
     dist = tl.abs(q_pos[:, None] - k_pos[None, :]).to(tl.float32)
@@ -71,6 +79,7 @@ def tapa_fwd(
     QA,
     KA,
     QP,
+    QPL,
     KP,
     V,
     OUT,
@@ -106,6 +115,7 @@ def tapa_fwd(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DA: tl.constexpr,
@@ -124,6 +134,9 @@ def tapa_fwd(
     row_ok = offs_m < lq
     qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
     qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
+    qpl = qp
+    if SPLIT:
+        qpl = _load_rows(QPL, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DV], tl.float32)
@@ -133,7 +146,7 @@ def tapa_fwd(
         ka = _load_rows(KA, b, hk, ska_b, ska_h, ska_l, offs_n, lk, offs_a, da)
         kp = _load_rows(KP, b, hk, skp_b, skp_h, skp_l, offs_n, lk, offs_p, dp)
         s, _a, _c, _cp, valid = _tile(
-            qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+            qa, qp, qpl, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST, SPLIT
         )
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -171,6 +184,7 @@ def tapa_bwd_kv(
     QA,
     KA,
     QP,
+    QPL,
     KP,
     V,
     DO,
@@ -211,6 +225,7 @@ def tapa_bwd_kv(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DA: tl.constexpr,
@@ -245,12 +260,15 @@ def tapa_bwd_kv(
             row_ok = offs_m < lq
             qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
             qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
+            qpl = qp
+            if SPLIT:
+                qpl = _load_rows(QPL, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
             do = _load_rows(DO, b, h, sdo_b, sdo_h, sdo_l, offs_m, lq, offs_v, dv)
             row = (b * heads + h) * lq + offs_m
             lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
             delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
             s, amp, c, cp, valid = _tile(
-                qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+                qa, qp, qpl, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST, SPLIT
             )
             dps = _dot(do, tl.trans(v), PRECISION, UPCAST)
             p, d_amp, d_prod = _bwd_row_terms(s, amp, c, cp, valid, lse, delta, dps)
@@ -268,6 +286,7 @@ def tapa_bwd_q(
     QA,
     KA,
     QP,
+    QPL,
     KP,
     V,
     DO,
@@ -306,6 +325,7 @@ def tapa_bwd_q(
     CAUSAL: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DA: tl.constexpr,
@@ -324,6 +344,9 @@ def tapa_bwd_q(
     row_ok = offs_m < lq
     qa = _load_rows(QA, b, h, sqa_b, sqa_h, sqa_l, offs_m, lq, offs_a, da)
     qp = _load_rows(QP, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
+    qpl = qp
+    if SPLIT:
+        qpl = _load_rows(QPL, b, h, sqp_b, sqp_h, sqp_l, offs_m, lq, offs_p, dp)
     do = _load_rows(DO, b, h, sdo_b, sdo_h, sdo_l, offs_m, lq, offs_v, dv)
     row = bh * lq + offs_m
     lse = tl.load(LSE + row, mask=row_ok, other=float("-inf"))
@@ -336,7 +359,7 @@ def tapa_bwd_q(
         ka = _load_rows(KA, b, hk, ska_b, ska_h, ska_l, offs_n, lk, offs_a, da)
         kp = _load_rows(KP, b, hk, skp_b, skp_h, skp_l, offs_n, lk, offs_p, dp)
         s, amp, c, cp, valid = _tile(
-            qa, qp, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST
+            qa, qp, qpl, ka, kp, offs_m, offs_n, q_offset, k_offset, lq, lk, alpha, CAUSAL, PRECISION, UPCAST, SPLIT
         )
         v = _load_rows(V, b, hk, sv_b, sv_h, sv_l, offs_n, lk, offs_v, dv)
         dps = _dot(do, tl.trans(v), PRECISION, UPCAST)

@@ -15,8 +15,9 @@ The same function as every other kernel here, from pre-scaled parts:
 
 Distances are exact int32 differences turned into float32; phases, the cosine and the
 softmax are float32 whatever the input dtype; float32 inputs use IEEE float32 products
-(TF32 would round the phase argument to ~1e-3). Queries sit at positions q_offset + i,
-keys at k_offset + j (KV-cache prefill and decode).
+(TF32 would round the phase argument to ~1e-3). Float32 query parts with half-precision
+keys (a half-precision model) run with half-precision products: see :func:`split_queries`.
+Queries sit at positions q_offset + i, keys at k_offset + j (KV-cache prefill and decode).
 
 Triton is an optional extra (``pip install tapa[triton]``); this module imports it lazily.
 """
@@ -66,26 +67,52 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def split_queries(parts: Parts, v: torch.Tensor) -> bool:
+    """True for float32 query parts with keys and values in one half precision (what
+    :func:`tapa.attention.quadratic_parts` gives for a bfloat16 or float16 model).
+
+    Such inputs are not all cast to float32 (IEEE float32 products, without tensor cores, and
+    a float32 copy of the keys at every call). The amplitude part qa is rounded to the keys'
+    dtype, as a half-precision SDPA rounds q; the phase part, whose product is multiplied by
+    up to 2 pi |m - n|^alpha, is split into qp_hi = half(qp) and qp_lo = half(qp - qp_hi),
+    and qp . kp = qp_hi . kp + qp_lo . kp (about 16 mantissa bits for bfloat16, 22 for float16)."""
+    half = parts.ka.dtype
+    return (
+        half in (torch.bfloat16, torch.float16)
+        and parts.kp.dtype == half
+        and v.dtype == half
+        and parts.qa.dtype == torch.float32
+        and parts.qp.dtype == torch.float32
+    )
+
+
 class _TritonTapa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_m, block_n):
         k = _build()
+        ctx.q_dtypes = (qa.dtype, qp.dtype)  # the query gradients come back in these
+        split = split_queries(Parts(qa, ka, qp, kp), v)
+        if split:  # float32 query parts, half-precision keys: half-precision products
+            qa, qp, qpl = qa.to(ka.dtype), qp.to(ka.dtype), (qp - qp.to(ka.dtype).float()).to(ka.dtype)
         qa, ka, qp, kp, v = (unit_last_stride(t) for t in (qa, ka, qp, kp, v))
+        if not split:
+            qpl = qp  # not read
         b, h, lq, da = qa.shape
         h_kv, lk, dp, dv = ka.shape[1], ka.shape[2], qp.shape[-1], v.shape[-1]
         out = torch.empty(b, h, lq, dv, device=qa.device, dtype=v.dtype)
         lse = torch.empty(b, h, lq, device=qa.device, dtype=torch.float32)
         precision = "ieee" if qa.dtype == torch.float32 else "tf32"  # tf32 only matters for float32 inputs
         upcast = interpreting() and qa.dtype != torch.float32
-        meta = {"CAUSAL": causal, "PRECISION": precision, "UPCAST": upcast, "BLOCK_M": block_m, "BLOCK_N": block_n}
+        meta = {"CAUSAL": causal, "PRECISION": precision, "UPCAST": upcast, "SPLIT": split}
+        meta.update({"BLOCK_M": block_m, "BLOCK_N": block_n})
         dims = {"DA": _pow2(da), "DP": _pow2(dp), "DV": _pow2(dv)}
         grid = (k["triton"].cdiv(lq, block_m), b * h)
         k["fwd"][grid](
-            qa, ka, qp, kp, v, out, lse,
+            qa, ka, qp, qpl, kp, v, out, lse,
             *_strides(qa), *_strides(ka), *_strides(qp), *_strides(kp), *_strides(v), *_strides(out),
             h, h // h_kv, lq, lk, da, dp, dv, q_offset, k_offset, float(alpha), **meta, **dims,
         )  # fmt: skip
-        ctx.save_for_backward(qa, ka, qp, kp, v, out, lse)
+        ctx.save_for_backward(qa, ka, qp, qpl, kp, v, out, lse)
         ctx.args = (alpha, q_offset, k_offset, meta, dims)
         return out
 
@@ -93,14 +120,14 @@ class _TritonTapa(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
         k = _build()
-        qa, ka, qp, kp, v, out, lse = ctx.saved_tensors
+        qa, ka, qp, qpl, kp, v, out, lse = ctx.saved_tensors
         alpha, q_offset, k_offset, meta, dims = ctx.args
         d_out = d_out.contiguous()
         delta = (d_out.float() * out.float()).sum(-1).contiguous()
         b, h, lq, da = qa.shape
         h_kv, lk, dp, dv = ka.shape[1], ka.shape[2], qp.shape[-1], v.shape[-1]
-        dqa = torch.empty(b, h, lq, da, device=qa.device, dtype=qa.dtype)
-        dqp = torch.empty(b, h, lq, dp, device=qa.device, dtype=qp.dtype)
+        dqa = torch.empty(b, h, lq, da, device=qa.device, dtype=ctx.q_dtypes[0])
+        dqp = torch.empty(b, h, lq, dp, device=qa.device, dtype=ctx.q_dtypes[1])
         dka = torch.empty(b, h_kv, lk, da, device=qa.device, dtype=ka.dtype)
         dkp = torch.empty(b, h_kv, lk, dp, device=qa.device, dtype=kp.dtype)
         dvv = torch.empty(b, h_kv, lk, dv, device=qa.device, dtype=v.dtype)
@@ -108,10 +135,28 @@ class _TritonTapa(torch.autograd.Function):
         shape = (lq, lk, da, dp, dv, q_offset, k_offset, float(alpha))
         cdiv = k["triton"].cdiv
         k["bwd_kv"][(cdiv(lk, meta["BLOCK_N"]), b * h_kv)](
-            qa, ka, qp, kp, v, d_out, lse, delta, dka, dkp, dvv, *strides, h, h_kv, h // h_kv, *shape, **meta, **dims
+            qa,
+            ka,
+            qp,
+            qpl,
+            kp,
+            v,
+            d_out,
+            lse,
+            delta,
+            dka,
+            dkp,
+            dvv,
+            *strides,
+            h,
+            h_kv,
+            h // h_kv,
+            *shape,
+            **meta,
+            **dims,
         )
         k["bwd_q"][(cdiv(lq, meta["BLOCK_M"]), b * h)](
-            qa, ka, qp, kp, v, d_out, lse, delta, dqa, dqp, *strides, h, h // h_kv, *shape, **meta, **dims
+            qa, ka, qp, qpl, kp, v, d_out, lse, delta, dqa, dqp, *strides, h, h // h_kv, *shape, **meta, **dims
         )
         return dqa, dka, dqp, dkp, dvv, None, None, None, None, None, None
 
@@ -137,7 +182,7 @@ def triton_attention(
     if not (parts.qa.is_cuda or interpreting()):
         raise RuntimeError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
     dtypes = {t.dtype for t in (*parts, v)}
-    if len(dtypes) != 1:  # e.g. float32 query parts with views of half-precision keys
+    if len(dtypes) != 1 and not split_queries(parts, v):  # other mixtures compute in the queries' dtype
         parts = Parts(*(t.to(parts.qa.dtype) for t in parts))
         v = v.to(parts.qa.dtype)
     width = max(parts.qa.shape[-1], parts.qp.shape[-1], v.shape[-1])
