@@ -44,9 +44,10 @@ for case in json.loads(sys.argv[1]):
         k[0, 0, case["nan_key"], 0] = float("nan")
     kw = {"alpha": case["alpha"], "causal": case["causal"], "q_offset": case["q_offset"], "k_offset": case["k_offset"]}
     # the kernel's inputs are the parts in its dtype; the oracle gets the same rounded parts in float64
-    inputs = [t.to(dtype) for t in (*quadratic_parts(q, k, case["theta"]), v)]
     if case.get("mixed"):  # as a half-precision model passes them: float32 query parts, half keys
         inputs = [*quadratic_parts(q.to(dtype), k.to(dtype), case["theta"]), v.to(dtype)]
+    else:
+        inputs = [t.to(dtype) for t in (*quadratic_parts(q, k, case["theta"]), v)]
     leaves = [t.double().requires_grad_(True) for t in inputs]
     ref = reference_attention(Parts(*leaves[:4]), leaves[4], **kw)
     if case.get("nan_key") is not None:

@@ -423,18 +423,11 @@ def test_garbled_json_in_a_checkpoint_is_reported_as_invalid_json(tmp_path, cach
 
 
 def last_logged_step(run: Path) -> int:
-    """The highest step in a run's metrics.jsonl so far (0 before any; a half-written line is skipped)."""
+    """The highest step in a run's metrics so far; 0 before the file exists or while a line is half-written."""
     try:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
+        return max(read_metrics(run), default=0)
+    except (FileNotFoundError, ValueError):
         return 0
-    steps = [0]
-    for line in lines:
-        try:
-            steps.append(int(json.loads(line)["step"]))
-        except (ValueError, KeyError):
-            continue
-    return max(steps)
 
 
 def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, cache_dir):

@@ -88,12 +88,12 @@ def split_queries(parts: Parts, v: torch.Tensor) -> bool:
 
 class _TritonTapa(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_m, block_n):
+    def forward(ctx, qa, ka, qp, kp, v, alpha, causal, q_offset, k_offset, block_m, block_n, split):
         k = _build()
         ctx.q_dtypes = (qa.dtype, qp.dtype)  # the query gradients come back in these
-        split = split_queries(Parts(qa, ka, qp, kp), v)
         if split:  # float32 query parts, half-precision keys: half-precision products
-            qa, qp, qpl = qa.to(ka.dtype), qp.to(ka.dtype), (qp - qp.to(ka.dtype).float()).to(ka.dtype)
+            qa, hi = qa.to(ka.dtype), qp.to(ka.dtype)
+            qp, qpl = hi, (qp - hi).to(ka.dtype)  # qp - hi is float32 (type promotion)
         qa, ka, qp, kp, v = (unit_last_stride(t) for t in (qa, ka, qp, kp, v))
         if not split:
             qpl = qp  # not read
@@ -135,30 +135,13 @@ class _TritonTapa(torch.autograd.Function):
         shape = (lq, lk, da, dp, dv, q_offset, k_offset, float(alpha))
         cdiv = k["triton"].cdiv
         k["bwd_kv"][(cdiv(lk, meta["BLOCK_N"]), b * h_kv)](
-            qa,
-            ka,
-            qp,
-            qpl,
-            kp,
-            v,
-            d_out,
-            lse,
-            delta,
-            dka,
-            dkp,
-            dvv,
-            *strides,
-            h,
-            h_kv,
-            h // h_kv,
-            *shape,
-            **meta,
-            **dims,
-        )
+            qa, ka, qp, qpl, kp, v, d_out, lse, delta, dka, dkp, dvv,
+            *strides, h, h_kv, h // h_kv, *shape, **meta, **dims,
+        )  # fmt: skip
         k["bwd_q"][(cdiv(lq, meta["BLOCK_M"]), b * h)](
             qa, ka, qp, qpl, kp, v, d_out, lse, delta, dqa, dqp, *strides, h, h // h_kv, *shape, **meta, **dims
         )
-        return dqa, dka, dqp, dkp, dvv, None, None, None, None, None, None
+        return dqa, dka, dqp, dkp, dvv, None, None, None, None, None, None, None
 
 
 def triton_attention(
@@ -181,8 +164,8 @@ def triton_attention(
         raise RuntimeError("triton is not installed: pip install 'tapa[triton]'")
     if not (parts.qa.is_cuda or interpreting()):
         raise RuntimeError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
-    dtypes = {t.dtype for t in (*parts, v)}
-    if len(dtypes) != 1 and not split_queries(parts, v):  # other mixtures compute in the queries' dtype
+    split = split_queries(parts, v)
+    if len({t.dtype for t in (*parts, v)}) != 1 and not split:  # other mixtures compute in the queries' dtype
         parts = Parts(*(t.to(parts.qa.dtype) for t in parts))
         v = v.to(parts.qa.dtype)
     width = max(parts.qa.shape[-1], parts.qp.shape[-1], v.shape[-1])
@@ -190,4 +173,5 @@ def triton_attention(
     block_n = block_n or (64 if width > 64 else 128 if not interpreting() else 32)
     if math.prod(parts.qa.shape) == 0 or parts.ka.shape[2] == 0:
         return v.new_zeros(*parts.qa.shape[:3], v.shape[-1])
-    return _TritonTapa.apply(*parts, v, float(alpha), bool(causal), int(q_offset), int(k_offset), block_m, block_n)
+    args = (float(alpha), bool(causal), int(q_offset), int(k_offset), block_m, block_n, split)
+    return _TritonTapa.apply(*parts, v, *args)
