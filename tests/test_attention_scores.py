@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tapa.attention import phase_scale, tapa_scores
+from tapa.attention import distance_phase, tapa_scores
 
 
 def naive_eq12(q, k, alpha, theta, q_pos, k_pos):
@@ -93,7 +93,7 @@ def test_bfloat16_inputs_keep_float32_phase_at_long_distance():
     assert_matches_float32(got, naive_eq12(q.bfloat16().float(), k.bfloat16().float(), 1.0, 0.5, q_pos, k_pos))
 
 
-def test_phase_scale_table():
-    got = phase_scale(torch.tensor([0, 4]), torch.tensor([0, 1, 8]), 0.5)
+def test_distance_phase_table():
+    got = distance_phase(torch.tensor([0, 4]), torch.tensor([0, 1, 8]), 0.5)
     want = 2 * math.pi * torch.tensor([[0.0, 1.0, 8**0.5], [2.0, 3**0.5, 2.0]])
     torch.testing.assert_close(got, want)

@@ -227,6 +227,11 @@ NON_ROPE = {
     },
     "tapa-linear": {"positional": "tapa", "tapa_phase": "linear"},
     "tapa-full": {"positional": "tapa", "tapa_phase": "quadratic_full"},
+    # the phase scale s: 1 as in the public forward-only code, 0 = phase off, 3 on the other phases
+    "tapa-unscaled": {"positional": "tapa", "tapa_phase_scale": 1.0},
+    "tapa-phase-off": {"positional": "tapa", "tapa_phase_scale": 0.0},
+    "tapa-linear-s3": {"positional": "tapa", "tapa_phase": "linear", "tapa_phase_scale": 3.0},
+    "tapa-full-s3": {"positional": "tapa", "tapa_phase": "quadratic_full", "tapa_phase_scale": 3.0},
     "nope": {"positional": "nope"},
     "alibi": {"positional": "alibi", "n_heads": 4},
 }

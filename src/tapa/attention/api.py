@@ -6,7 +6,7 @@ import torch
 
 from tapa.attention.chunked import DEFAULT_BLOCK, chunked_attention
 from tapa.attention.fused_cpu import fused_cpu_attention, fused_cpu_available
-from tapa.attention.phase import Parts, quadratic_parts
+from tapa.attention.phase import TWO_PI, Parts, quadratic_parts
 from tapa.attention.reference import reference_attention
 from tapa.attention.triton_kernel import triton_attention, triton_available
 from tapa.attention.validation import check_alpha, check_impl, check_offset, check_qkv
@@ -93,8 +93,13 @@ def tapa_attention(
     q_offset: int = 0,
     impl: str = "auto",
     block_size: int = DEFAULT_BLOCK,
+    phase_scale: float = TWO_PI,
 ) -> torch.Tensor:
     """Token-Aware Phase Attention (Eq. 12): softmax(scores) @ v, shape (B, H, Lq, Dv).
+
+    ``score(m, n) = (q_A.k_A / sqrt(D_A)) * cos(s |m-n|^alpha (q_P.k_P) / sqrt(D_P))``, s =
+    ``phase_scale`` (2 pi as in the paper; 1 is the public forward-only code's; 0 turns the
+    phase off, leaving NoPE on the amplitude coordinates).
 
     q: (B, H, Lq, D); k, v: (B, H_kv, Lk, D) with H_kv dividing H (grouped-query).
     Queries sit at positions ``q_offset .. q_offset + Lq - 1``, keys at ``0 .. Lk - 1``;
@@ -107,7 +112,7 @@ def tapa_attention(
     Scores, phases and the softmax are computed in float32; the output has the dtype of q.
     """
     check_qkv(q, k, v)
-    parts = quadratic_parts(q, k, theta)
+    parts = quadratic_parts(q, k, theta, phase_scale)
     out = tapa_attention_parts(
         parts, v, alpha=alpha, causal=causal, q_offset=q_offset, impl=impl, block_size=block_size
     )

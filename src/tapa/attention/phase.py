@@ -4,6 +4,11 @@ Every TAPA variant is computed by one kernel that sees four tensors, already sca
 
     score(m, n) = (qa . ka) * cos(2 pi |m - n|^alpha * (qp . kp))
 
+The phase scale s (``phase_scale``; 2 pi in the paper's Eq. 12, 1 in the public forward-only
+code, 0 switches the phase off) is folded into the query's phase part, qp <- qp * s / (2 pi),
+which gives cos(s |m - n|^alpha (q_P . k_P) / sqrt(D_P)) exactly in every kernel without a
+kernel of its own: one multiply per query row, none per score.
+
 - ``quadratic`` (Eq. 12, the default): qa, ka are the first D_A = theta*D coordinates
   and qp, kp the last D_P = D - D_A; the queries carry the scales (qa = q_A / sqrt(D_A),
   qp = q_P / sqrt(D_P)), so that the key parts are views of the keys, never copied (a KV
@@ -25,6 +30,7 @@ chunked kernels cast).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -34,6 +40,21 @@ from tapa.attention.validation import amplitude_dim
 from tapa.errors import ConfigError
 
 PHASES = ("quadratic", "quadratic_full", "linear")
+TWO_PI = 2 * math.pi  # the paper's phase scale (Eq. 12); the kernels compute cos(2 pi |m-n|^alpha qp.kp)
+
+
+def check_phase_scale(phase_scale: float) -> float:
+    """``phase_scale`` as a float: a finite number >= 0 (0 switches the phase off: cos = 1)."""
+    if isinstance(phase_scale, bool) or not isinstance(phase_scale, (int, float)) or not (
+        math.isfinite(phase_scale) and phase_scale >= 0
+    ):
+        raise ConfigError(f"phase_scale: must be a finite number >= 0 (2 pi in the paper), got {phase_scale!r}")
+    return float(phase_scale)
+
+
+def _phase_factor(phase_scale: float) -> float:
+    """The factor on the query's phase part that turns the kernels' 2 pi into ``phase_scale``."""
+    return 1.0 if phase_scale == TWO_PI else check_phase_scale(phase_scale) / TWO_PI
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,7 +108,8 @@ class _SplitScaled(torch.autograd.Function):
         return grad, None, None, None
 
 
-def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
+def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float, phase_scale: float = TWO_PI) -> Parts:
+    """Eq. 12's parts: qa = q_A / sqrt(D_A), ka = k_A, qp = q_P s / (2 pi sqrt(D_P)), kp = k_P."""
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
@@ -96,19 +118,20 @@ def quadratic_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
     # split, without an autograd function's call overhead
     grad = torch.is_grad_enabled() and (q32.requires_grad or k.requires_grad)
     split = _SplitScaled.apply if grad else _split_scaled
-    qa, qp = split(q32, d_a, d_a**-0.5, d_p**-0.5)
+    qa, qp = split(q32, d_a, d_a**-0.5, d_p**-0.5 * _phase_factor(phase_scale))
     ka, kp = split(k, d_a, 1.0, 1.0)  # views of k, in k's dtype
     return Parts(qa, ka, qp, kp)
 
 
-def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float) -> Parts:
+def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float, phase_scale: float = TWO_PI) -> Parts:
+    """Eq. 16's parts: qp = [sum(q_P) / sqrt(D_P), 1] s / (2 pi), kp = [1, sum(k_P) / sqrt(D_P)]."""
     d = q.shape[-1]
     d_a = amplitude_dim(d, theta)
     d_p = d - d_a
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
     q_sum = q32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
     k_sum = k32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
-    qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1)
+    qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1) * _phase_factor(phase_scale)
     kp = torch.cat([torch.ones_like(k_sum), k_sum], dim=-1)
     return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], qp, kp)
 
@@ -127,13 +150,16 @@ def eq13_matrices(head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tens
 class TapaPhase(nn.Module):
     """Holds the phase choice (and, for ``quadratic_full``, the learnable M and N per head)."""
 
-    def __init__(self, n_heads: int, head_dim: int, theta: float = 0.5, phase: str = "quadratic") -> None:
+    def __init__(
+        self, n_heads: int, head_dim: int, theta: float = 0.5, phase: str = "quadratic", phase_scale: float = TWO_PI
+    ) -> None:
         super().__init__()
         if phase not in PHASES:
             raise ConfigError(f"tapa_phase: unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
         amplitude_dim(head_dim, theta)
         self.phase = phase
         self.theta = theta
+        self.phase_scale = check_phase_scale(phase_scale)
         if phase == "quadratic_full":
             m, n = eq13_matrices(head_dim, theta)
             self.m = nn.Parameter(m.expand(n_heads, -1, -1).clone())
@@ -141,13 +167,16 @@ class TapaPhase(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> Parts:
         if self.phase == "quadratic":
-            return quadratic_parts(q, k, self.theta)
+            return quadratic_parts(q, k, self.theta, self.phase_scale)
         if self.phase == "linear":
-            return linear_parts(q, k, self.theta)
+            return linear_parts(q, k, self.theta, self.phase_scale)
         q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
         qa = torch.einsum("bhld,hde->bhle", q32, self.m.to(q32.dtype))
         qp = torch.einsum("bhld,hde->bhle", q32, self.n.to(q32.dtype))
+        if self.phase_scale != TWO_PI:
+            qp = qp * _phase_factor(self.phase_scale)
         return Parts(qa, k32, qp, k32)
 
     def extra_repr(self) -> str:
-        return f"phase={self.phase}, theta={self.theta}"
+        scale = "" if self.phase_scale == TWO_PI else f", phase_scale={self.phase_scale:g}"
+        return f"phase={self.phase}, theta={self.theta}{scale}"

@@ -5,11 +5,9 @@ Memory is O(Lq * Lk) per head; use :mod:`tapa.attention.chunked` for long inputs
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from tapa.attention.phase import Parts, quadratic_parts
+from tapa.attention.phase import TWO_PI, Parts, quadratic_parts
 from tapa.attention.validation import check_alpha, check_qkv
 from tapa.errors import ShapeError
 
@@ -27,12 +25,13 @@ def _as_positions(pos: torch.Tensor | None, length: int, name: str, device: torc
     return pos
 
 
-def phase_scale(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float, dtype: torch.dtype = torch.float32
+def distance_phase(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float, dtype: torch.dtype = torch.float32, scale: float = TWO_PI
 ) -> torch.Tensor:
-    """2 pi |m - n|^alpha from exact integer distances; shape (Lq, Lk), or (B, Lq, Lk) for batched positions."""
+    """scale |m - n|^alpha (scale = 2 pi: Eq. 12) from exact integer distances; shape (Lq, Lk),
+    or (B, Lq, Lk) for batched positions."""
     dist = (q_pos.unsqueeze(-1).long() - k_pos.unsqueeze(-2).long()).abs()
-    return (2 * math.pi) * dist.to(dtype).pow(alpha)
+    return scale * dist.to(dtype).pow(alpha)
 
 
 def _expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -45,7 +44,7 @@ def parts_scores(parts: Parts, q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: 
     dtype = parts.qa.dtype  # key parts may be views of half-precision keys
     amp = parts.qa @ _expand_heads(parts.ka.to(dtype), h).transpose(-1, -2)
     prod = parts.qp @ _expand_heads(parts.kp.to(dtype), h).transpose(-1, -2)
-    scale = phase_scale(q_pos, k_pos, alpha, dtype=prod.dtype)
+    scale = distance_phase(q_pos, k_pos, alpha, dtype=prod.dtype)
     if scale.dim() == 3:
         scale = scale.unsqueeze(1)
     return amp * torch.cos(scale * prod)
@@ -59,10 +58,12 @@ def tapa_scores(
     theta: float = 0.5,
     q_positions: torch.Tensor | None = None,
     k_positions: torch.Tensor | None = None,
+    phase_scale: float = TWO_PI,
 ) -> torch.Tensor:
     """The pre-softmax logits of Eq. 12, shape (B, H, Lq, Lk), computed in float32.
 
-    ``score(m, n) = (q_A.k_A / sqrt(theta D)) * cos(2 pi |m-n|^alpha (q_P.k_P) / sqrt((1-theta) D))``.
+    ``score(m, n) = (q_A.k_A / sqrt(theta D)) * cos(s |m-n|^alpha (q_P.k_P) / sqrt((1-theta) D))``
+    with the phase scale s = ``phase_scale`` (2 pi in the paper).
     q: (B, H, Lq, D); k: (B, H_kv, Lk, D) with H_kv dividing H. Positions default to arange;
     give a (L,) or (B, L) integer tensor to place tokens elsewhere.
     """
@@ -70,7 +71,7 @@ def tapa_scores(
     alpha = check_alpha(alpha)
     q_pos = _as_positions(q_positions, q.shape[2], "q_positions", q.device)
     k_pos = _as_positions(k_positions, k.shape[2], "k_positions", q.device)
-    return parts_scores(quadratic_parts(q, k, theta), q_pos, k_pos, alpha)
+    return parts_scores(quadratic_parts(q, k, theta, phase_scale), q_pos, k_pos, alpha)
 
 
 def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:

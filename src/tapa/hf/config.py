@@ -15,6 +15,7 @@ import inspect
 import warnings
 from typing import Any
 
+from tapa.attention.phase import TWO_PI
 from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 from tapa.positional.rope_frequencies import ROPE_FUNCTIONS
@@ -114,6 +115,7 @@ def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
         vocab_size=config["vocab_size"], n_layers=config["num_hidden_layers"], **_shape_fields(config),
         max_seq_len=config["max_position_embeddings"], positional=config["positional"],
         tapa_alpha=config["tapa_alpha"], tapa_theta=config["tapa_theta"], tapa_phase=config["tapa_phase"],
+        tapa_phase_scale=config.get("tapa_phase_scale", TWO_PI),
         attention_bias=config.get("attention_bias", False), qkv_bias=config.get("qkv_bias", False),
         norm_eps=config["rms_norm_eps"], tie_embeddings=config["tie_word_embeddings"],
         init_std=config.get("initializer_range", 0.02),
@@ -127,6 +129,7 @@ def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None
         return {"architectures": ["TapaForCausalLM"], "model_type": "tapa", "auto_map": AUTO_MAP,
                 **_shape(config), "positional": config.positional, "tapa_alpha": config.tapa_alpha,
                 "tapa_theta": config.tapa_theta, "tapa_phase": config.tapa_phase,
+                "tapa_phase_scale": config.tapa_phase_scale,
                 "attention_bias": config.attention_bias, "qkv_bias": config.qkv_bias, "dtype": "float32",
                 **(special_ids or {})}  # fmt: skip
     if config.rope_interleaved:

@@ -26,7 +26,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_heads * self.head_dim, d, bias=config.attention_bias)
         self.positional = config.positional
         if self.positional == "tapa":
-            self.phase = TapaPhase(self.n_heads, self.head_dim, config.tapa_theta, config.tapa_phase)
+            self.phase = TapaPhase(
+                self.n_heads, self.head_dim, config.tapa_theta, config.tapa_phase, config.tapa_phase_scale
+            )
         elif self.positional == "alibi":
             self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
 

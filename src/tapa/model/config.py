@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tapa.attention.phase import PHASES
+from tapa.attention.phase import PHASES, TWO_PI, check_phase_scale
 from tapa.attention.validation import IMPLS, amplitude_dim
 from tapa.errors import ConfigError
 from tapa.positional import POSITIONAL_SCHEMES, rope_inv_freq
 
-OMITTED_AT_DEFAULT = {"head_dim": None, "attention_bias": False, "qkv_bias": False}
+OMITTED_AT_DEFAULT = {"head_dim": None, "attention_bias": False, "qkv_bias": False, "tapa_phase_scale": TWO_PI}
 
 
 @dataclass
@@ -42,6 +42,9 @@ class ModelConfig:
     tapa_alpha: float = 0.1
     tapa_theta: float = 0.5
     tapa_phase: str = "quadratic"
+    # s in cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)): 2 pi in the paper's Eq. 12, 1 in the public
+    # forward-only code (AIMRelease/tapa-attention), 0 switches the phase off (cos = 1)
+    tapa_phase_scale: float = TWO_PI
     rope_base: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     rope_interleaved: bool = False
@@ -110,8 +113,16 @@ class ModelConfig:
                 amplitude_dim(self.head_size, self.tapa_theta)
             except ConfigError as err:
                 raise ConfigError(f"tapa_theta: {err}".replace("tapa_theta: theta: ", "tapa_theta: ")) from None
+            try:
+                self.tapa_phase_scale = check_phase_scale(self.tapa_phase_scale)
+            except ConfigError as err:
+                raise ConfigError(f"tapa_{err}") from None
             if self.tapa_phase not in PHASES:
                 raise ConfigError(f"tapa_phase: unknown {self.tapa_phase!r}; choose one of {', '.join(PHASES)}")
+        if self.positional != "tapa" and self.tapa_phase_scale != TWO_PI:
+            raise ConfigError(
+                f"tapa_phase_scale: only applies to positional='tapa', but positional={self.positional!r}; remove it"
+            )
         if self.rope_scaling is not None and self.positional != "rope":
             raise ConfigError(
                 f"rope_scaling: only applies to positional='rope', but positional={self.positional!r}; remove it"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tapa.attention.phase import TWO_PI
 from tapa.errors import ConfigError, ShapeError
 from tapa.model.attention import Attention
 from tapa.model.cache import KVCache
@@ -87,7 +88,8 @@ class TapaLM(nn.Module):
         c = self.config
         pos = c.positional
         if pos == "tapa":
-            pos += f" (alpha={c.tapa_alpha}, theta={c.tapa_theta}, phase={c.tapa_phase})"
+            scale = "" if c.tapa_phase_scale == TWO_PI else f", phase_scale={c.tapa_phase_scale:g}"
+            pos += f" (alpha={c.tapa_alpha}, theta={c.tapa_theta}, phase={c.tapa_phase}{scale})"
         elif pos == "rope":
             pos += f" (base={c.rope_base:g}, scaling={c.rope_scaling or 'none'})"
         return (

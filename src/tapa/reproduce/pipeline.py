@@ -38,6 +38,9 @@ FINETUNE_SOURCES = {
     "rope_partial": ("rope_partial", {}), "tapa_full": ("tapa_full", {}),
 }  # fmt: skip
 PARTIAL_ROTARY_FACTOR = 0.5  # the rope_partial control: RoPE on half of each head, no position on the rest
+# TAPA at other phase scales s (cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)); the paper's is 2 pi):
+# 1 as in the public forward-only code, 0 = the phase switched off (NoPE on the amplitude half)
+PHASE_SCALE_METHODS = {"tapa_unscaled": 1.0, "tapa_phase_off": 0.0}
 
 
 def model_config(method: str, preset: Preset) -> ModelConfig:
@@ -48,6 +51,8 @@ def model_config(method: str, preset: Preset) -> ModelConfig:
     if method.startswith("tapa_a"):  # grid point tapa_a{alpha}_t{theta}
         alpha, theta = method.removeprefix("tapa_a").split("_t")
         return ModelConfig(positional="tapa", tapa_alpha=float(alpha), tapa_theta=float(theta), **kwargs)
+    if method in PHASE_SCALE_METHODS:
+        return ModelConfig(positional="tapa", tapa_phase_scale=PHASE_SCALE_METHODS[method], **kwargs)
     if method == "tapa_linear":
         return ModelConfig(positional="tapa", tapa_phase="linear", **kwargs)
     if method == "tapa_full":

@@ -1,4 +1,4 @@
-"""``tapa study ablation|recall|scale|convert|diagnose``."""
+"""``tapa study ablation|recall|scale|convert|lr|phase-scale|diagnose``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lr.add_argument("--cache-dir", help="token cache directory")
     lr.add_argument("--quiet", action="store_true")
     lr.set_defaults(func=_lr)
+
+    from tapa.study.phase_scale import STUDIES as PHASE_STUDIES
+
+    ps = verbs.add_parser(
+        "phase-scale", help="TAPA's phase scale s (2 pi, 1, off): LR sweep, seeds at each best LR, gap to RoPE"
+    )
+    ps.add_argument("--study", choices=list(PHASE_STUDIES), default="default", help="default: paper-cpu; smoke: toy")
+    ps.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    ps.add_argument("--cache-dir", help="token cache directory")
+    ps.add_argument("--quiet", action="store_true")
+    ps.set_defaults(func=_phase_scale)
 
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
@@ -141,6 +152,16 @@ def _lr(args: argparse.Namespace) -> None:
     grids = SMOKE_GRIDS if args.grid == "smoke" else GRIDS
     results = run_lr_sweep(get_preset(args.preset), args.out, grids, args.cache_dir, verbose=not args.quiet)
     print(lr_table(results))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
+
+
+def _phase_scale(args: argparse.Namespace) -> None:
+    from tapa.study.phase_scale import STUDIES, run_phase_scale
+    from tapa.study.phase_scale_report import findings, seeded_table
+
+    results = run_phase_scale(STUDIES[args.study], args.out, args.cache_dir, verbose=not args.quiet)
+    print(seeded_table(results))
+    print("\n".join(findings(results)))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 
 

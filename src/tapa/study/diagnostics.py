@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tapa.attention.reference import causal_mask, parts_scores, phase_scale
+from tapa.attention.reference import causal_mask, distance_phase, parts_scores
 from tapa.model import TapaLM
 from tapa.positional import apply_rotary
 from tapa.theory.scores import _expand, capture_qk
@@ -32,7 +32,8 @@ from tapa.theory.scores import _expand, capture_qk
 @torch.no_grad()
 def layer_scores(model: TapaLM, input_ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Per layer: ``scores`` (B, H, L, L) pre-softmax (future masked with -inf), ``probs``
-    and, for TAPA, ``phase`` (B, H, L, L) = 2 pi |m-n|^alpha * (q_P . k_P)/sqrt(D_P)."""
+    and, for TAPA, ``phase`` (B, H, L, L) = s |m-n|^alpha * (q_P . k_P)/sqrt(D_P), s the model's phase scale
+    (2 pi by default; the query parts carry s / 2 pi)."""
     config = model.config
     length = input_ids.shape[1]
     pos = torch.arange(length)
@@ -47,7 +48,7 @@ def layer_scores(model: TapaLM, input_ids: torch.Tensor) -> list[dict[str, torch
             parts = attn.phase(q, k)
             scores = parts_scores(parts, pos, pos, config.tapa_alpha)
             prod = parts.qp @ parts.kp.to(parts.qp.dtype).transpose(-1, -2)  # key parts: the keys' dtype
-            entry["phase"] = phase_scale(pos, pos, config.tapa_alpha) * prod
+            entry["phase"] = distance_phase(pos, pos, config.tapa_alpha) * prod
         else:
             if tables is not None:
                 q = apply_rotary(q, *tables, config.rope_interleaved)

@@ -73,6 +73,12 @@ MODEL_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--tapa-alpha": ("tapa_alpha", float, "TAPA distance exponent alpha"),
     "--tapa-theta": ("tapa_theta", float, "TAPA amplitude fraction theta"),
     "--tapa-phase": ("tapa_phase", str, "quadratic, quadratic_full or linear"),
+    "--tapa-phase-scale": (
+        "tapa_phase_scale",
+        float,
+        "s in cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)): 2 pi as in the paper (default 6.283...), "
+        "1 as the public forward-only code, 0 turns the phase off",
+    ),
     "--rope-base": ("rope_base", float, "RoPE base"),
     "--partial-rotary-factor": ("partial_rotary_factor", float, "fraction of each head RoPE rotates (partial RoPE)"),
     "--attn-impl": ("attn_impl", str, "auto, reference, chunked, fused (CPU) or triton (CUDA)"),
@@ -234,6 +240,7 @@ SCHEME_FLAGS = {
     "tapa_alpha": "tapa",
     "tapa_theta": "tapa",
     "tapa_phase": "tapa",
+    "tapa_phase_scale": "tapa",
     "rope_base": "rope",
     "partial_rotary_factor": "rope",
 }

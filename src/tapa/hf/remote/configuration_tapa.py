@@ -4,6 +4,8 @@ Written by ``tapa export-hf``; loads with ``trust_remote_code=True`` and needs o
 transformers and torch.
 """
 
+import math
+
 from transformers import PretrainedConfig
 
 
@@ -26,6 +28,7 @@ class TapaConfig(PretrainedConfig):
         tapa_alpha=0.1,
         tapa_theta=0.5,
         tapa_phase="quadratic",
+        tapa_phase_scale=2 * math.pi,
         attention_bias=False,
         qkv_bias=False,
         initializer_range=0.02,
@@ -45,6 +48,8 @@ class TapaConfig(PretrainedConfig):
         self.tapa_alpha = tapa_alpha
         self.tapa_theta = tapa_theta
         self.tapa_phase = tapa_phase
+        # s in cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)); 2 pi in the paper's Eq. 12
+        self.tapa_phase_scale = tapa_phase_scale
         self.attention_bias = attention_bias
         self.qkv_bias = qkv_bias
         self.initializer_range = initializer_range

@@ -3,9 +3,10 @@
 TAPA attention (Eq. 12 of arXiv 2509.12635), with D_A = theta * D amplitude and
 D_P = D - D_A phase coordinates of each head:
 
-    score(m, n) = (q_A . k_A / sqrt(D_A)) * cos(2 pi |m - n|^alpha (q_P . k_P) / sqrt(D_P))
+    score(m, n) = (q_A . k_A / sqrt(D_A)) * cos(s |m - n|^alpha (q_P . k_P) / sqrt(D_P))
 
-then a causal softmax; no RoPE anywhere. Also the linear phase (Eq. 16), the learnable
+with the phase scale s = ``tapa_phase_scale`` (2 pi in the paper; an export without the
+field means 2 pi), then a causal softmax; no RoPE anywhere. Also the linear phase (Eq. 16), the learnable
 M / N of Eq. 9 (``quadratic_full``), NoPE and ALiBi. Scores are materialised (L x L per
 head) in float32: clear rather than fast; tapa's own kernels are the fast path.
 Written by ``tapa export-hf``; needs only torch and transformers.
@@ -75,7 +76,8 @@ class TapaAttention(nn.Module):
         else:  # quadratic_full: q^T M k and q^T N k with learnable M, N per head
             amp = torch.einsum("bhld,hde->bhle", q, self.phase_m.to(q.dtype)) @ k.transpose(-1, -2)
             prod = torch.einsum("bhld,hde->bhle", q, self.phase_n.to(q.dtype)) @ k.transpose(-1, -2)
-        return amp * torch.cos(2 * math.pi * dist.pow(c.tapa_alpha) * prod)
+        scale = getattr(c, "tapa_phase_scale", 2 * math.pi)
+        return amp * torch.cos(scale * dist.pow(c.tapa_alpha) * prod)
 
     def forward(self, x, q_pos, k_mask, past_key_values=None):
         b, length, _ = x.shape

@@ -1,0 +1,158 @@
+"""Does the paper's 2 pi in TAPA's phase cause its learning-rate ceiling?
+
+TAPA's score is (q_A.k_A / sqrt(D_A)) cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)) with s = 2 pi in
+the paper's Eq. 12; the only public TAPA code uses s = 1. Both describe the same function
+class (q_P -> q_P s'/s), but at initialisation the phases are s / 2 pi times smaller with
+s = 1, and under Adam, whose steps are about the same size whatever the scale, the phase
+moves s times faster per step. This study pretrains, at a reproduce preset's geometry and
+exactly as ``tapa reproduce`` pretrains (same model, data, steps, tokenizer):
+
+1. a peak-LR sweep on seed 0 of TAPA with s = 2 pi, TAPA with s = 1 (``tapa_unscaled``),
+   TAPA with the phase switched off (s = 0: cos = 1, NoPE on the amplitude half,
+   ``tapa_phase_off``) and RoPE; NoPE at its default LR as a reference;
+2. each method at its best seed-0 LR on every further seed;
+3. validation perplexity (Northanger Abbey, never the test book) per seed, the ratio to RoPE
+   paired by seed with a 95% t-interval, and test-book perplexity from L0/4 to 16 L0.
+
+The best LR is picked on seed 0, which then also counts in the mean: the mean of a method
+whose sweep was wider is slightly optimistic (a selection effect the report names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tapa.reproduce.presets import Preset, get_preset
+from tapa.utils.stats import mean_interval, paired_ratio
+
+METHOD_LABELS = {
+    "rope": "RoPE",
+    "tapa": "TAPA, s = 2 pi (paper)",
+    "tapa_unscaled": "TAPA, s = 1 (public code)",
+    "tapa_phase_off": "TAPA, phase off (s = 0)",
+    "nope": "NoPE",
+}
+
+
+@dataclass(frozen=True)
+class PhaseScaleStudy:
+    name: str
+    preset: str
+    sweeps: tuple[tuple[str, tuple[float, ...]], ...]  # (method, peak LRs tried on the first seed)
+    seeds: tuple[int, ...]
+    evaluate_lengths: bool = True
+
+
+STUDIES = {
+    "default": PhaseScaleStudy(
+        "default", "paper-cpu",
+        sweeps=(("rope", (2e-3, 4e-3)), ("tapa", (1e-3, 2e-3)), ("tapa_unscaled", (1e-3, 2e-3, 3e-3, 4e-3)),
+                ("tapa_phase_off", (2e-3, 4e-3)), ("nope", (2e-3,))),
+        seeds=(0, 1, 2),
+    ),
+    # the same steps at toy sizes, for the tests
+    "smoke": PhaseScaleStudy(
+        "smoke", "smoke", sweeps=(("rope", (2e-3,)), ("tapa", (1e-3,)), ("tapa_unscaled", (1e-3, 2e-3)),
+                                  ("tapa_phase_off", (2e-3,))), seeds=(0, 1),
+    ),
+}  # fmt: skip
+
+
+def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | None = None,
+                    verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) the study into ``out``; returns the results also written to results.json."""
+    from tapa.reproduce.pipeline import Reproduction, environment
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    preset = get_preset(study.preset)
+    first, rest = study.seeds[0], study.seeds[1:]
+    results: dict[str, Any] = {"study": study.name, "preset": preset.name, "seeds": list(study.seeds),
+                               "environment": environment(), "sweep": {}, "best_lr": {}, "seeded": {},
+                               "perplexity": {}}  # fmt: skip
+
+    def reproduction(method: str, lr: float) -> Reproduction:
+        return Reproduction(replace(preset, lr=((method, lr),)), out, cache_dir, verbose)
+
+    for method, grid in study.sweeps:
+        for lr in grid:
+            rep = reproduction(method, lr)
+            rep.log(f"{method} at peak LR {lr:g}, seed {first}")
+            results["sweep"].setdefault(method, {})[f"{lr:g}"] = _row(rep.pretrain(method, first), lr)
+        sweep = results["sweep"][method]
+        results["best_lr"][method] = min(sweep.values(), key=lambda r: r["val_loss"])["lr"]
+    for method, _grid in study.sweeps:
+        lr = results["best_lr"][method]
+        rows = {str(first): results["sweep"][method][f"{lr:g}"]}
+        rep = reproduction(method, lr)
+        for seed in rest:
+            rep.log(f"{method} at its best LR {lr:g}, seed {seed}")
+            rows[str(seed)] = _row(rep.pretrain(method, seed), lr)
+        results["seeded"][method] = rows
+    if study.evaluate_lengths:
+        for method, _grid in study.sweeps:
+            rep = reproduction(method, results["best_lr"][method])
+            for seed, row in results["seeded"][method].items():
+                ppl = rep.perplexity(f"ppl_{method}_s{seed}", row["run"], preset.eval_lengths)
+                results["perplexity"].setdefault(method, {})[seed] = {
+                    k: v["perplexity"] for k, v in ppl["lengths"].items()
+                }
+    results["summary"] = summarise(results)
+    results["wall_seconds"] = time.perf_counter() - started
+    results["stage_seconds"] = sum(r["seconds"] for m in results["sweep"].values() for r in m.values()) + sum(
+        r["seconds"] for m in results["seeded"].values() for s, r in m.items() if s != str(first)
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    from tapa.study.phase_scale_report import plot_phase_scale, write_report
+
+    plot_phase_scale(results, out / "phase_scale.png")
+    write_report(results, preset, out)
+    return results
+
+
+def _row(res: dict[str, Any], lr: float) -> dict[str, Any]:
+    return {"lr": lr, "val_loss": res["val_loss"], "val_ppl": math.exp(res["val_loss"]), "run": res["run"],
+            "seconds": res["seconds"]}  # fmt: skip
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Per method: validation perplexity over seeds (t-interval of the mean loss, exponentiated);
+    paired-by-seed ratios to RoPE and, for the two scaled TAPAs, to the phase-off control."""
+    losses = {m: {s: r["val_loss"] for s, r in rows.items()} for m, rows in results["seeded"].items()}
+    out: dict[str, Any] = {"methods": {}, "ratios": {}}
+    for method, by_seed in losses.items():
+        stats = mean_interval(list(by_seed.values()))
+        out["methods"][method] = {
+            "lr": results["best_lr"][method], "n": stats["n"], "val_ppl": math.exp(stats["mean"]),
+            "low": math.exp(stats["low"]) if stats["low"] is not None else None,
+            "high": math.exp(stats["high"]) if stats["high"] is not None else None, "level": stats["level"],
+            "per_seed": {s: math.exp(v) for s, v in by_seed.items()},
+        }  # fmt: skip
+    pairs = [(m, "rope") for m in losses if m != "rope" and "rope" in losses]
+    pairs += [(m, "tapa_phase_off") for m in ("tapa", "tapa_unscaled") if m in losses and "tapa_phase_off" in losses]
+    if "tapa" in losses and "tapa_unscaled" in losses:
+        pairs.append(("tapa", "tapa_unscaled"))
+    for a, b in pairs:
+        out["ratios"][f"{a}/{b}"] = paired_ratio(losses[a], losses[b])
+    return out
+
+
+def ratio_reading(ratio: dict[str, Any]) -> str:
+    """How a paired ratio reads: above / below 1, or not distinguishable from 1 at its level."""
+    if ratio.get("low") is None:
+        return "one seed: no interval"
+    if ratio["low"] > 1:
+        return "higher (interval above 1)"
+    if ratio["high"] < 1:
+        return "lower (interval below 1)"
+    return "not distinguishable from 1 (interval contains 1)"
+
+
+def preset_of(results: dict[str, Any]) -> Preset:
+    return get_preset(results["preset"])

@@ -1,0 +1,131 @@
+"""report.md and the figure of ``tapa study phase-scale`` (numbers from its results.json only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tapa.reproduce.presets import Preset
+from tapa.study.phase_scale import METHOD_LABELS, ratio_reading
+from tapa.utils.report import markdown_table, pyplot
+from tapa.utils.stats import interval_text
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def sweep_table(results: dict[str, Any]) -> str:
+    lrs = sorted({r["lr"] for rows in results["sweep"].values() for r in rows.values()})
+    rows = []
+    for method, sweep in results["sweep"].items():
+        by_lr = {r["lr"]: r for r in sweep.values()}
+        cells = [f"**{by_lr[lr]['val_ppl']:.1f}**" if lr == results["best_lr"][method] else
+                 (f"{by_lr[lr]['val_ppl']:.1f}" if lr in by_lr else "") for lr in lrs]  # fmt: skip
+        rows.append([_label(method), *cells])
+    return markdown_table(["method", *(f"LR {lr:g}" for lr in lrs)], rows)
+
+
+def seeded_table(results: dict[str, Any]) -> str:
+    summary = results["summary"]
+    rows = []
+    for method, m in summary["methods"].items():
+        per_seed = ", ".join(f"{v:.1f}" for v in m["per_seed"].values())
+        interval = f"{m['low']:.1f}-{m['high']:.1f}" if m["low"] is not None else "(1 seed)"
+        ratio = summary["ratios"].get(f"{method}/rope")
+        rows.append([_label(method), f"{m['lr']:g}", per_seed, f"{m['val_ppl']:.1f}", interval,
+                     interval_text(ratio) if ratio else "1 (reference)"])  # fmt: skip
+    pct = round(100 * next(iter(summary["methods"].values()))["level"])
+    return markdown_table(["method", "LR (best on seed 0)", "per seed", "mean", f"{pct}% interval",
+                           "/ RoPE, paired by seed"], rows)  # fmt: skip
+
+
+def length_table(results: dict[str, Any], preset: Preset) -> str:
+    if not results.get("perplexity"):
+        return "(not evaluated in this study)"
+    lengths = [str(n) for n in preset.eval_lengths]
+    rows = []
+    for method, by_seed in results["perplexity"].items():
+        means = [sum(s[n] for s in by_seed.values()) / len(by_seed) for n in lengths]
+        rows.append([_label(method), *(f"{v:.1f}" for v in means)])
+    return markdown_table(["method (mean over seeds)", *lengths], rows)
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Sentences derived from the numbers by fixed rules (intervals, not point values)."""
+    best, summary = results["best_lr"], results["summary"]
+    ratios, lines = summary["ratios"], []
+    if "tapa" in best and "tapa_unscaled" in best:
+        moved = "moves" if best["tapa_unscaled"] > best["tapa"] else "does not move"
+        lines.append(f"- The LR ceiling {moved}: on seed 0 TAPA with s = 2 pi is best at {best['tapa']:g}, "
+                     f"with s = 1 at {best['tapa_unscaled']:g}.")  # fmt: skip
+        sweep2pi = {r["lr"]: r["val_ppl"] for r in results["sweep"]["tapa"].values()}
+        sweep1 = {r["lr"]: r["val_ppl"] for r in results["sweep"]["tapa_unscaled"].values()}
+        shared = sorted(set(sweep2pi) & set(sweep1))
+        if shared:
+            pairs = "; ".join(f"{lr:g}: {sweep2pi[lr]:.1f} vs {sweep1[lr]:.1f}" for lr in shared)
+            lines.append(f"- Same LR, s = 2 pi vs s = 1 (seed 0 validation perplexity): {pairs}.")
+    for key in ("tapa/rope", "tapa_unscaled/rope", "tapa_phase_off/rope", "nope/rope"):
+        if key in ratios:
+            a = key.split("/")[0]
+            lines.append(f"- {_label(a)} / RoPE at each one's best LR: {interval_text(ratios[key])}: "
+                         f"{ratio_reading(ratios[key])}.")  # fmt: skip
+    for key, what in (("tapa/tapa_unscaled", "s = 2 pi vs s = 1"),
+                      ("tapa_unscaled/tapa_phase_off", "s = 1 vs the phase switched off"),
+                      ("tapa/tapa_phase_off", "s = 2 pi vs the phase switched off")):  # fmt: skip
+        if key in ratios:
+            lines.append(f"- {what}: {interval_text(ratios[key])}: {ratio_reading(ratios[key])}.")
+    return lines
+
+
+def write_report(results: dict[str, Any], preset: Preset, out: Path) -> None:
+    seeds = ", ".join(map(str, results["seeds"]))
+    text = [
+        f"# Phase scale: TAPA with s = 2 pi, s = 1 and the phase off (`{preset.name}` geometry)", "",
+        "TAPA's score is (q_A.k_A / sqrt(D_A)) cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)). The paper's Eq. 12 has "
+        "s = 2 pi; the public forward-only code has s = 1; s = 0 switches the phase off (cos = 1: NoPE on the "
+        "amplitude half of each head, the phase half unused by the scores).", "",
+        f"Every run is `tapa reproduce --preset {preset.name}`'s pretraining stage of its method "
+        f"({preset.pretrain_steps} steps of {preset.batch_size} x {preset.seq_len} tokens, d_model {preset.d_model}, "
+        f"{preset.n_layers} layers, head_dim {preset.head_dim or preset.d_model // preset.n_heads}), read by the "
+        "validation book's perplexity (never the test book).", "",
+        "## 1. Peak-LR sweep (seed 0, validation perplexity; best in bold)", "",
+        sweep_table(results), "",
+        f"## 2. Each method at its best seed-0 LR, seeds {seeds}", "",
+        seeded_table(results), "",
+        "Intervals: Student t over seeds of the mean validation loss (exponentiated); ratios are paired by seed "
+        "(t-interval of the per-seed loss differences). The best LR was picked on seed 0, which also counts in "
+        "the mean, so a method swept over more LRs is slightly favoured.", "",
+        "## Findings (derived from the numbers above by fixed rules)", "",
+        *findings(results), "",
+        "## 3. Test-book perplexity by evaluation length (trained at "
+        f"{preset.seq_len} tokens)", "",
+        length_table(results, preset), "",
+        "![validation perplexity by peak LR](phase_scale.png)", "",
+        f"Command: `tapa study phase-scale --study {results['study']} --out DIR`. Machine: "
+        f"{results['environment']['processor'] or results['environment']['machine']}, "
+        f"{results['environment']['threads']} threads, torch {results['environment']['torch']}. "
+        f"Training time of all stages: {results['stage_seconds'] / 60:.1f} min.", "",
+    ]  # fmt: skip
+    (out / "report.md").write_text("\n".join(text))
+
+
+def plot_phase_scale(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, sweep in results["sweep"].items():
+        pts = sorted((r["lr"], r["val_ppl"]) for r in sweep.values())
+        (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=_label(method))
+        m = results["summary"]["methods"][method]
+        if m["low"] is not None:
+            ax.errorbar([m["lr"]], [m["val_ppl"]], yerr=[[m["val_ppl"] - m["low"]], [m["high"] - m["val_ppl"]]],
+                        color=line.get_color(), capsize=4, marker="s", markersize=7, alpha=0.6)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("peak LR")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("lines: seed 0 sweep; squares: mean over seeds at the best LR (95% interval)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
