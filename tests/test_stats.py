@@ -12,7 +12,9 @@ scipy_stats = pytest.importorskip("scipy.stats")
 scipy_special = pytest.importorskip("scipy.special")
 
 
-@pytest.mark.parametrize("a,b,x", [(0.5, 0.5, 0.3), (1.0, 0.5, 0.9), (2.5, 0.5, 0.01), (10.0, 3.0, 0.7), (0.5, 20, 0.02)])
+@pytest.mark.parametrize(
+    "a,b,x", [(0.5, 0.5, 0.3), (1.0, 0.5, 0.9), (2.5, 0.5, 0.01), (10.0, 3.0, 0.7), (0.5, 20, 0.02)]
+)
 def test_betainc_matches_scipy(a, b, x):
     assert stats.betainc(a, b, x) == pytest.approx(scipy_special.betainc(a, b, x), rel=1e-10, abs=1e-14)
 

@@ -45,8 +45,10 @@ TWO_PI = 2 * math.pi  # the paper's phase scale (Eq. 12); the kernels compute co
 
 def check_phase_scale(phase_scale: float) -> float:
     """``phase_scale`` as a float: a finite number >= 0 (0 switches the phase off: cos = 1)."""
-    if isinstance(phase_scale, bool) or not isinstance(phase_scale, (int, float)) or not (
-        math.isfinite(phase_scale) and phase_scale >= 0
+    if (
+        isinstance(phase_scale, bool)
+        or not isinstance(phase_scale, (int, float))
+        or not (math.isfinite(phase_scale) and phase_scale >= 0)
     ):
         raise ConfigError(f"phase_scale: must be a finite number >= 0 (2 pi in the paper), got {phase_scale!r}")
     return float(phase_scale)
