@@ -10,8 +10,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
     exp.add_argument("--out", required=True, help="a new (or empty) folder for the transformers model")
     exp.set_defaults(func=_export)
-    imp = sub.add_parser("import-hf", help="load a Llama/Mistral/Qwen2 transformers folder as a tapa run")
-    imp.add_argument("hf_dir", metavar="DIR", help="transformers folder: config.json + safetensors (+ tokenizer)")
+    imp = sub.add_parser("import-hf", help="load a Llama/Mistral/Qwen2 transformers folder or GGUF file as a tapa run")
+    imp.add_argument("hf_dir", metavar="DIR|FILE.gguf",
+                     help="transformers folder (config.json + safetensors + tokenizer), or a llama.cpp GGUF file "
+                          "(dequantised on load; needs pip install -e '.[gguf]')")  # fmt: skip
     imp.add_argument("--out", required=True, help="a new (or empty) folder for the tapa run")
     imp.add_argument("--positional", choices=("rope", "tapa", "nope", "alibi"), default="rope",
                      help="keep RoPE, or switch the attention, keeping every weight (RoPE -> TAPA)")  # fmt: skip

@@ -1,9 +1,14 @@
-"""``tapa import-hf DIR --out RUN``: a Llama-architecture transformers folder as a tapa run.
+"""``tapa import-hf DIR|FILE.gguf --out RUN``: a Llama-architecture transformers folder, or a
+GGUF file of the llama.cpp ecosystem, as a tapa run.
 
-Reads ``config.json`` (see :mod:`tapa.hf.config`), one ``model.safetensors`` or the shards
+A folder: ``config.json`` (see :mod:`tapa.hf.config`), one ``model.safetensors`` or the shards
 listed in ``model.safetensors.index.json``, and the tokenizer. The model is built on the
 meta device and the checkpoint's tensors are assigned to it, so no random initialisation
 is computed and peak memory is about one copy of the weights.
+
+A ``.gguf`` file goes through transformers' own GGUF loader (the ``gguf`` package reads it and
+dequantises quantised tensors to float32; transformers undoes llama.cpp's query/key row
+order): its config, weights and tokenizer then take the folder path's checks and mapping.
 """
 
 from __future__ import annotations
@@ -54,23 +59,75 @@ def weight_files(directory: Path) -> list[Path]:
                           "convert .bin weights to safetensors first")  # fmt: skip
 
 
-def load_hf_model(directory: str | Path, positional: str | None = None) -> tuple[TapaLM, ModelConfig]:
-    """The tapa model of a transformers folder; ``positional`` switches the attention and
-    keeps every weight (see :func:`switch_positional`)."""
-    directory = Path(directory)
-    config = model_config_from_hf(read_hf_config(directory))
+def is_gguf(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".gguf"
+
+
+def _gguf_transformers(path: Path):  # noqa: ANN202 (transformers' types, imported lazily)
+    """transformers' config, model and tokenizer of a GGUF file, under clean errors."""
+    import importlib.util
+
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CheckpointError(f"import-hf: reading GGUF needs the {' and '.join(missing)} package(s): "
+                              "pip install -e '.[gguf]'")  # fmt: skip
+    if not path.is_file():
+        raise CheckpointError(f"import-hf: no such file {path}")
+    import transformers
+
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                               dtype=torch.float32)  # fmt: skip
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (ValueError, KeyError, OSError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"import-hf: {path} is not a GGUF file transformers can load ({first})") from None
+    return hf, tokenizer
+
+
+def _gguf_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], object]:
+    hf, tokenizer = _gguf_transformers(path)
+    config = hf.config.to_dict()
+    config.setdefault("model_type", "llama")
+    return config, dict(hf.state_dict()), tokenizer
+
+
+def _folder_state(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    config = read_hf_config(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                tensors[name] = f.get_tensor(name)
+    return config, tensors
+
+
+def load_hf_model(source: str | Path, positional: str | None = None) -> tuple[TapaLM, ModelConfig]:
+    """The tapa model of a transformers folder or a GGUF file; ``positional`` switches the
+    attention and keeps every weight (see :func:`switch_positional`)."""
+    source = Path(source)
+    if is_gguf(source):
+        hf_config, tensors, _ = _gguf_state(source)
+    else:
+        hf_config, tensors = _folder_state(source)
+    return build_model(hf_config, tensors, positional)
+
+
+def build_model(
+    hf_config: dict, tensors: dict[str, torch.Tensor], positional: str | None
+) -> tuple[TapaLM, ModelConfig]:
+    """A tapa model from a transformers config dict and its tensors (transformers' names)."""
+    config = model_config_from_hf(hf_config)
     if positional is not None:
         config = switch_positional(config, positional)
     with torch.device("meta"):
         model = TapaLM(config)
     expected = dict(model.state_dict())
     state: dict[str, torch.Tensor] = {}
-    for path in weight_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                ours = from_hf_name(name)
-                if ours is not None:
-                    state[ours] = f.get_tensor(name)
+    for name, tensor in tensors.items():
+        ours = from_hf_name(name)
+        if ours is not None:
+            state[ours] = tensor
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
         expected.pop("lm_head.weight", None)
@@ -90,18 +147,27 @@ def load_hf_model(directory: str | Path, positional: str | None = None) -> tuple
     return model.eval(), config
 
 
-def import_hf(directory: str | Path, out: str | Path, positional: str | None = None) -> Path:
-    """Write the tapa run (config.json, model.safetensors, manifest, tokenizer) to ``out``."""
+def import_hf(source: str | Path, out: str | Path, positional: str | None = None) -> Path:
+    """Write the tapa run (config.json, model.safetensors, manifest, tokenizer) to ``out``;
+    ``source`` is a transformers folder or a ``.gguf`` file."""
     import shutil
 
-    directory, out = Path(directory), Path(out)
+    source, out = Path(source), Path(out)
     check_empty_out(out)
-    model, _ = load_hf_model(directory, positional)
+    tokenizer = None
+    if is_gguf(source):
+        hf_config, tensors, tokenizer = _gguf_state(source)
+        model, _ = build_model(hf_config, tensors, positional)
+    else:
+        model, _ = load_hf_model(source, positional)
 
     def write(staging: Path) -> None:
         save_pretrained(model, staging)
+        if tokenizer is not None:  # the GGUF's tokenizer, as the tokenizer.json transformers writes
+            tokenizer.backend_tokenizer.save(str(staging / HF_FILE))
+            return
         for name in (HF_FILE, SP_FILE):
-            if (directory / name).is_file():
-                shutil.copy2(directory / name, staging / name)
+            if (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
 
     return publish(out, write)

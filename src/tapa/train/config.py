@@ -11,7 +11,13 @@ from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16")
-OMITTED_AT_DEFAULT = {"activation_checkpointing": False, "parallel": "ddp", "compile": False, "wandb": False}
+OMITTED_AT_DEFAULT = {
+    "activation_checkpointing": False,
+    "parallel": "ddp",
+    "compile": False,
+    "wandb": False,
+    "train_only": None,
+}
 PARALLEL = ("ddp", "fsdp")
 # Peak learning rates chosen by the sweep in docs/lr_sweep.md (scripts/lr_sweep.py): the best
 # final validation loss for a ~2M-parameter byte model at 256 tokens on the default corpus.
@@ -61,6 +67,9 @@ class TrainConfig:
     keep_last: int = 3
     # fine-tuning: the checkpoint the run starts from (None = from scratch)
     init_from: str | None = None
+    # train only the parameters whose names match one of these shell patterns (e.g.
+    # "blocks.*.attn.wq.*"); the rest stay frozen. None = train everything
+    train_only: list[str] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
@@ -88,6 +97,17 @@ class TrainConfig:
             raise ConfigError("adamw: need 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0")
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip: must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.train_only is not None:
+            if (
+                not isinstance(self.train_only, list | tuple)
+                or not self.train_only
+                or not all(isinstance(p, str) and p for p in self.train_only)
+            ):
+                raise ConfigError(
+                    f"train_only: expected a non-empty list of parameter-name patterns, got {self.train_only!r}"
+                )
+            if self.parallel == "fsdp":
+                raise ConfigError("train_only: not supported with --parallel fsdp; use ddp or one process")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: unknown {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.batch_size % self.grad_accum:

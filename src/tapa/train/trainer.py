@@ -164,7 +164,22 @@ def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
     model = TapaLM(config.model)
     if config.init_from:
         model.load_state_dict(load_pretrained(config.init_from).state_dict())
+    freeze_all_but(model, config.train_only)
     return model
+
+
+def freeze_all_but(model: torch.nn.Module, patterns: list[str] | None) -> None:
+    """Set requires_grad only on parameters whose names match a shell pattern (None: all train)."""
+    if patterns is None:
+        return
+    from fnmatch import fnmatchcase
+
+    names = [name for name, _ in model.named_parameters()]
+    unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
+    if unused:
+        raise ConfigError(f"train_only: {', '.join(map(repr, unused))} match no parameter (e.g. {names[0]!r})")
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(fnmatchcase(name, p) for p in patterns))
 
 
 def run_training(config: TrainConfig, resume: str | None = None, progress: bool = True) -> TrainResult:
