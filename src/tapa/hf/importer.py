@@ -63,7 +63,7 @@ def is_gguf(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".gguf"
 
 
-def _gguf_transformers(path: Path):  # noqa: ANN202 (transformers' types, imported lazily)
+def _gguf_transformers(path: Path):
     """transformers' config, model and tokenizer of a GGUF file, under clean errors."""
     import importlib.util
 
