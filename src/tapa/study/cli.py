@@ -1,4 +1,4 @@
-"""``tapa study ablation|recall|scale|convert|lr|phase-scale|diagnose``."""
+"""``tapa study ablation|recall|scale|convert|lr|phase-scale|real-convert|diagnose``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--cache-dir", help="token cache directory")
     ps.add_argument("--quiet", action="store_true")
     ps.set_defaults(func=_phase_scale)
+
+    from tapa.study.real_model import STUDIES as REAL_STUDIES
+
+    real = verbs.add_parser(
+        "real-convert", help="a real RoPE model (GGUF, transformers folder or run) -> TAPA, continually pretrained"
+    )
+    real.add_argument("source", metavar="SOURCE", help="a .gguf file, a transformers folder or a tapa RoPE run")
+    real.add_argument("--study", choices=list(REAL_STUDIES), default="default", help="default: 2K tokens; smoke: toy")
+    real.add_argument("--train-minutes", type=float, help="minutes of training per arm (default: the study's)")
+    real.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    real.add_argument("--cache-dir", help="token cache directory")
+    real.add_argument("--quiet", action="store_true")
+    real.set_defaults(func=_real_convert)
 
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
@@ -162,6 +175,27 @@ def _phase_scale(args: argparse.Namespace) -> None:
     results = run_phase_scale(STUDIES[args.study], args.out, args.cache_dir, verbose=not args.quiet)
     print(seeded_table(results))
     print("\n".join(findings(results)))
+    print(f"report: {args.out}/report.md, {args.out}/results.json")
+
+
+def _real_convert(args: argparse.Namespace) -> None:
+    import dataclasses
+    from pathlib import Path
+
+    from tapa.errors import ConfigError
+    from tapa.study.real_model import STUDIES, run_real_model
+    from tapa.study.real_model_report import perplexity_table, ratio_lines
+
+    study = STUDIES[args.study]
+    if args.train_minutes is not None:
+        if not args.train_minutes > 0:
+            raise ConfigError(f"--train-minutes {args.train_minutes}: must be > 0")
+        study = dataclasses.replace(study, train_minutes=args.train_minutes)
+    if not Path(args.source).exists():
+        raise ConfigError(f"real-convert: no such file or folder {args.source}")
+    results = run_real_model(study, args.source, args.out, args.cache_dir, verbose=not args.quiet)
+    print(perplexity_table(results))
+    print("\n".join(ratio_lines(results)))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 
 
