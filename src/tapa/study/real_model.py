@@ -116,7 +116,7 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
     return results
 
 
-def _base_run(source: Path, out: Path, log) -> str:  # noqa: ANN001
+def _base_run(source: Path, out: Path, log) -> str:
     """A tapa run of ``source``: itself when it is one, else imported once (a stage)."""
     from tapa.reproduce.stages import run_stage
 
@@ -151,7 +151,7 @@ def _convert(base: str, conversion: str, study: RealModelStudy, directory: Path)
 
 
 @torch.no_grad()
-def phase_statistics(model, base: str, distances: tuple[int, ...] = (1, 100, 1000)) -> dict[str, float]:  # noqa: ANN001
+def phase_statistics(model, base: str, distances: tuple[int, ...] = (1, 100, 1000)) -> dict[str, float]:
     """Median |phase| (radians) over heads and pairs of a 1024-token validation text, by distance."""
     from tapa.data.tokenizer import load_checkpoint_tokenizer
     from tapa.evaluate.heldout import heldout_documents
@@ -168,7 +168,7 @@ def phase_statistics(model, base: str, distances: tuple[int, ...] = (1, 100, 100
     return out
 
 
-def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str | None):  # noqa: ANN202
+def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str | None):
     from tapa.model import load_pretrained
     from tapa.train.config import TrainConfig
 
@@ -179,13 +179,13 @@ def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str |
                        tokenizer=init, cache_dir=cache_dir, model=model, train_only=list(study.train_only))  # fmt: skip
 
 
-def _train(config, directory: Path) -> dict[str, Any]:  # noqa: ANN001
+def _train(config, directory: Path) -> dict[str, Any]:
     from tapa.reproduce.pipeline import train_in
 
     return train_in(config, directory)
 
 
-def _plan_steps(study: RealModelStudy, base: str, out: Path, cache_dir: str | None, log) -> tuple[int, dict]:  # noqa: ANN001
+def _plan_steps(study: RealModelStudy, base: str, out: Path, cache_dir: str | None, log) -> tuple[int, dict]:
     """Steps per arm: fixed, or the measured tokens/s (3 steps of the TAPA arm's shape) x train_minutes."""
     from tapa.reproduce.stages import run_stage
 
@@ -204,7 +204,7 @@ def _curve(run: str) -> dict[str, float]:
     return {str(step): value for step, value in read_metrics(run, "val_loss").items()}
 
 
-def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> dict[str, Any]:  # noqa: ANN001
+def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> dict[str, Any]:
     """Perplexity of positions L/2 .. L-1 of non-overlapping windows of L = ``length`` tokens
     over the first max(``tokens``, L) tokens of ``doc``; the t-interval over windows when > 1."""
     import torch.nn.functional as F
@@ -226,7 +226,7 @@ def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> 
 
 
 def _perplexity_stage(study: RealModelStudy, out: Path, name: str, run: str, lengths, scaling: str | None,
-                      cache_dir: str | None, log) -> dict[str, Any]:  # noqa: ANN001  # fmt: skip
+                      cache_dir: str | None, log) -> dict[str, Any]:  # fmt: skip
     from tapa.reproduce.stages import run_stage
 
     def work(_directory: Path) -> dict[str, Any]:
@@ -261,4 +261,5 @@ def _describe(run: str) -> dict[str, Any]:
 
     c = ModelConfig.load(Path(run) / "config.json")
     return {"layers": c.n_layers, "d_model": c.d_model, "heads": c.n_heads, "kv_heads": c.kv_heads,
-            "head_dim": c.head_size, "vocab": c.vocab_size, "max_seq_len": c.max_seq_len, "rope_base": c.rope_base}  # fmt: skip
+            "head_dim": c.head_size, "vocab": c.vocab_size, "max_seq_len": c.max_seq_len,
+            "rope_base": c.rope_base}  # fmt: skip
