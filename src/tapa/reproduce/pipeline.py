@@ -215,8 +215,8 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
             if preset.passkey_steps and first:
                 results["passkey"].setdefault(method, {})[str(seed)] = passkey_stage(rep, method, seed, res["run"])
     seed0 = str(preset.seeds[0])
-    results["bias"] = bias_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in ("rope", "tapa")
-                                       if m in results["pretrain"]})  # fmt: skip
+    results["bias"] = bias_stage(rep, {m: {seed: r["run"] for seed, r in results["pretrain"][m].items()}
+                                       for m in ("rope", "tapa", "nope") if m in results["pretrain"]})  # fmt: skip
     results["positions"] = positions_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in preset.pretrain})
     results["theory"] = theory_stage(rep)
     (out / "figures").mkdir(exist_ok=True)
@@ -224,6 +224,27 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
     results["verdicts"] = all_verdicts(results)
     results["wall_seconds"] = time.perf_counter() - started  # this invocation (short when stages were cached)
     results["stage_seconds"] = stage_seconds(results)  # all stages, whenever they ran
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_report(results, out)
+    return results
+
+
+def rejudge(out: str | Path) -> dict:
+    """The verdicts of a finished reproduction recomputed with the current rules, and its
+    report rewritten; nothing is trained or evaluated (``tapa reproduce --rejudge``)."""
+    from tapa.errors import ConfigError
+    from tapa.reproduce.report import write_report
+    from tapa.reproduce.verdicts import all_verdicts
+
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"--rejudge: {out} has no results.json; run tapa reproduce --out {out} first")
+    try:
+        results = json.loads(path.read_text())
+        results["verdicts"] = all_verdicts(results)
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"--rejudge: {path} is not a reproduce results file ({type(err).__name__}: {err})") from None
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     write_report(results, out)
     return results

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.evaluate.passkey import KEY_DIGITS, N_CANDIDATES
+from tapa.theory.bias import PAPER_STATS
 
 PAPER_TABLE_2 = {  # pretrain 8K, no fine-tuning; lengths 1K..32K = L0/8 .. 4 L0 (paper's L0 = 8K)
     "rope": [13.08, 12.63, 12.32, 12.21, 5878.17, 16366.63],
@@ -191,13 +192,13 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
                 )
     bias = results["bias"]
     md += ["", f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
-           f"{bias['far'] + bias['near']}])", "", "| model | mean | std | skewness | paper mean | paper std |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
-    paper = {"rope": (4.1, 0.85), "tapa": (0.03, 3.3)}
+           f"{bias['far'] + bias['near']}])", "", "| model | seed | mean | std | skewness | paper mean | paper std |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, r in bias["methods"].items():
-        s = r["pooled"]
-        md.append(f"| {method} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
-                  f"{paper.get(method, ('-', '-'))[0]} | {paper.get(method, ('-', '-'))[1]} |")  # fmt: skip
+        paper = PAPER_STATS.get(method, {"mean": "-", "std": "-"})
+        for seed, s in r.get("seeds", {"0": r["pooled"]}).items():
+            md.append(f"| {method} | {seed} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
+                      f"{paper['mean']} | {paper['std']} |")  # fmt: skip
     th = results["theory"]
     fraction = th["theorem_2_2_at_paper_base"]["fraction"]
     ranges = ", ".join(f"{k}: {v:.2f}" for k, v in th["theorem_2_3_bias_range_by_base"].items())
