@@ -35,6 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
     scale.add_argument("--cache-dir", help="token cache directory")
     scale.add_argument("--quiet", action="store_true")
+    scale.add_argument("--refit", action="store_true",
+                       help="recompute the trend and prediction interval of a finished --out, no training")  # fmt: skip
     scale.set_defaults(func=_scale)
 
     from tapa.study.convert import STUDIES as CONVERT_STUDIES
@@ -200,10 +202,13 @@ def _real_convert(args: argparse.Namespace) -> None:
 
 
 def _scale(args: argparse.Namespace) -> None:
-    from tapa.study.scale import SCALES, run_scale
+    from tapa.study.scale import SCALES, refit_scale, run_scale
     from tapa.study.scale_report import scale_table, trend_text
 
-    results = run_scale(SCALES[args.ladder], args.out, args.cache_dir, verbose=not args.quiet)
+    if args.refit:
+        results = refit_scale(args.out)
+    else:
+        results = run_scale(SCALES[args.ladder], args.out, args.cache_dir, verbose=not args.quiet)
     print(scale_table(results))
     print(trend_text(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")

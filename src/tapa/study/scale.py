@@ -27,6 +27,7 @@ from tapa.reproduce.stages import printer
 from tapa.study.ablation import BPE_VOCAB, train_stage
 from tapa.study.perplexity_stage import perplexity_stage as heldout_perplexity
 from tapa.train.config import TrainConfig
+from tapa.utils.stats import line_fit, prediction_interval
 
 METHODS = ("rope", "tapa", "nope")
 # the paper's pretraining: a ~6.5B non-embedding Llama-3-8B-class model on 420B tokens
@@ -119,16 +120,41 @@ def summarise_scale(results: dict[str, Any], ladder: ScaleLadder) -> dict[str, A
                "perplexity": {m: {n: ppl[m][n]["perplexity"] for n in ppl[m]} for m in METHODS}}  # fmt: skip
         rows.append(row)
     fit = trend([(math.log10(r["compute"]), math.log(r["tapa_over_rope"])) for r in rows])
-    prediction = None
-    if fit is not None:
-        x = math.log10(PAPER_COMPUTE)
-        centre = fit["intercept"] + fit["slope"] * x
-        prediction = {"log10_compute": x, "log_ratio": centre, "ratio": math.exp(centre)}
-        if not math.isnan(fit["slope_se"]):
-            mx = sum(math.log10(r["compute"]) for r in rows) / len(rows)
-            spread = 2 * fit["slope_se"] * abs(x - mx)  # slope uncertainty only, ~95%
-            prediction["ratio_low"], prediction["ratio_high"] = math.exp(centre - spread), math.exp(centre + spread)
-    return {"rows": rows, "fit": fit, "paper_compute": PAPER_COMPUTE, "prediction": prediction}
+    return {"rows": rows, "fit": fit, "paper_compute": PAPER_COMPUTE, "prediction": paper_prediction(rows, fit)}
+
+
+def paper_prediction(rows: list[dict[str, Any]], fit: dict[str, float] | None) -> dict[str, Any] | None:
+    """The fitted log ratio at the paper's compute, with the 95% prediction interval of a new
+    point there (Student t with n - 2 residual degrees of freedom: t = 12.7 for 3 sizes)."""
+    if fit is None:
+        return None
+    x = math.log10(PAPER_COMPUTE)
+    centre = fit["intercept"] + fit["slope"] * x
+    prediction: dict[str, Any] = {"log10_compute": x, "log_ratio": centre, "ratio": math.exp(centre)}
+    if len(rows) > 2:
+        xs = [math.log10(r["compute"]) for r in rows]
+        pi = prediction_interval(line_fit(xs, [math.log(r["tapa_over_rope"]) for r in rows]), x)
+        prediction.update(ratio_low=math.exp(pi["low"]), ratio_high=math.exp(pi["high"]), df=pi["df"],
+                          interval="95% prediction interval, t with n - 2 degrees of freedom")  # fmt: skip
+    return prediction
+
+
+def refit_scale(out: str | Path) -> dict[str, Any]:
+    """Recompute the trend and prediction of a finished ladder from its results.json (no stage runs)."""
+    from tapa.errors import ConfigError
+    from tapa.study.scale_report import write_scale_report
+
+    out = Path(out)
+    try:
+        results = json.loads((out / "results.json").read_text())
+        rows = results["rows"]
+        fit = trend([(math.log10(r["compute"]), math.log(r["tapa_over_rope"])) for r in rows])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"--refit: {out} holds no scale-ladder results.json ({type(err).__name__})") from None
+    results.update(fit=fit, prediction=paper_prediction(rows, fit))
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_scale_report(results, out)
+    return results
 
 
 def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None, verbose: bool = True) -> dict:

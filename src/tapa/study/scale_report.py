@@ -35,9 +35,11 @@ def trend_text(results: dict[str, Any]) -> str:
     text += (f"Taken at face value at the paper's compute ({results['paper_compute']:.1e} FLOPs) it gives a ratio of "
              f"{pred['ratio']:.3f}")  # fmt: skip
     if "ratio_low" in pred:
-        text += f" (slope +- 2 s.e.: {pred['ratio_low']:.3f} to {pred['ratio_high']:.3f})"
-    text += (". This is an extrapolation over many orders of magnitude from a handful of small models; treat it as "
-             "the direction of the trend, not a forecast.")  # fmt: skip
+        text += (f" with a 95% prediction interval of {pred['ratio_low']:.2f} to {pred['ratio_high']:.3g} (t with "
+                 f"{pred['df']} residual degree(s) of freedom)")  # fmt: skip
+    text += (". This is an extrapolation over many orders of magnitude from a handful of small models, one seed "
+             "per size: a hint of direction at most, not a forecast; an interval that contains 1 does not rule "
+             "out parity.")  # fmt: skip
     return text
 
 
