@@ -151,13 +151,13 @@ def _convert(base: str, conversion: str, study: RealModelStudy, directory: Path)
 
 
 @torch.no_grad()
-def phase_statistics(model, base: str, distances: tuple[int, ...] = (1, 100, 1000)) -> dict[str, float]:
-    """Median |phase| (radians) over heads and pairs of a 1024-token validation text, by distance."""
+def phase_statistics(model, base: str, distances: tuple[int, ...] = (1, 10, 100, 500)) -> dict[str, float]:
+    """Median |phase| (radians) over heads and pairs of a 512-token validation text, by distance."""
     from tapa.data.tokenizer import load_checkpoint_tokenizer
     from tapa.evaluate.heldout import heldout_documents
     from tapa.study.diagnostics import layer_scores
 
-    length = min(1024, model.config.max_seq_len)
+    length = min(512, model.config.max_seq_len)
     doc = heldout_documents(load_checkpoint_tokenizer(base), "books", "validation", length)[0][:length]
     phases = [entry["phase"] for entry in layer_scores(model.eval(), doc[None])]
     out = {}
