@@ -336,3 +336,86 @@ def test_convert_rope_run_to_tapa_keeps_weights_and_tokenizer(tmp_path):
     ids = torch.randint(0, 256, (1, 30))
     with torch.no_grad():  # now TAPA attention: different logits from the same weights
         assert not torch.allclose(converted(ids), model.eval()(ids), atol=1e-3)
+
+
+def exported_tapa(tmp_path, **kw):
+    model, run = nonrope_run(tmp_path, positional="tapa", n_kv_heads=1, **kw)
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    return model, hf, out
+
+
+def test_remote_tapa_hidden_states_equal_tapas_layer_by_layer(tmp_path):
+    """output_hidden_states as Llama gives them: embeddings, each block's output, then the final norm's."""
+    model, hf, _ = exported_tapa(tmp_path)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+    captured = []
+    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in model.blocks]
+    with torch.no_grad():
+        model.double()(ids)
+        got = hf.double()(ids, output_hidden_states=True).hidden_states
+    for h in hooks:
+        h.remove()
+    want = [model.embed(ids), *captured[:-1], model.norm(captured[-1])]
+    assert len(got) == model.config.n_layers + 1
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10, msg=f"hidden state {i}")
+
+
+def test_remote_tapa_attentions_are_tapa_scores_softmaxed(tmp_path):
+    from tapa.attention import tapa_scores
+    from tapa.theory.scores import capture_qk
+
+    model, hf, _ = exported_tapa(tmp_path, tapa_phase_scale=1.0)
+    ids = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        attentions = hf.double()(ids, output_attentions=True).attentions
+        qk = capture_qk(model.double(), ids)
+    c = model.config
+    future = torch.ones(20, 20, dtype=torch.bool).triu(1)
+    assert len(attentions) == c.n_layers
+    for layer, ((q, k), got) in enumerate(zip(qk, attentions, strict=True)):
+        assert got.shape == (1, c.n_heads, 20, 20)
+        torch.testing.assert_close(got.sum(-1), torch.ones(1, c.n_heads, 20, dtype=got.dtype))
+        scores = tapa_scores(q.double(), k.double(), alpha=c.tapa_alpha, theta=c.tapa_theta, phase_scale=1.0)
+        want = scores.masked_fill(future, float("-inf")).softmax(-1)
+        torch.testing.assert_close(got, want.to(got.dtype), rtol=0, atol=1e-6, msg=f"layer {layer}")
+    assert hf(ids).attentions is None and hf(ids).hidden_states is None  # only when asked
+
+
+def test_remote_tapa_inputs_embeds_and_bf16_logits(tmp_path):
+    _, hf, out = exported_tapa(tmp_path)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        embeds = hf.get_input_embeddings()(ids)
+        torch.testing.assert_close(hf(inputs_embeds=embeds).logits, hf(ids).logits, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+            hf(ids, inputs_embeds=embeds)
+    half = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert half(ids).logits.dtype == torch.bfloat16  # as transformers' Llama returns them
+
+
+def test_remote_tapa_gradient_checkpointing_gives_the_same_gradients(tmp_path):
+    _, hf, _ = exported_tapa(tmp_path)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(5))
+    hf.train()
+
+    def grads():
+        hf.zero_grad()
+        hf(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in hf.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert hf.supports_gradient_checkpointing
+    hf.gradient_checkpointing_enable()
+    assert hf.model.gradient_checkpointing
+    calls = []
+    original = hf.model._gradient_checkpointing_func
+    hf.model._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or original(*a, **k)
+    checkpointed = grads()
+    assert len(calls) == hf.config.num_hidden_layers  # every block ran through the checkpoint function
+    assert plain.keys() == checkpointed.keys()
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-7, msg=name)

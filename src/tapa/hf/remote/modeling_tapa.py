@@ -80,6 +80,8 @@ class TapaAttention(nn.Module):
         return amp * torch.cos(scale * dist.pow(c.tapa_alpha) * prod)
 
     def forward(self, x, q_pos, k_mask, past_key_values=None):
+        """(output, attention weights (B, H, Lq, Lk) in x's dtype): the softmaxed scores, always
+        materialised here, as in transformers' eager attention."""
         b, length, _ = x.shape
         q = self.q_proj(x).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
@@ -105,7 +107,7 @@ class TapaAttention(nn.Module):
         blocked = (rel < 0)[None, None] | ~k_mask[:, None, None, :]
         probs = logits.masked_fill(blocked, float("-inf")).softmax(-1).nan_to_num(0.0)
         out = (probs @ v.to(cd)).to(x.dtype)
-        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1)), probs.to(x.dtype)
 
 
 class TapaMLP(nn.Module):
@@ -128,15 +130,20 @@ class TapaDecoderLayer(nn.Module):
         self.mlp = TapaMLP(config)
 
     def forward(self, x, q_pos, k_mask, past_key_values=None):
-        x = x + self.self_attn(self.input_layernorm(x), q_pos, k_mask, past_key_values)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        """(hidden states after the block, the attention weights)."""
+        attended, weights = self.self_attn(self.input_layernorm(x), q_pos, k_mask, past_key_values)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), weights
 
 
 class TapaPreTrainedModel(PreTrainedModel):
     config_class = TapaConfig
     base_model_prefix = "model"
     _no_split_modules = ["TapaDecoderLayer"]  # noqa: RUF012 (transformers' convention)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    # scores are always materialised (the attention weights can be returned whatever is asked):
+    # "eager" and "sdpa" both run this path, so a config or call naming either loads
+    _supports_sdpa = True
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -154,19 +161,48 @@ class TapaModel(TapaPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(TapaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = TapaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable()
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, past_key_values=None):
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        output_hidden_states=False,
+        output_attentions=False,
+    ):
+        """(final hidden states, all hidden states or None, all attention weights or None).
+
+        Hidden states as transformers' Llama gives them: the embeddings, each block's output,
+        and last the final norm's output (num_hidden_layers + 1 tensors)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        b, length = x.shape[:2]
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        b, length = input_ids.shape
-        q_pos = torch.arange(past, past + length, device=input_ids.device)
+        q_pos = torch.arange(past, past + length, device=x.device)
         if attention_mask is None:
-            attention_mask = torch.ones(b, past + length, dtype=torch.bool, device=input_ids.device)
+            attention_mask = torch.ones(b, past + length, dtype=torch.bool, device=x.device)
         k_mask = attention_mask.bool()
-        x = self.embed_tokens(input_ids)
+        hidden, weights = [], []
         for layer in self.layers:
-            x = layer(x, q_pos, k_mask, past_key_values)
-        return self.norm(x)
+            hidden.append(x)
+            if self.gradient_checkpointing and self.training:
+                x, w = self._gradient_checkpointing_func(layer.__call__, x, q_pos, k_mask, past_key_values)
+            else:
+                x, w = layer(x, q_pos, k_mask, past_key_values)
+            weights.append(w)
+        x = self.norm(x)
+        hidden.append(x)
+        return x, (tuple(hidden) if output_hidden_states else None), (tuple(weights) if output_attentions else None)
 
 
 class TapaForCausalLM(TapaPreTrainedModel, GenerationMixin):
@@ -198,6 +234,9 @@ class TapaForCausalLM(TapaPreTrainedModel, GenerationMixin):
         use_cache=None,
         labels=None,
         past_key_values=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        output_attentions=None,
         **kwargs,
     ):
         # transformers >= 5.x names the KV cache `cache`; earlier versions `past_key_values`
@@ -206,11 +245,15 @@ class TapaForCausalLM(TapaPreTrainedModel, GenerationMixin):
             cache = DynamicCache()
         if cache is not None and not isinstance(cache, Cache):
             raise TypeError("cache must be a transformers Cache")
-        hidden = self.model(input_ids, attention_mask, cache)
-        logits = self.lm_head(hidden)
-        logits = logits if logits.dtype == torch.float64 else logits.float()
+        config = self.config
+        want_hidden = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        want_attn = output_attentions if output_attentions is not None else config.output_attentions
+        hidden, all_hidden, all_attn = self.model(input_ids, attention_mask, cache, inputs_embeds,
+                                                  bool(want_hidden), bool(want_attn))  # fmt: skip
+        logits = self.lm_head(hidden)  # in the model's dtype, as transformers' Llama returns them
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{field: cache})
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_hidden, attentions=all_attn,
+                                      **{field: cache})  # fmt: skip
