@@ -68,3 +68,34 @@ def test_every_flag_shows_its_default_in_help():
                 continue
             shown = formatter._get_help_string(action) or ""
             assert "default" in shown, (name, action.option_strings, shown)
+
+
+def test_every_verbs_help_shows_each_default_once_and_plain_metavars():
+    """--help of every verb (nested ones too): no flag says its default twice, flags with a
+    default say it, and metavars are plain (D_MODEL, not MODEL.D_MODEL)."""
+    import argparse
+    import re
+
+    from tapa.cli import build_parser
+
+    def verbs(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield (*prefix, name), sub
+                    yield from verbs(sub, (*prefix, name))
+
+    seen = 0
+    for path, parser in verbs(build_parser()):
+        text = parser.format_help()
+        for entry in re.split(r"\n  (?=-)", text):
+            assert entry.count("(default") <= 1, (path, entry)
+        assert not re.findall(r"\b[A-Z_]+\.[A-Z_]+\b", text), path
+        for action in parser._actions:
+            shown = all(action.default is not x for x in (None, False, argparse.SUPPRESS))
+            if action.option_strings and shown and action.help:
+                assert "default" in action.help, (path, action.option_strings)
+                seen += 1
+    assert seen > 20
+    train = dict(verbs(build_parser()))[("train",)].format_help()
+    assert "--d-model D_MODEL" in train and "--tapa-phase-scale TAPA_PHASE_SCALE" in train

@@ -98,13 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     from tapa.hf.cli import add_parsers as add_hf_parsers
 
     add_hf_parsers(sub)
-    for verb in sub.choices.values():  # every flag's default in --help (flags with none show nothing)
-        verb.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-        for action in verb._actions:
-            has_default = action.default is not None and action.default is not False
-            if action.help is None and action.option_strings and has_default:
-                action.help = "(default: %(default)s)"
+    _show_defaults(sub)
     return parser
+
+
+def _show_defaults(sub: argparse._SubParsersAction) -> None:
+    """Every flag's default in --help, once: appended where the help text does not already say
+    it, left out for flags without one (None, False); nested verbs (study ...) too."""
+    for verb in sub.choices.values():
+        for action in verb._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _show_defaults(action)
+                continue
+            has_default = all(action.default is not x for x in (None, False, argparse.SUPPRESS))
+            if not action.option_strings or not has_default or action.help == argparse.SUPPRESS:
+                continue
+            if action.help is None:
+                action.help = "(default: %(default)s)"
+            elif "default" not in action.help:
+                action.help += " (default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:

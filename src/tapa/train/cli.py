@@ -110,6 +110,8 @@ def _add(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]
             extra["choices"] = PARALLEL
         if name == "positional":
             extra["choices"] = POSITIONAL_SCHEMES
+        if "choices" not in extra:  # plain metavars (D_MODEL, not MODEL.D_MODEL)
+            extra["metavar"] = flag.lstrip("-").upper().replace("-", "_")
         parser.add_argument(
             flag, dest=dest_prefix + name, type=kind, default=argparse.SUPPRESS, help=help_text, **extra
         )
