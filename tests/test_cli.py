@@ -53,23 +53,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "model.safetensors").is_file()
 
 
-def test_every_flag_shows_its_default_in_help():
-    import argparse
-
-    from tapa.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, verb in sub.choices.items():
-        formatter = verb.formatter_class(prog=name)
-        for action in verb._actions:
-            skip = isinstance(action, argparse._HelpAction | argparse._StoreTrueAction) or action.required
-            if skip or not action.option_strings or (action.default is None and not action.help):
-                continue
-            shown = formatter._get_help_string(action) or ""
-            assert "default" in shown, (name, action.option_strings, shown)
-
-
 def test_every_verbs_help_shows_each_default_once_and_plain_metavars():
     """--help of every verb (nested ones too): no flag says its default twice, flags with a
     default say it, and metavars are plain (D_MODEL, not MODEL.D_MODEL)."""
