@@ -37,6 +37,8 @@ VERBS: dict[str, list[str]] = {
     "study diagnose": ["CKPT"],
     "study convert": ["CKPT", "--study", "smoke"],
     "study lr": ["--preset", "smoke", "--grid", "smoke"],
+    "study phase-scale": ["--study", "smoke"],
+    "study real-convert": ["CKPT", "--study", "smoke"],
     "tokenize": ["FILE"],
     "consolidate": ["CKPT"],
     "export-hf": ["CKPT"],
@@ -101,7 +103,23 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("plan", "gpus 0", ["--gpus", "0"]),
         ("plan", "seq-len 0", ["--seq-len", "0"]),
         ("plan", "config is a JSON list", ["CKPT=LISTJSON"]),
+        ("study real-convert", "source is not a RoPE model", []),  # the workspace's checkpoint is TAPA
+        ("study real-convert", "source is a text file", ["CKPT=FILE"]),
+        ("study real-convert", "source missing", ["CKPT=MISSING"]),
+        ("study real-convert", "train-minutes 0", ["--train-minutes", "0"]),
     ]
+    # --rope-scaling values are checked with the flags' rules (rope_theta 0 is not "missing")
+    for bad in (
+        '{"rope_type": "yarn", "factor": 8, "rope_theta": "abc"}',
+        '{"rope_type": "yarn", "factor": 1e400}',
+        '{"rope_theta": 0}',
+        '{"partial_rotary_factor": 0}',
+        '"abc"',
+        '{"rope_type": "yarn", "factor": "x"}',
+        '{"rope_type": 3}',
+        '{"rope_type": "longrope", "short_factor": [1, "a"], "long_factor": [1, 1]}',
+    ):
+        out.append(("train", f"rope-scaling {bad}", ["--positional", "rope", "--rope-scaling", bad]))
     return out
 
 

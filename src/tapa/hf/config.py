@@ -12,6 +12,7 @@ are errors (raised by ``ModelConfig``'s validation).
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from typing import Any
 
@@ -29,11 +30,22 @@ _TOP_LEVEL_LENGTHS = ("max_position_embeddings", "original_max_position_embeddin
 
 def rope_from_hf(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float]:
     """(base, tapa ``rope_scaling`` or None, partial_rotary_factor) from a transformers config dict."""
-    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    raw = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"rope_scaling: expected a JSON object like {{\"rope_type\": \"yarn\", \"factor\": 8}}, "
+                          f"got {raw!r}")  # fmt: skip
+    params = dict(raw)
     legacy_type = params.pop("type", None)
     rope_type = params.pop("rope_type", None) or legacy_type or "default"
-    base = params.pop("rope_theta", None) or config.get("rope_theta", 10000.0)
-    partial = params.pop("partial_rotary_factor", None) or config.get("partial_rotary_factor", 1.0)
+    if not isinstance(rope_type, str):
+        raise ConfigError(f"rope_scaling: rope_type must be a name like 'yarn', got {rope_type!r}")
+    # explicit None checks: a 0 given is an error to report, not a missing value to default
+    base = params.pop("rope_theta", None)
+    base = config.get("rope_theta", 10000.0) if base is None else base
+    partial = params.pop("partial_rotary_factor", None)
+    partial = config.get("partial_rotary_factor", 1.0) if partial is None else partial
+    _finite("rope_theta", base)
+    _finite("partial_rotary_factor", partial)
     fn = ROPE_FUNCTIONS.get(rope_type)
     if fn is None:
         raise ConfigError(f"rope_scaling: rope_type {rope_type!r} is not one tapa implements "
@@ -48,8 +60,17 @@ def rope_from_hf(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, 
     if extra:
         warnings.warn(f"rope_scaling: ignoring keys {', '.join(extra)} that {rope_type} does not use", stacklevel=2)
         params = {k: v for k, v in params.items() if k in accepted}
+    for name, value in params.items():
+        for item in value if isinstance(value, list) else [value]:  # longrope's factor lists
+            _finite(name, item)
     scaling = {"rope_type": rope_type, **params} if rope_type != "default" or params else None
     return float(base), scaling, float(partial)
+
+
+def _finite(name: str, value: object) -> None:
+    """A RoPE setting must be a finite number (JSON's 1e400 parses as inf; strings and booleans are typos)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"rope_scaling: {name} must be a finite number, got {value!r}")
 
 
 def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:

@@ -185,7 +185,7 @@ def _real_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from tapa.errors import ConfigError
-    from tapa.study.real_model import STUDIES, run_real_model
+    from tapa.study.real_model import STUDIES, check_source, run_real_model
     from tapa.study.real_model_report import perplexity_table, ratio_lines
 
     study = STUDIES[args.study]
@@ -195,6 +195,7 @@ def _real_convert(args: argparse.Namespace) -> None:
         study = dataclasses.replace(study, train_minutes=args.train_minutes)
     if not Path(args.source).exists():
         raise ConfigError(f"real-convert: no such file or folder {args.source}")
+    check_source(args.source)
     results = run_real_model(study, args.source, args.out, args.cache_dir, verbose=not args.quiet)
     print(perplexity_table(results))
     print("\n".join(ratio_lines(results)))

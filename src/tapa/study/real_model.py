@@ -116,6 +116,29 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
     return results
 
 
+def check_source(source: str | Path) -> None:
+    """Refuse, before anything is written, a source that is not a RoPE model this study reads:
+    a GGUF file (by its magic bytes), a transformers folder (config.json) or a tapa RoPE run."""
+    from tapa.errors import ConfigError
+
+    path = Path(source)
+    if path.is_file():
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ConfigError(f"real-convert: {path} is not a GGUF file (it does not start with 'GGUF'); "
+                              "pass a .gguf file, a transformers folder or a tapa RoPE run")  # fmt: skip
+        return
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ConfigError(f"real-convert: {path} is neither a GGUF file nor a folder with a config.json")
+    if (path / "manifest.json").is_file():  # a tapa run
+        from tapa.model import load_config
+
+        config = load_config(str(path))
+        if config.positional != "rope":
+            raise ConfigError(f"real-convert: {path} is a {config.positional!r} model; the study converts a RoPE model")
+
+
 def _base_run(source: Path, out: Path, log) -> str:
     """A tapa run of ``source``: itself when it is one, else imported once (a stage)."""
     from tapa.reproduce.stages import run_stage
