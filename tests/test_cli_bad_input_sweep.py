@@ -67,6 +67,10 @@ def cases() -> list[tuple[str, str, list[str]]]:
         out += [(verb, "missing checkpoint", ["CKPT=MISSING"]), (verb, "checkpoint is a file", ["CKPT=FILE"])]
     for verb in WITH_DEVICE:
         out += [(verb, "bogus device", ["--device", "bogus"]), (verb, "cuda on a CPU build", ["--device", "cuda"])]
+        if not torch.backends.mps.is_available():  # a type the build knows but cannot use
+            out.append((verb, "mps on a build without it", ["--device", "mps"]))
+        if not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            out.append((verb, "xpu on a build without it", ["--device", "xpu"]))
     for verb in WITH_SEED:
         out += [(verb, "negative seed", ["--seed", "-1"]), (verb, "non-numeric seed", ["--seed", "abc"])]
     for verb in WITH_LR:

@@ -54,6 +54,11 @@ def check_device(value: str) -> None:
             raise ConfigError(f"--device {value}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0")
     elif device.type not in ("cpu", "mps", "xpu"):
         raise ConfigError(f"--device {value}: unsupported device type {device.type!r}; use auto, cpu or cuda")
+    try:  # the build may know the type without having it (mps, xpu on a CPU build): allocate once
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
+        raise ConfigError(f"--device {value}: cannot allocate a tensor there ({first}); use cpu or auto") from None
 
 
 def _finite(x: Any) -> bool:
