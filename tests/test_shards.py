@@ -205,3 +205,76 @@ def test_bad_tokenize_input_is_one_line_and_writes_nothing(tmp_path, capsys, set
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def million(tmp_path_factory):
+    """Byte-level shards of one file of 1.2M bytes: shards of 2^20 tokens, the first a million ids."""
+    root = tmp_path_factory.mktemp("million")
+    rng = np.random.default_rng(1)
+    data = rng.integers(97, 123, 1_200_000, dtype=np.uint8)
+    data[::80] = ord("\n")  # lines, so that the validation split can cut at a line end
+    (root / "big.txt").write_bytes(bytes(data))
+    out = root / "shards"
+    tokenize_corpus(str(root / "big.txt"), out, Bytes(), shard_tokens=1 << 20)
+    return out
+
+
+def train_on(shards, tmp_path, capsys):
+    code = main(["train", "--data", str(shards), "--steps", "1", "--seq-len", "16", "--batch-size", "2",
+                 "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--out", str(tmp_path / "run")])  # fmt: skip
+    return code, capsys.readouterr().err
+
+
+def test_one_bad_id_among_a_million_is_refused_before_training(million, tmp_path, capsys):
+    import shutil
+
+    index = json.loads((million / "index.json").read_text())
+    first = index["splits"]["train"]["shards"][0]
+    assert first["tokens"] == 1 << 20 and first["max_id"] < 259  # recorded at tokenize time
+    bad = tmp_path / "bad"
+    shutil.copytree(million, bad)
+    shard = np.memmap(bad / first["file"], dtype=np.dtype(index["dtype"]), mode="r+")
+    shard[654_321] = 300  # one id past the 259-token vocabulary
+    shard.flush()
+    del shard
+    code, err = train_on(bad, tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds token id 300 at position 654321, outside the vocabulary of 259" in err
+    assert not (tmp_path / "run").exists()
+    # an id inside the vocabulary but not the one recorded: the shard changed since tokenize
+    shard = np.memmap(bad / first["file"], dtype=np.dtype(index["dtype"]), mode="r+")
+    shard[654_321] = 258
+    shard.flush()
+    del shard
+    code, err = train_on(bad, tmp_path, capsys)
+    assert code == 2 and "changed since tapa tokenize (largest id 258" in err
+
+
+def _with_shards(index, shards):
+    return {**index, "splits": {"train": {**index["splits"]["train"], "shards": shards}}}
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt"),
+    [
+        ("a JSON list", lambda index: [index]),
+        ("no splits", lambda index: {k: v for k, v in index.items() if k != "splits"}),
+        ("a bad dtype", lambda index: {**index, "dtype": "float77"}),
+        ("a float dtype", lambda index: {**index, "dtype": "<f4"}),
+        ("a shard without tokens", lambda index: _with_shards(index, [{"file": "x.bin"}])),
+        ("a split that is a string", lambda index: {**index, "splits": {"train": "abc"}}),
+        ("a shard path outside the folder", lambda index: _with_shards(index, [{"file": "../x.bin", "tokens": 1}])),
+    ],
+)
+def test_a_corrupt_index_is_one_line(million, tmp_path, capsys, name, corrupt):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(million, bad)
+    index = json.loads((bad / "index.json").read_text())
+    (bad / "index.json").write_text(json.dumps(corrupt(index)))
+    code, err = train_on(bad, tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (name, err)
+    assert "index.json" in err and "re-run tapa tokenize" in err, (name, err)
+    assert not (tmp_path / "run").exists()

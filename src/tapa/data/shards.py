@@ -213,6 +213,8 @@ class ShardWriter:
                 self.shards.append({"file": name, "tokens": 0})
             take = min(len(ids), self.shard_tokens - self.in_shard)
             self.handle.write(ids[:take].tobytes())
+            if take:  # the largest id, recorded so that a reader can verify the shard's range cheaply
+                self.shards[-1]["max_id"] = max(self.shards[-1].get("max_id", 0), int(ids[:take].max()))
             ids, self.in_shard, self.total = ids[take:], self.in_shard + take, self.total + take
             self.shards[-1]["tokens"] = self.in_shard
             if self.in_shard == self.shard_tokens:
@@ -309,14 +311,69 @@ class ShardedTokens:
 
 
 def read_index(folder: str | Path) -> dict[str, Any]:
+    """The index of a shard folder, its structure checked (a corrupt index is one clean error)."""
     folder = Path(folder)
     try:
         index = json.loads((folder / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"shards: cannot read {folder / INDEX_FILE} ({err}); re-run tapa tokenize") from None
+    if not isinstance(index, dict):
+        raise ConfigError(f"shards: {folder / INDEX_FILE} is not a JSON object; re-run tapa tokenize")
     if index.get("version") != INDEX_VERSION:
         raise ConfigError(f"shards: {folder} has index version {index.get('version')}, not {INDEX_VERSION}; re-run")
+    problem = _index_problem(index)
+    if problem:
+        raise ConfigError(f"shards: {folder / INDEX_FILE} is corrupt ({problem}); re-run tapa tokenize")
     return index
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _index_problem(index: dict[str, Any]) -> str | None:
+    """What is wrong with an index's structure, or None."""
+    try:
+        dtype = np.dtype(index.get("dtype"))
+    except TypeError:
+        return f"dtype {index.get('dtype')!r} is not a numpy dtype"
+    if dtype.kind not in "ui":
+        return f"dtype {dtype} is not an integer type"
+    for key in ("vocab_size", "eos_id"):
+        if not _count(index.get(key)):
+            return f"{key} {index.get(key)!r} is not a non-negative integer"
+    splits = index.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "splits is missing or not an object"
+    for split, info in splits.items():
+        if not isinstance(info, dict):
+            return f"split {split!r} is not an object"
+        for key in ("tokens", "documents"):
+            if not _count(info.get(key)):
+                return f"split {split!r}: {key} {info.get(key)!r} is not a non-negative integer"
+        if not isinstance(info.get("offsets"), str) or not isinstance(info.get("shards"), list):
+            return f"split {split!r}: offsets or shards missing"
+        for shard in info["shards"]:
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not _count(shard.get("tokens")):
+                return f"split {split!r}: a shard entry {shard!r} lacks its file or token count"
+            if "/" in shard["file"] or shard["file"].startswith("."):
+                return f"split {split!r}: shard file {shard['file']!r} is not a plain name"
+    return None
+
+
+def check_id_range(path: Path, tokens: np.ndarray, vocab_size: int, recorded: int | None) -> None:
+    """Every id of a shard below ``vocab_size`` (one max over the memory map), and equal to the
+    largest id recorded at tokenize time when there is one."""
+    if not len(tokens):
+        return
+    largest = int(tokens.max())
+    if largest >= vocab_size:
+        first = int(np.argmax(tokens >= vocab_size))
+        raise ConfigError(f"shards: {path} holds token id {int(tokens[first])} at position {first}, outside the "
+                          f"vocabulary of {vocab_size}; re-run tapa tokenize")  # fmt: skip
+    if recorded is not None and recorded != largest:
+        raise ConfigError(f"shards: {path} changed since tapa tokenize (largest id {largest}, recorded {recorded}); "
+                          "re-run tapa tokenize")  # fmt: skip
 
 
 def load_shards(folder: str | Path) -> tuple[Tokenizer, dict[str, TokenArray]]:
@@ -333,12 +390,17 @@ def load_shards(folder: str | Path) -> tuple[Tokenizer, dict[str, TokenArray]]:
             path = folder / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
                 raise ConfigError(f"shards: {path} is missing or truncated; re-run tapa tokenize")
-            maps.append(np.memmap(path, dtype=dtype, mode="r"))
+            tokens = np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype)
+            check_id_range(path, tokens, index["vocab_size"], shard.get("max_id"))
+            maps.append(tokens)
         offsets = np.fromfile(folder / info["offsets"], dtype=np.int64)
         if len(offsets) != info["documents"] + 1 or offsets[-1] != info["tokens"]:
             raise ConfigError(f"shards: {folder / info['offsets']} does not match the index; re-run tapa tokenize")
         arrays[split] = TokenArray(ShardedTokens(maps, dtype), offsets)  # type: ignore[arg-type]
     tokenizer = load_checkpoint_tokenizer(folder)
-    if tokenizer.fingerprint() != index["tokenizer"]:
+    if tokenizer.vocab_size != index["vocab_size"]:
+        raise ConfigError(f"shards: the index's vocabulary {index['vocab_size']} is not its tokenizer's "
+                          f"{tokenizer.vocab_size}; re-run tapa tokenize")  # fmt: skip
+    if tokenizer.fingerprint() != index.get("tokenizer"):
         raise ConfigError(f"shards: the tokenizer in {folder} is not the one that made its shards; re-run")
     return tokenizer, arrays
