@@ -419,3 +419,21 @@ def test_remote_tapa_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     assert plain.keys() == checkpointed.keys()
     for name, g in plain.items():
         torch.testing.assert_close(checkpointed[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_exported_files_have_normal_permissions(tmp_path):
+    """Every published file gets 0666 minus the umask (safetensors itself writes 0600)."""
+    import os
+
+    from tapa.utils.files import current_umask
+
+    _, run = nonrope_run(tmp_path, positional="tapa")
+    out = tmp_path / "hf"
+    old = os.umask(0o022)
+    try:
+        assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert current_umask() == old
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes

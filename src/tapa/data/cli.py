@@ -39,7 +39,7 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     from tapa.data.shards import tokenize_corpus
     from tapa.data.tokenizer import HFTokenizer, build_tokenizer
-    from tapa.hf.publish import check_empty_out
+    from tapa.utils.publish import check_empty_out
 
     check_empty_out(Path(args.out))
     if args.tokenizer == "bpe":

@@ -266,7 +266,7 @@ def tokenize_corpus(source: str, out: str | Path, tokenizer: Tokenizer, *, text_
                     val_fraction: float = 0.01, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, Any]:  # fmt: skip
     """``tapa tokenize``: check, stream, write into a staging folder, move into ``out``."""
-    from tapa.hf.publish import check_empty_out, publish
+    from tapa.utils.publish import check_empty_out, publish
 
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction}")

@@ -44,9 +44,9 @@ def _convert(args: argparse.Namespace) -> None:
 
     from tapa.data.tokenizer import copy_tokenizer_files
     from tapa.hf.config import switch_positional
-    from tapa.hf.publish import check_empty_out, publish
     from tapa.model import load_pretrained, save_pretrained
     from tapa.model.scaling import with_config
+    from tapa.utils.publish import check_empty_out, publish
 
     out = Path(args.out)
     check_empty_out(out)

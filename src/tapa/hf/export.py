@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from tapa.data.tokenizer import load_checkpoint_tokenizer
 from tapa.hf.config import REMOTE_FILES, hf_config_from_model
 from tapa.hf.names import to_hf_name
-from tapa.hf.publish import check_empty_out, publish
 from tapa.hf.tokenizers import export_tokenizer, special_ids
 from tapa.model import load_pretrained
+from tapa.utils.publish import check_empty_out, publish
 
 REMOTE_DIR = Path(__file__).parent / "remote"
 

@@ -23,8 +23,8 @@ from tapa.data.tokenizer import HF_FILE, SP_FILE
 from tapa.errors import CheckpointError
 from tapa.hf.config import model_config_from_hf, switch_positional
 from tapa.hf.names import from_hf_name
-from tapa.hf.publish import check_empty_out, publish
 from tapa.model import ModelConfig, TapaLM, save_pretrained
+from tapa.utils.publish import check_empty_out, publish
 
 INDEX_FILE = "model.safetensors.index.json"
 

@@ -182,9 +182,9 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     import torch.distributed.checkpoint as dcp
 
     from tapa.data.tokenizer import copy_tokenizer_files
-    from tapa.hf.publish import check_empty_out, publish
     from tapa.model import load_config, save_pretrained
     from tapa.train.checkpoints import verify_checkpoint
+    from tapa.utils.publish import check_empty_out, publish
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not is_sharded_checkpoint(checkpoint):

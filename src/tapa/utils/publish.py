@@ -1,4 +1,5 @@
-"""Write a folder's files to a staging folder inside it, then move them into place."""
+"""Write a folder's files to a staging folder inside it, then move them into place (a generic
+writer: export, import, conversion, token shards all publish through it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tapa.errors import ConfigError
+from tapa.utils.files import current_umask
 from tapa.utils.lock import LOCK_NAME
 
 STAGING = ".partial"
@@ -32,7 +34,10 @@ def publish(out: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    mask = current_umask()
     for path in sorted(staging.iterdir()):
+        # normal permissions whatever the writer used (safetensors and mkstemp write 0600)
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
         os.replace(path, out / path.name)
     staging.rmdir()
     return out
