@@ -62,6 +62,8 @@ def cases() -> list[tuple[str, str, list[str]]]:
             (verb, "out is a file", ["--out", "FILE"]),
             (verb, "out cannot be created", ["--out", "/proc/tapa-sweep/out"]),
             (verb, "out below a file", ["--out", "FILE/sub"]),
+            (verb, "out is a dangling symlink", ["--out", "DANGLING"]),
+            (verb, "out with a newline in /proc", ["--out", "/proc/tapa\nsweep"]),
         ]
     for verb in WITH_CHECKPOINT:
         out += [(verb, "missing checkpoint", ["CKPT=MISSING"]), (verb, "checkpoint is a file", ["CKPT=FILE"])]
@@ -107,6 +109,7 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("plan", "gpus 0", ["--gpus", "0"]),
         ("plan", "seq-len 0", ["--seq-len", "0"]),
         ("plan", "config is a JSON list", ["CKPT=LISTJSON"]),
+        ("convert", "TAPA run to TAPA: nothing to convert", []),
         ("study real-convert", "source is not a RoPE model", []),  # the workspace's checkpoint is TAPA
         ("study real-convert", "source is a text file", ["CKPT=FILE"]),
         ("study real-convert", "source missing", ["CKPT=MISSING"]),
@@ -131,7 +134,10 @@ def digest(root: Path) -> dict[str, str]:
     entries = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
-        entries[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        if p.is_symlink():
+            entries[rel] = f"link to {p.readlink()}"
+        else:
+            entries[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     return entries
 
 
@@ -144,6 +150,7 @@ def workspace(tmp_path_factory):
     save_pretrained(model, root / "model_out")
     (root / "a_file.txt").write_text("not a folder\n")
     (root / "list.json").write_text("[1, 2]\n")
+    (root / "dangling").symlink_to(root / "nowhere")
     return root
 
 
@@ -156,6 +163,7 @@ def substitute(args: list[str], root: Path) -> list[str]:
         "MODEL": str(root / "model_out"),
         "MISSING": str(root / "missing"),
         "LISTJSON": str(root / "list.json"),
+        "DANGLING": str(root / "dangling"),
     }
     result = []
     for arg in args:

@@ -399,6 +399,19 @@ def test_half_deleted_checkpoint_is_cleaned_on_resume_and_finished_run_says_so(t
     assert again.returncode == 0 and "already finished all 12 steps" in again.stdout
     assert "nan" not in again.stdout
 
+    # a finished run whose final model was damaged is not "there": one line with the fix, which works
+    weights = run / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    damaged = cli("train", "--out", str(run), "--resume", cache_dir=cache_dir)
+    assert damaged.returncode == 2 and damaged.stderr.count("\n") == 1, damaged.stderr
+    assert "final model is damaged" in damaged.stderr and "already finished" not in damaged.stdout
+    weights.unlink()
+    fixed = cli("train", "--out", str(run), "--resume", "--no-progress", cache_dir=cache_dir)
+    assert fixed.returncode == 0, fixed.stderr
+    assert cli("train", "--out", str(run), "--resume", cache_dir=cache_dir).returncode == 0
+
 
 def test_tensorboard_tags_are_grouped_and_checkpoints_have_normal_permissions(tmp_path, cache_dir):
     from tapa.train.metrics import tensorboard_tag

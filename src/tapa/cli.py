@@ -119,6 +119,11 @@ def _show_defaults(sub: argparse._SubParsersAction) -> None:
                 action.help += " (default: %(default)s)"
 
 
+def _one_line(message: str) -> str:
+    """An error stays one line when a path in it holds a newline (shown as \\n)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -132,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             with locked_output(out):
                 args.func(args)
     except TapaError as err:
-        print(f"tapa {args.command}: error: {err}", file=sys.stderr)
+        print(f"tapa {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # a path the checks could not foresee (disk full, permissions changed)
         where = f": {err.filename}" if err.filename else ""
-        print(f"tapa {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        print(f"tapa {args.command}: error: {_one_line(f'{err.strerror or err}{where}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tapa {args.command}: interrupted", file=sys.stderr)

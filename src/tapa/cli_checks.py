@@ -21,6 +21,9 @@ from tapa.errors import ConfigError
 def check_out(path: str, flag: str = "--out") -> None:
     """The folder can be created (or exists as a folder) and written, without creating it."""
     out = Path(path)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"{flag} {path} is a symbolic link to {os.readlink(out)}, which does not exist; "
+                          "remove the link or choose another path")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder; choose a folder path")
     ancestor = out

@@ -50,6 +50,11 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     check_empty_out(out)
+    from tapa.errors import ConfigError
+    from tapa.model import load_config
+
+    if load_config(args.checkpoint).positional == args.positional:
+        raise ConfigError(f"convert: {args.checkpoint} already uses {args.positional!r}; nothing to convert")
     model = load_pretrained(args.checkpoint)
     converted = with_config(model, switch_positional(model.config, args.positional))
 

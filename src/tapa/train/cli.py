@@ -195,6 +195,18 @@ def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainCon
     return saved.replace(**{k: v for k, v in train.items() if k in FREE_ON_RESUME}, out=out)
 
 
+def _verify_final_model(out: Path) -> None:
+    """A finished run's model must load before it is called there (sizes, hashes, tensors)."""
+    from tapa.errors import CheckpointError
+    from tapa.model import load_pretrained
+
+    try:
+        load_pretrained(out)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; the run's final model is damaged: delete {out / 'model.safetensors'} and "
+                              "resume again to rewrite it from the last checkpoint") from None  # fmt: skip
+
+
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:
     from tapa.train.checkpoints import checkpoint_step, list_checkpoints, resolve_resume
     from tapa.train.trainer import run_training
@@ -203,6 +215,7 @@ def _run(config: TrainConfig, args: argparse.Namespace) -> None:
     finished = done and checkpoint_step(done[-1]) >= config.steps and (Path(config.out) / "model.safetensors").is_file()
     if args.resume == "latest" and finished:
         resolve_resume(config.out, "latest")  # a damaged final checkpoint is still reported, with the fix
+        _verify_final_model(Path(config.out))
         print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")
         return
 
