@@ -437,3 +437,46 @@ def test_exported_files_have_normal_permissions(tmp_path):
     assert current_umask() == old
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    for key, value in list(config.items()):
+        if value is _DROP:
+            del config[key]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+_DROP = object()
+MISTRAL = {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+TAPA_NO_POSITIONAL = {"model_type": "tapa", "architectures": ["TapaForCausalLM"], "tapa_alpha": 0.1, "tapa_theta": 0.5,
+                      "tapa_phase": "quadratic"}  # fmt: skip
+BAD_IMPORTS = {
+    "num_attention_heads 0": lambda d: _edit_config(d, num_attention_heads=0),
+    "hidden_size a string": lambda d: _edit_config(d, hidden_size="32"),
+    "rope_parameters a string": lambda d: _edit_config(d, rope_parameters="abc"),
+    "rope_theta a string": lambda d: _edit_config(d, rope_parameters={"rope_type": "default", "rope_theta": "abc"}),
+    "sliding_window a string": lambda d: _edit_config(d, **MISTRAL, sliding_window="abc"),
+    "rms_norm_eps negative": lambda d: _edit_config(d, rms_norm_eps=-1),
+    "no vocab_size": lambda d: _edit_config(d, vocab_size=_DROP),
+    "tapa config without positional": lambda d: _edit_config(d, **TAPA_NO_POSITIONAL),
+    "weights are text": lambda d: (d / "model.safetensors").write_text("not safetensors"),
+    "weights truncated": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+    "index is garbled": lambda d: (d / "model.safetensors.index.json").write_text("{garbled"),
+    "index weight_map is a list": lambda d: (d / "model.safetensors.index.json").write_text('{"weight_map": [1]}'),
+    "tokenizer.json is garbled": lambda d: (d / "tokenizer.json").write_text('{"model": 7}'),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMPORTS))
+def test_bad_import_folders_give_one_line_and_write_nothing(tmp_path, capsys, case):
+    folder = tmp_path / "hf"
+    hf_model("llama").save_pretrained(folder)
+    BAD_IMPORTS[case](folder)
+    capsys.readouterr()  # transformers' own progress output while saving the folder
+    out = tmp_path / "run"
+    code, err = run_cli(["import-hf", str(folder), "--out", str(out)], capsys)
+    assert code == 2, (case, code, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, (case, err)
+    assert not out.exists(), case

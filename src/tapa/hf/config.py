@@ -84,6 +84,7 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
         raise ConfigError(f"import-hf: hidden_act {config['hidden_act']!r}; tapa's SwiGLU uses silu")
     if config.get("mlp_bias"):
         raise ConfigError("import-hf: mlp_bias = true is not supported (tapa's SwiGLU has no biases)")
+    check_hf_types(config)
     if model_type == "tapa":
         return _tapa_model_config(config)
     sliding = config.get("sliding_window") if config.get("use_sliding_window", model_type == "mistral") else None
@@ -100,6 +101,34 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
         )  # fmt: skip
     except KeyError as missing:
         raise ConfigError(f"import-hf: config.json lacks {missing}") from None
+
+
+_REQUIRED_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_OPTIONAL_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
+_TAPA_FIELDS = ("positional", "tapa_alpha", "tapa_theta", "tapa_phase")
+
+
+def check_hf_types(config: dict[str, Any]) -> None:
+    """The shape fields of a transformers config are positive integers (and the flags booleans),
+    before any arithmetic on them: a typo is one clean error, not a ZeroDivisionError."""
+    for name in _REQUIRED_INTS + _OPTIONAL_INTS:
+        if name not in config or (name in _OPTIONAL_INTS and config[name] is None):
+            if name in _REQUIRED_INTS:
+                raise ConfigError(f"import-hf: config.json lacks {name!r}")
+            continue
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"import-hf: config.json {name} must be a positive integer, got {value!r}")
+    eps = config.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not (math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"import-hf: config.json rms_norm_eps must be a number > 0, got {eps!r}")
+    for name in ("tie_word_embeddings", "attention_bias", "use_sliding_window"):
+        if name in config and config[name] is not None and not isinstance(config[name], bool):
+            raise ConfigError(f"import-hf: config.json {name} must be true or false, got {config[name]!r}")
+    if config.get("model_type") == "tapa":
+        missing = [name for name in _TAPA_FIELDS if name not in config]
+        if missing:
+            raise ConfigError(f"import-hf: this TAPA config.json lacks {', '.join(missing)}; re-export it")
 
 
 def _shape(config: ModelConfig) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from tapa.data.tokenizer import HF_FILE, SP_FILE
 from tapa.errors import CheckpointError
@@ -47,8 +47,14 @@ def read_hf_config(directory: Path) -> dict:
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a folder: one file, or every shard its index names (all present)."""
     if (directory / INDEX_FILE).is_file():
-        index = json.loads((directory / INDEX_FILE).read_text())
-        names = sorted(set(index.get("weight_map", {}).values()))
+        try:
+            index = json.loads((directory / INDEX_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"import-hf: {directory / INDEX_FILE} is not valid JSON ({err})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"import-hf: {directory / INDEX_FILE} has no weight_map of tensor -> file names")
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
             raise CheckpointError(f"import-hf: shard(s) {', '.join(missing)} listed in {INDEX_FILE} are missing")
@@ -96,9 +102,13 @@ def _folder_state(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = read_hf_config(directory)
     tensors: dict[str, torch.Tensor] = {}
     for path in weight_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                tensors[name] = f.get_tensor(name)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                    tensors[name] = f.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise CheckpointError(f"import-hf: {path} is not a readable safetensors file ({reason})") from None
     return config, tensors
 
 
@@ -147,6 +157,18 @@ def build_model(
     return model.eval(), config
 
 
+def check_tokenizer_files(directory: Path) -> None:
+    """A tokenizer beside the weights must load now, not fail later in generate."""
+    from tapa.data.tokenizer import load_checkpoint_tokenizer
+
+    if not any((directory / name).is_file() for name in (HF_FILE, SP_FILE)):
+        return
+    try:
+        load_checkpoint_tokenizer(directory)
+    except Exception as err:  # tokenizers' parse errors are bare Exceptions, ours ConfigError
+        raise CheckpointError(f"import-hf: the tokenizer in {directory} does not load ({str(err)[:100]})") from None
+
+
 def import_hf(source: str | Path, out: str | Path, positional: str | None = None) -> Path:
     """Write the tapa run (config.json, model.safetensors, manifest, tokenizer) to ``out``;
     ``source`` is a transformers folder or a ``.gguf`` file."""
@@ -160,6 +182,7 @@ def import_hf(source: str | Path, out: str | Path, positional: str | None = None
         model, _ = build_model(hf_config, tensors, positional)
     else:
         model, _ = load_hf_model(source, positional)
+        check_tokenizer_files(source)
 
     def write(staging: Path) -> None:
         save_pretrained(model, staging)
