@@ -79,6 +79,12 @@ def cases() -> list[tuple[str, str, list[str]]]:
         out += [(verb, f"lr {x}", ["--lr", x]) for x in ("nan", "-1", "0", "inf")]
     for verb in MODEL_WRITERS:
         out.append((verb, "out holds a model", ["--out", "MODEL"]))
+    for verb in WRITERS:  # every folder writer: not into a training run, not into its checkpoints
+        if verb not in ("train", "finetune"):  # (those two resume there with --resume)
+            out.append((verb, "out is a training run", ["--out", "RUN"]))
+        out.append((verb, "out inside a run's checkpoints", ["--out", "RUN/checkpoints/mine"]))
+    for verb, flag in (("train", "--cache-dir"), ("eval-ppl", "--cache-dir"), ("reproduce", "--cache-dir")):
+        out += [(verb, "cache-dir is a file", [flag, "FILE"]), (verb, "cache-dir in /proc", [flag, "/proc/tapa-x"])]
     out += [
         ("generate", "temperature nan", ["--temperature", "nan"]),
         ("generate", "temperature -1", ["--temperature", "-1"]),
@@ -110,6 +116,8 @@ def cases() -> list[tuple[str, str, list[str]]]:
         ("plan", "seq-len 0", ["--seq-len", "0"]),
         ("plan", "config is a JSON list", ["CKPT=LISTJSON"]),
         ("convert", "TAPA run to TAPA: nothing to convert", []),
+        ("study convert", "compare run missing", ["--compare", "MISSING"]),
+        ("study diagnose", "segment length beyond memory", ["--segment-length", "1000000"]),
         ("study real-convert", "source is not a RoPE model", []),  # the workspace's checkpoint is TAPA
         ("study real-convert", "source is a text file", ["CKPT=FILE"]),
         ("study real-convert", "source missing", ["CKPT=MISSING"]),
@@ -151,6 +159,9 @@ def workspace(tmp_path_factory):
     (root / "a_file.txt").write_text("not a folder\n")
     (root / "list.json").write_text("[1, 2]\n")
     (root / "dangling").symlink_to(root / "nowhere")
+    run = root / "run"  # the shape of a training run: its config and a checkpoints folder
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "train_config.json").write_text("{}\n")
     return root
 
 
@@ -164,6 +175,7 @@ def substitute(args: list[str], root: Path) -> list[str]:
         "MISSING": str(root / "missing"),
         "LISTJSON": str(root / "list.json"),
         "DANGLING": str(root / "dangling"),
+        "RUN": str(root / "run"),
     }
     result = []
     for arg in args:

@@ -100,6 +100,24 @@ def check_no_model(path: str, command: str, resume: object) -> None:
         raise ConfigError(f"--out {path} already holds a model (model.safetensors); choose another --out")
 
 
+def check_not_in_a_run(path: str, command: str) -> None:
+    """Results folders (studies, reproductions, evaluations, exports) never go into a training
+    run or a saved model, and no verb writes into a run's checkpoints folder (RUN/checkpoints/...):
+    those belong to the run (RUN/eval and the like stay allowed)."""
+    out = Path(path).absolute()
+    if out.is_dir() and command not in MODEL_WRITERS:
+        if (out / "train_config.json").exists() or (out / "checkpoints").is_dir():
+            raise ConfigError(f"--out {path} holds a training run; tapa {command} writes a folder of its own: "
+                              "choose another --out")  # fmt: skip
+        if (out / "model.safetensors").exists() and (out / "config.json").exists():
+            raise ConfigError(f"--out {path} holds a saved model; tapa {command} writes a folder of its own: "
+                              "choose another --out")  # fmt: skip
+    for parent in out.parents:  # RUN/checkpoints and the checkpoints in it belong to the run
+        if parent.name == "checkpoints" and (parent.parent / "train_config.json").is_file():
+            raise ConfigError(f"--out {path} is inside the checkpoints of the run in {parent.parent}; "
+                              "choose a folder outside them")  # fmt: skip
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every rule whose argument this verb has; then the output folder and the device."""
     values = vars(args)
@@ -109,13 +127,16 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {values[name]}: must be {must_be}")
     from tapa.model import load_config
 
-    for name in ("checkpoint", "checkpoints"):  # every model a verb reads, before it computes anything
+    for name in ("checkpoint", "checkpoints", "parent", "compare"):  # every model a verb reads, before any work
         given = values.get(name)
         for path in [given] if isinstance(given, str) else given or []:
             load_config(path)
     if values.get("device") is not None:
         check_device(str(values["device"]))
+    if values.get("cache_dir") is not None:
+        check_out(str(values["cache_dir"]), "--cache-dir")
     if values.get("out") is not None:
         check_out(str(values["out"]))
         if values.get("command") in MODEL_WRITERS:
             check_no_model(str(values["out"]), values["command"], values.get("resume"))
+        check_not_in_a_run(str(values["out"]), str(values.get("command")))

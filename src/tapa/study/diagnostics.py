@@ -176,7 +176,25 @@ def diagnose_run(run: str, batch: int = 4, length: int | None = None, cache_dir:
 
     model = load_pretrained(run)
     length = length or model.config.max_seq_len
+    check_score_memory(model, batch, length)
     return diagnose(model, text_batch(run, batch, length, cache_dir=cache_dir))
+
+
+def check_score_memory(model: TapaLM, batch: int, length: int, share: float = 0.5) -> None:
+    """Refuse a length whose materialised score matrices (scores, probabilities and phases:
+    3 x layers x heads x batch x L^2 float32) would take more than ``share`` of physical memory."""
+    import os
+
+    from tapa.errors import ConfigError
+
+    c = model.config
+    need = 3 * c.n_layers * c.n_heads * batch * length**2 * 4
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > share * total:
+        raise ConfigError(f"study diagnose: a segment length of {length} needs about {need / 2**30:.1f} GiB for the "
+                          f"score matrices ({c.n_layers} layers x {c.n_heads} heads x {batch} segments x {length}^2), "
+                          f"more than half of this machine's {total / 2**30:.1f} GiB; use a shorter "
+                          "--segment-length or fewer --segments")  # fmt: skip
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
