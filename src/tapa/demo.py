@@ -15,6 +15,7 @@ import torch
 
 from tapa.data import ByteTokenizer, load_split
 from tapa.model import ModelConfig, TapaLM, save_pretrained
+from tapa.utils.publish import publish
 
 
 def _stream(split: str, tok: ByteTokenizer) -> torch.Tensor:
@@ -83,7 +84,7 @@ def run_demo(
     elapsed = time.perf_counter() - start
     bpb = evaluate_bpb(model, val, seq_len)
     print(f"validation (Northanger Abbey): {bpb:.3f} bits per byte after {step} steps, {tokens:,} tokens")
-    path = save_pretrained(model, out)
+    path = publish(Path(out), lambda staging: save_pretrained(model, staging))  # all files or none
     print(f"saved checkpoint to {path}/")
     ids = torch.tensor([tok.encode(prompt)])
     sample = model.eval().generate(ids, 200, temperature=0.8, top_k=40, generator=torch.Generator().manual_seed(seed))

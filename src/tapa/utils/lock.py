@@ -44,9 +44,9 @@ def locked_output(path: str | Path) -> Iterator[Path]:
         raise ConfigError(
             f"--out {out} is in use by another tapa process (pid {holder}); wait for it or choose another --out"
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    try:
+    try:  # from here on, whatever fails (a full disk while writing the pid too) removes the lock
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield out
     finally:
         lock.unlink(missing_ok=True)
