@@ -264,6 +264,11 @@ def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer, _ = load_for_eval(args, "passkey")
     train_len = model.config.max_seq_len
     lengths = args.lengths or [train_len * f for f in (1, 2, 4, 8)]
+    longest = max(lengths)
+    note = "" if longest <= 16 * train_len else "; far past the training length, each prompt is slow: Ctrl-C stops"
+    print(f"passkey: {len(lengths) * len(args.depths) * args.trials} prompts ({len(lengths)} lengths x "
+          f"{len(args.depths)} depths x {args.trials} keys), up to {longest:,} tokens = {longest / train_len:g}x the "
+          f"training length {train_len}{note}", flush=True)  # fmt: skip
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
