@@ -19,7 +19,7 @@ OMITTED_AT_DEFAULT = {
     "train_only": None,
 }
 PARALLEL = ("ddp", "fsdp")
-# Peak learning rates chosen by the sweep in docs/lr_sweep.md (scripts/lr_sweep.py): the best
+# Peak learning rates chosen by the sweep recorded in docs/lr_sweep.json (scripts/lr_sweep.py): the best
 # final validation loss for a ~2M-parameter byte model at 256 tokens on the default corpus.
 DEFAULT_LR = {"rope": 2e-3, "tapa": 1e-3, "nope": 2e-3, "alibi": 1e-3}
 # The paper fine-tunes every method at one peak LR (2e-5, its TAPA pretraining LR).
