@@ -29,3 +29,11 @@ def induction_logits(ids, vocab_size: int):
             if len(earlier):
                 logits[i, t, ids[i, earlier[-1] + 1]] = 0.0
     return logits
+
+
+def pytest_sessionstart(session):
+    """Build (or load) the fused CPU kernel once before any test: child processes then find it
+    in the cache, and no test's captured output holds the one-time build message."""
+    from tapa.attention.fused_cpu import fused_cpu_available
+
+    fused_cpu_available()

@@ -295,3 +295,22 @@ def test_build_failure_falls_back_to_chunked_with_one_line_notice(monkeypatch, c
     assert capsys.readouterr().err == ""  # said once per process
     with pytest.raises(Exception, match="could not be built"):
         tapa_attention(*(torch.randn(1, 1, 8, 4) for _ in range(3)), impl="fused")
+
+
+@pytest.mark.slow
+def test_first_build_says_so_once_with_the_cache_path(tmp_path):
+    """A fresh cache: one stderr line naming the build and the cache folder; a second process
+    loads the cached library silently."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TAPA_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    code = "from tapa.attention.fused_cpu import fused_cpu_available; assert fused_cpu_available()"
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = first.stderr.strip().splitlines()
+    assert len(lines) == 1 and "building the fused CPU attention kernel" in lines[0]
+    assert str(tmp_path / "cache" / "kernels") in lines[0]
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and second.stderr == ""
