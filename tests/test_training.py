@@ -594,3 +594,73 @@ def test_wandb_missing_is_one_line(tmp_path, cache_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'tapa\[wandb\]'"):
         run_training(tiny_config(tmp_path / "run", cache_dir, steps=1, wandb=True), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def _lrs(run):
+    return read_metrics(run, "lr")
+
+
+def test_extending_a_finished_run_follows_the_stated_schedule(tmp_path, cache_dir):
+    """--resume --steps N --extend: constant keeps the final LR (min_lr_ratio x peak) for the added
+    steps; cosine lays the warmup + cosine over the new total; the first steps are the original
+    run's bit for bit. Without --extend a larger --steps is refused with the two choices."""
+    from tapa.train.schedule import WarmupCosine
+
+    args = ["train", *TINY, "--steps", "8", "--save-every", "4", "--eval-every", "0", "--no-progress"]
+    base = tmp_path / "base"
+    assert cli(*args, "--out", str(base), cache_dir=cache_dir).returncode == 0
+    original = read_metrics(base)
+    peak, warmup = 1e-3, 1  # TAPA's default peak; 5% of 8 steps rounds to a warmup of 1 (min 1)
+    refused = cli("train", "--out", str(base), "--resume", "--steps", "12", cache_dir=cache_dir)
+    assert refused.returncode == 2 and "--extend constant" in refused.stderr and "--extend cosine" in refused.stderr
+    for extension in ("constant", "cosine"):
+        run = tmp_path / extension
+        shutil.copytree(base, run)
+        res = cli("train", "--out", str(run), "--resume", "--steps", "12", "--extend", extension, "--no-progress",
+                  cache_dir=cache_dir)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        metrics, lrs = read_metrics(run), _lrs(run)
+        assert sorted(metrics) == list(range(1, 13))
+        assert {s: metrics[s] for s in original} == original  # the first 8 steps untouched
+        total = 8 if extension == "constant" else 12
+        schedule = WarmupCosine(warmup, total, 0.1)
+        for step in range(9, 13):  # the LR logged at step s is the schedule's at index s - 1
+            assert lrs[step] == pytest.approx(peak * schedule(step - 1), rel=1e-6), (extension, step)
+        if extension == "constant":
+            assert all(lrs[s] == pytest.approx(peak * 0.1) for s in range(9, 13))
+        else:
+            assert lrs[9] > lrs[8]  # stretched: the LR rises again at the resume point
+        saved = json.loads((run / "train_config.json").read_text())
+        assert saved["steps"] == 12 and saved.get("schedule_steps") == (8 if extension == "constant" else None)
+
+
+def test_an_extension_killed_and_resumed_is_bit_identical(tmp_path, cache_dir):
+    """kill -9 during an extension, then the same command again: the metrics equal an
+    uninterrupted extension's, bit for bit."""
+    import signal
+    import time
+
+    args = ["train", *TINY, "--steps", "6", "--save-every", "2", "--eval-every", "0", "--no-progress"]
+    base = tmp_path / "base"
+    assert cli(*args, "--out", str(base), cache_dir=cache_dir).returncode == 0
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    shutil.copytree(base, whole)
+    shutil.copytree(base, killed)
+    extend = ["train", "--resume", "--steps", "30", "--extend", "constant", "--save-every", "2", "--no-progress",
+              "--cache-dir", cache_dir]  # fmt: skip
+    assert cli(*extend[:-2], "--out", str(whole), cache_dir=cache_dir).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "tapa.cli", *extend, "--out", str(killed)], env=ONE_THREAD,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        logged = read_metrics(killed) if (killed / "metrics.jsonl").is_file() else {}
+        if max(logged, default=0) >= 15:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the extension ended before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = cli(*extend[:-2], "--out", str(killed), cache_dir=cache_dir)
+    assert res.returncode == 0, res.stderr
+    assert read_metrics(killed) == read_metrics(whole)
+    assert _lrs(killed) == _lrs(whole)

@@ -128,6 +128,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="continue the run in --out from its latest checkpoint (or the one given)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary lines")
+    parser.add_argument(
+        "--extend",
+        choices=EXTENSIONS,
+        help="with --resume and a larger --steps: continue a finished or running run past its planned steps; "
+        "constant: the LR stays at its final value (min-lr-ratio x peak) for the added steps; cosine: the "
+        "cosine is stretched over the new total (the LR rises again at the resume point)",
+    )
     _add(parser, TRAIN_FLAGS)
 
 
@@ -177,11 +184,37 @@ def _given(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     return train, model
 
 
-def _resumed(out: str, train: dict[str, Any], model: dict[str, Any]) -> TrainConfig:
+EXTENSIONS = ("constant", "cosine")
+
+
+def extended_config(saved: TrainConfig, steps: int, extension: str) -> TrainConfig:
+    """``saved`` run to ``steps`` (more than planned): warmup pinned to what it was; ``constant``
+    keeps the cosine over the original total (so the added steps sit at min_lr_ratio),
+    ``cosine`` lays it over the new total."""
+    if steps <= saved.steps:
+        raise ConfigError(f"--extend: --steps {steps} must exceed the run's {saved.steps} steps")
+    if extension not in EXTENSIONS:
+        raise ConfigError(f"--extend: unknown {extension!r}; choose one of {', '.join(EXTENSIONS)}")
+    schedule = saved.cosine_steps if extension == "constant" else None
+    return saved.replace(steps=steps, warmup_steps=saved.effective_warmup, schedule_steps=schedule)
+
+
+def _resumed(out: str, train: dict[str, Any], model: dict[str, Any], extend: str | None = None) -> TrainConfig:
     path = Path(out) / "train_config.json"
     if not path.is_file():
         raise ConfigError(f"resume: {out} holds no training run (no train_config.json); drop --resume")
     saved = TrainConfig.load(path)
+    if extend is not None:
+        if "steps" not in train:
+            raise ConfigError("--extend: give the new total with --steps N")
+        if train["steps"] != saved.steps:  # a repeat after an interrupted extension finds steps already N
+            saved = extended_config(saved, train["steps"], extend)
+            from tapa.utils.files import atomic_write_text
+
+            atomic_write_text(path, saved.to_json())  # the run's plan is now the extended one
+    elif "steps" in train and train["steps"] > saved.steps:
+        raise ConfigError(f"resume: --steps {train['steps']} is more than the run's {saved.steps}; add --extend "
+                          "constant (keep the final LR) or --extend cosine (stretch the cosine)")  # fmt: skip
     for name, value in train.items():
         if name not in FREE_ON_RESUME and getattr(saved, name) != value:
             raise ConfigError(
@@ -234,8 +267,10 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.rope_scaling is not None:
             raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
-        config = _resumed(args.out, train, model)
+        config = _resumed(args.out, train, model, args.extend)
     else:
+        if args.extend is not None:
+            raise ConfigError("--extend: only with --resume (it extends an existing run)")
         base = TrainConfig.load(args.config) if args.config else TrainConfig()
         if "seq_len" in train and "max_seq_len" not in model:
             model["max_seq_len"] = train["seq_len"]
@@ -276,8 +311,10 @@ def _finetune(args: argparse.Namespace) -> None:
     if args.resume:
         if args.rope_scaling is not None:
             raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
-        config = _resumed(args.out, train, model)
+        config = _resumed(args.out, train, model, args.extend)
     else:
+        if args.extend is not None:
+            raise ConfigError("--extend: only with --resume (it extends an existing run)")
         base_model = load_config(args.checkpoint)
         seq_len = train.pop("seq_len", 4 * base_model.max_seq_len)
         model_config = scaled_model_config(

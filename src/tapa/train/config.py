@@ -17,6 +17,7 @@ OMITTED_AT_DEFAULT = {
     "compile": False,
     "wandb": False,
     "train_only": None,
+    "schedule_steps": None,
 }
 PARALLEL = ("ddp", "fsdp")
 # Peak learning rates chosen by the sweep recorded in docs/lr_sweep.json (scripts/lr_sweep.py): the best
@@ -70,6 +71,10 @@ class TrainConfig:
     # train only the parameters whose names match one of these shell patterns (e.g.
     # "blocks.*.attn.wq.*"); the rest stay frozen. None = train everything
     train_only: list[str] | None = None
+    # the steps the warmup + cosine is laid over (None: ``steps``). An extended run keeps its
+    # original count here for a constant tail at min_lr_ratio (``tapa train --resume --steps N
+    # --extend constant``); ``--extend cosine`` stretches the cosine to the new total instead
+    schedule_steps: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
@@ -87,6 +92,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name}: must be a non-negative integer (0 = only at the end), got {value!r}")
+        if self.schedule_steps is not None and (
+            isinstance(self.schedule_steps, bool) or not isinstance(self.schedule_steps, int) or self.schedule_steps < 1
+        ):
+            raise ConfigError(f"schedule_steps: must be a positive integer, got {self.schedule_steps!r}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(f"warmup_steps: must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if self.lr is not None and not 0 < self.lr < 1:
@@ -120,6 +129,11 @@ class TrainConfig:
                 f"seq_len: {self.seq_len} exceeds the model's max_seq_len {self.model.max_seq_len}; raise --max-seq-len"
             )
         self.model.validate()
+
+    @property
+    def cosine_steps(self) -> int:
+        """The total the cosine decays over (``schedule_steps``, else ``steps``)."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     @property
     def effective_warmup(self) -> int:

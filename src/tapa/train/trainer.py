@@ -260,7 +260,7 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     optimizer = torch.optim.AdamW(
         params, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
     )
-    schedule = WarmupCosine(config.effective_warmup, config.steps, config.min_lr_ratio)
+    schedule = WarmupCosine(config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_step = 0
     if state is not None:
@@ -269,6 +269,13 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # LambdaLR's load_state_dict overwrites the schedule object's fields with the saved ones:
+        # this run's config decides them (an extended run's total), in a new object, and the next
+        # step's LR is this schedule's at the resume step
+        schedule = WarmupCosine(config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
+        scheduler.lr_lambdas = [schedule]
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * schedule(scheduler.last_epoch)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
     log = MetricsLog(out, enabled=env.is_main, wandb_config=config.to_dict() if config.wandb else None)
