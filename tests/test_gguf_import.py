@@ -19,6 +19,7 @@ from tapa.cli import main  # noqa: E402
 from tapa.model import load_pretrained  # noqa: E402
 
 HEADS, KV_HEADS = 4, 2
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 
 
 def byte_vocab() -> list[str]:
@@ -71,6 +72,7 @@ def write_gguf(path, seed=0, tied=True):
     w.add_token_merges(merges)
     w.add_bos_token_id(len(tokens) - 1)
     w.add_eos_token_id(len(tokens) - 1)
+    w.add_chat_template(CHAT_TEMPLATE)
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if not tied:
         names["lm_head.weight"] = "output.weight"
@@ -116,6 +118,10 @@ def test_gguf_import_gives_transformers_logits(tmp_path, tied):
 
     text = " the thin tooth"
     assert load_checkpoint_tokenizer(out).encode(text) == tok.encode(text, add_special_tokens=False)
+    # the file's EOS id and chat template come along (tapa generate stops at it, --chat uses it)
+    from tapa.model.generation import load_generation
+
+    assert load_generation(out) == ([258], CHAT_TEMPLATE)
 
 
 def test_gguf_import_to_tapa_keeps_every_weight(tmp_path):

@@ -35,15 +35,29 @@ def _info(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from tapa.data.tokenizer import load_checkpoint_tokenizer
+    from tapa.data.tokenizer import HFTokenizer, load_checkpoint_tokenizer
+    from tapa.errors import ConfigError
     from tapa.model import load_pretrained
+    from tapa.model.generation import load_generation, render_chat
+    from tapa.train.distributed import pick_device
 
-    model = load_pretrained(args.checkpoint).eval()
+    device = pick_device(args.device)
+    model = load_pretrained(args.checkpoint).eval().to(device)
     tok = load_checkpoint_tokenizer(args.checkpoint)
-    ids = torch.tensor([tok.encode(args.prompt)])
-    gen = torch.Generator().manual_seed(args.seed)
-    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, generator=gen)
-    print(tok.decode(out[0]))
+    eos, template = load_generation(args.checkpoint)
+    prompt = args.prompt
+    if args.chat:
+        if template is None:
+            raise ConfigError(f"--chat: {args.checkpoint} has no chat template (chat_template.jinja); drop --chat")
+        prompt = render_chat(template, prompt, {"bos_token": "", "eos_token": ""})
+    ids = torch.tensor([tok.encode(prompt)], device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                         eos_id=eos or [tok.eos_id], generator=gen)  # fmt: skip
+    if isinstance(tok, HFTokenizer):  # as transformers decodes: special tokens shown unless skipped
+        print(tok.decode(out[0].cpu(), skip_special_tokens=args.skip_special_tokens))
+    else:
+        print(tok.decode(out[0].cpu()))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,12 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
 
     gen = sub.add_parser("generate", help="continue a prompt with a checkpoint (its saved tokenizer; bytes if none)")
-    gen.add_argument("checkpoint")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
-    gen.add_argument("--top-k", type=int, default=40)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("checkpoint", help="a tapa run or model folder")
+    gen.add_argument("--prompt", required=True, help="the text to continue (or, with --chat, the user's message)")
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="at most this many new tokens")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 decodes greedily")
+    gen.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    gen.add_argument("--chat", action="store_true",
+                     help="format the prompt as one user message in the model's chat template")  # fmt: skip
+    gen.add_argument("--skip-special-tokens", action="store_true",
+                     help="leave special tokens (<|im_end|>, ...) out of the printed text")  # fmt: skip
+    # generation stops at the model's end-of-sequence ids (its generation_config.json, else the tokenizer's EOS)
     gen.set_defaults(func=_generate)
 
     from tapa.train.cli import add_parsers as add_training_parsers

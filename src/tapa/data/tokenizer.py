@@ -102,8 +102,10 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        return self.tok.decode(_ids(ids))
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; special tokens (<|im_end|>, ...) are dropped unless asked for,
+        which is how transformers prints them with ``skip_special_tokens=False``."""
+        return self.tok.decode(_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, directory: Path) -> None:
         self.tok.save(str(Path(directory) / HF_FILE))
@@ -179,7 +181,11 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
     return Bytes()
 
 
+# a model's generation settings travel with its tokenizer (tapa.model.generation's files)
+GENERATION_FILES = ("generation_config.json", "chat_template.jinja")
+
+
 def copy_tokenizer_files(source: Path, destination: Path) -> None:
-    for name in (HF_FILE, SP_FILE, BYTE_CONFIG):
+    for name in (HF_FILE, SP_FILE, BYTE_CONFIG, *GENERATION_FILES):
         if (source / name).is_file():
             shutil.copy2(source / name, destination / name)

@@ -24,6 +24,7 @@ from tapa.errors import CheckpointError
 from tapa.hf.config import model_config_from_hf, switch_positional
 from tapa.hf.names import from_hf_name
 from tapa.model import ModelConfig, TapaLM, save_pretrained
+from tapa.model.generation import CHAT_TEMPLATE_FILE, GENERATION_FILE, eos_list, save_generation
 from tapa.utils.publish import check_empty_out, publish
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -157,6 +158,29 @@ def build_model(
     return model.eval(), config
 
 
+def generation_settings(source: Path, gguf_config: dict | None, tokenizer) -> tuple[list[int], str | None]:
+    """(end-of-sequence ids, chat template) of the source model: for a folder from its
+    generation_config.json (else config.json) and chat_template.jinja (else tokenizer_config.json);
+    for a GGUF file from the config and tokenizer transformers read from it."""
+    if gguf_config is not None:
+        template = getattr(tokenizer, "chat_template", None)
+        return eos_list(gguf_config.get("eos_token_id")), template if isinstance(template, str) else None
+
+    def read(name: str) -> dict:
+        path = source / name
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"import-hf: {path} is not valid JSON") from None
+        return data if isinstance(data, dict) else {}
+
+    generation, config = read(GENERATION_FILE), read("config.json")
+    eos = eos_list(generation.get("eos_token_id", config.get("eos_token_id")))
+    path = source / CHAT_TEMPLATE_FILE
+    template = path.read_text() if path.is_file() else read("tokenizer_config.json").get("chat_template")
+    return eos, template if isinstance(template, str) else None
+
+
 def check_tokenizer_files(directory: Path) -> None:
     """A tokenizer beside the weights must load now, not fail later in generate."""
     from tapa.data.tokenizer import load_checkpoint_tokenizer
@@ -184,8 +208,11 @@ def import_hf(source: str | Path, out: str | Path, positional: str | None = None
         model, _ = load_hf_model(source, positional)
         check_tokenizer_files(source)
 
+    eos, template = generation_settings(source, hf_config if tokenizer is not None else None, tokenizer)
+
     def write(staging: Path) -> None:
         save_pretrained(model, staging)
+        save_generation(staging, eos, template)
         if tokenizer is not None:  # the GGUF's tokenizer, as the tokenizer.json transformers writes
             tokenizer.backend_tokenizer.save(str(staging / HF_FILE))
             return

@@ -151,14 +151,15 @@ class TapaLM(nn.Module):
         *,
         temperature: float = 0.0,
         top_k: int | None = None,
-        eos_id: int | None = None,
+        eos_id: int | list[int] | tuple[int, ...] | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Continue ``input_ids`` (B, L) by ``max_new_tokens`` tokens with a KV cache.
 
         ``temperature`` 0 decodes greedily; otherwise samples from softmax(logits / T),
         restricted to the ``top_k`` most likely tokens when given. Stops early once every
-        sequence has produced ``eos_id``. Returns (B, L + new).
+        sequence has produced an ``eos_id`` (one id or several, as a generation config lists them;
+        a finished sequence is padded with its first). Returns (B, L + new).
         """
         if max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
@@ -167,16 +168,18 @@ class TapaLM(nn.Module):
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k: must be a positive integer, got {top_k}")
         cache = self.new_cache()
+        eos = [eos_id] if isinstance(eos_id, int) else list(eos_id or [])
+        stops = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
         out = input_ids
         logits = self(input_ids, cache)[:, -1]
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, generator)
-            if eos_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, eos_id), nxt)
-                finished |= nxt == eos_id
+            if eos:
+                nxt = torch.where(finished, torch.full_like(nxt, eos[0]), nxt)
+                finished |= torch.isin(nxt, stops)
             out = torch.cat([out, nxt[:, None]], dim=1)
-            if eos_id is not None and bool(finished.all()):
+            if eos and bool(finished.all()):
                 break
             logits = self(nxt[:, None], cache)[:, -1]
         return out

@@ -168,6 +168,16 @@ def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
     return model
 
 
+def _copy_generation(source: Path, out: Path) -> None:
+    import shutil
+
+    from tapa.data.tokenizer import GENERATION_FILES
+
+    for name in GENERATION_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+
+
 def freeze_all_but(model: torch.nn.Module, patterns: list[str] | None) -> None:
     """Set requires_grad only on parameters whose names match a shell pattern (None: all train)."""
     if patterns is None:
@@ -244,6 +254,8 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         if state is None:
             atomic_write_text(out / TRAIN_CONFIG_FILE, config.to_json())
         data.tokenizer.save(out)
+        if config.init_from:  # a fine-tuned model keeps its parent's generation settings (EOS ids, chat template)
+            _copy_generation(Path(config.init_from), out)
     barrier(env)
 
     model.to(env.device)
