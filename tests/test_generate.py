@@ -69,8 +69,8 @@ def test_chat_needs_a_template_and_renders_one(run, capsys):
 
 def test_import_hf_carries_eos_ids_and_chat_template(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                      num_attention_heads=4, max_position_embeddings=64, eos_token_id=[5, 7])  # fmt: skip
+    shape = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1}
+    config = transformers.LlamaConfig(**shape, num_attention_heads=4, max_position_embeddings=64, eos_token_id=[5, 7])
     folder = tmp_path / "hf"
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
