@@ -480,3 +480,9 @@ def test_bad_import_folders_give_one_line_and_write_nothing(tmp_path, capsys, ca
     assert code == 2, (case, code, err)
     assert err.count("\n") == 1 and "Traceback" not in err, (case, err)
     assert not out.exists(), case
+
+
+def test_export_message_names_trust_remote_code_for_remote_models(tmp_path, capsys):
+    _, run = nonrope_run(tmp_path, positional="tapa")
+    assert main(["export-hf", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out

@@ -6,7 +6,8 @@ import argparse
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("export-hf", help="write a RoPE run as a transformers folder (LlamaForCausalLM / Qwen2)")
+    exp = sub.add_parser("export-hf", help="write a run as a transformers folder (RoPE: LlamaForCausalLM / Qwen2; "
+                         "TAPA, NoPE, ALiBi: TapaForCausalLM, trust_remote_code)")  # fmt: skip
     exp.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
     exp.add_argument("--out", required=True, help="a new (or empty) folder for the transformers model")
     exp.set_defaults(func=_export)
@@ -27,9 +28,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from tapa.hf.export import export_hf
+    from tapa.model import load_config
 
+    remote = load_config(args.checkpoint).positional != "rope"
     out = export_hf(args.checkpoint, args.out)
-    print(f"exported {args.checkpoint} -> {out} (AutoModelForCausalLM.from_pretrained('{out}'))")
+    extra = ", trust_remote_code=True" if remote else ""
+    print(f"exported {args.checkpoint} -> {out} (AutoModelForCausalLM.from_pretrained('{out}'{extra}))")
 
 
 def _import(args: argparse.Namespace) -> None:
