@@ -486,3 +486,12 @@ def test_export_message_names_trust_remote_code_for_remote_models(tmp_path, caps
     _, run = nonrope_run(tmp_path, positional="tapa")
     assert main(["export-hf", str(run), "--out", str(tmp_path / "hf")]) == 0
     assert "trust_remote_code=True" in capsys.readouterr().out
+
+
+def test_exported_tapa_tokenizer_loads_without_remote_code(tmp_path):
+    """The documented way: PreTrainedTokenizerFast reads only the tokenizer files (no prompt)."""
+    _, run = nonrope_run(tmp_path, positional="tapa")
+    out = tmp_path / "hf"
+    assert main(["export-hf", str(run), "--out", str(out)]) == 0
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(out)
+    assert tok("abc").input_ids == [97, 98, 99]
