@@ -20,8 +20,8 @@ from tapa.evaluate.passkey import (
     make_prompt,
     passkey_grid,
 )
+from tapa.evaluate.passkey_finetune import passkey_batch
 from tapa.model import ModelConfig, TapaLM, save_pretrained
-from tapa.train.passkey_finetune import passkey_batch
 
 
 @pytest.fixture(scope="module")

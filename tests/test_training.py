@@ -230,7 +230,7 @@ def test_rope_scaling_json_reads_as_transformers_reads_it():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from tapa.model.scaling import rope_scaling_changes
+    from tapa.hf.config import rope_scaling_changes
     from tapa.positional import rope_inv_freq
 
     rope = ModelConfig(positional="rope", max_seq_len=256, rope_base=1e4, d_model=64, n_heads=2)

@@ -39,7 +39,7 @@ def _generate(args: argparse.Namespace) -> None:
     from tapa.errors import ConfigError
     from tapa.model import load_pretrained
     from tapa.model.generation import load_generation, render_chat
-    from tapa.train.distributed import pick_device
+    from tapa.utils.device import pick_device
 
     device = pick_device(args.device)
     model = load_pretrained(args.checkpoint).eval().to(device)

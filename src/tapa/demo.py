@@ -15,6 +15,7 @@ import torch
 
 from tapa.data import ByteTokenizer, load_split
 from tapa.model import ModelConfig, TapaLM, save_pretrained
+from tapa.train.recipe import make_optimizer, update
 from tapa.utils.publish import publish
 
 
@@ -60,7 +61,8 @@ def run_demo(
     model = TapaLM(config)
     print(model.describe())
     print(f"training on {train.numel():,} bytes (5 books) for {seconds:.0f} s, sequences of {seq_len} bytes")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    params = list(model.parameters())
+    opt = make_optimizer(params, lr)  # its schedule runs on the wall clock, set by hand below
     start, step, tokens = time.perf_counter(), 0, 0
     while (elapsed := time.perf_counter() - start) < seconds:
         # paper schedule, on the wall clock: linear warmup, then cosine decay to 0.1 x peak
@@ -70,10 +72,8 @@ def run_demo(
             group["lr"] = lr * scale
         x, y = _batch(train, batch, seq_len, gen)
         loss = model.loss(x, y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(params, opt, None, clip=1.0)
         step, tokens = step + 1, tokens + x.numel()
         if step % 25 == 0:
             elapsed = time.perf_counter() - start

@@ -53,7 +53,7 @@ def load_for_eval(args: argparse.Namespace, context: str):
     from tapa.data.tokenizer import load_checkpoint_tokenizer
     from tapa.model import load_config, load_pretrained
     from tapa.model.scaling import scaled_model_config, with_config
-    from tapa.train.distributed import pick_device
+    from tapa.utils.device import pick_device
 
     config = load_config(args.checkpoint)
     scaled = scaled_model_config(
@@ -303,7 +303,7 @@ def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passkey_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    from tapa.train.passkey_finetune import passkey_finetune
+    from tapa.evaluate.passkey_finetune import passkey_finetune
 
     out = Path(args.out)  # an --out holding a model is refused by tapa.cli_checks before this runs
     result = passkey_finetune(

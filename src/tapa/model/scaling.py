@@ -59,39 +59,6 @@ def scaled_model_config(
     return base.replace(**changes)
 
 
-def rope_scaling_changes(text: str, base: ModelConfig, original_len: int, context: str) -> dict:
-    """ModelConfig changes for a ``--rope-scaling JSON`` dict, read as transformers reads a
-    ``rope_scaling`` entry: ``rope_type`` or the legacy ``type``, ``rope_theta`` and
-    ``partial_rotary_factor`` optionally inside it, and the lengths a variant needs
-    (``original_max_position_embeddings`` for YaRN / LongRoPE / llama3,
-    ``max_position_embeddings`` for dynamic NTK) defaulting to ``original_len``."""
-    import json
-    import warnings
-
-    from tapa.hf.config import rope_from_hf
-
-    try:
-        params = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{context}: --rope-scaling is not valid JSON ({err.msg}); "
-                          """pass e.g. '{"rope_type": "yarn", "factor": 8}'""") from None  # fmt: skip
-    if not isinstance(params, dict):
-        raise ConfigError(f"{context}: --rope-scaling must be a JSON object, got {type(params).__name__}")
-    if base.positional != "rope":
-        raise ConfigError(
-            f"{context}: --rope-scaling rescales RoPE, but this model uses {base.positional!r}, "
-            "which continues unchanged at any length; drop the option"
-        )
-    hf = {"rope_scaling": params, "rope_theta": base.rope_base, "partial_rotary_factor": base.partial_rotary_factor,
-          "max_position_embeddings": original_len, "original_max_position_embeddings": original_len}  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rope_base, scaling, partial = rope_from_hf(hf)
-    for warning in caught:  # unknown keys: a warning, as transformers gives, not a refusal
-        print(f"warning: {warning.message}", file=__import__("sys").stderr)
-    return {"rope_scaling": scaling, "rope_base": rope_base, "partial_rotary_factor": partial}
-
-
 def with_config(model: TapaLM, config: ModelConfig) -> TapaLM:
     """The same weights under another config (a RoPE rescaling or a new length); ``model`` if unchanged."""
     if config == model.config:

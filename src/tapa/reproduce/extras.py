@@ -9,11 +9,11 @@ from typing import Any
 
 from tapa.data.tokenizer import Bytes
 from tapa.evaluate.passkey import passkey_grid, plot_passkey
+from tapa.evaluate.passkey_finetune import passkey_finetune
 from tapa.model import load_pretrained
 from tapa.reproduce.stages import run_stage
 from tapa.theory.bias import default_distances, moments, plot_bias, sample_bias
 from tapa.theory.report import run_theory
-from tapa.train.passkey_finetune import passkey_finetune
 
 DEPTHS = [0.0, 0.5, 1.0]
 

@@ -28,16 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tapa.reproduce.presets import Preset, get_preset
+from tapa.reproduce.presets import get_preset
 from tapa.utils.stats import mean_interval, paired_ratio
-
-METHOD_LABELS = {
-    "rope": "RoPE",
-    "tapa": "TAPA, s = 2 pi (paper)",
-    "tapa_unscaled": "TAPA, s = 1 (public code)",
-    "tapa_phase_off": "TAPA, phase off (s = 0)",
-    "nope": "NoPE",
-}
 
 
 @dataclass(frozen=True)
@@ -159,18 +151,3 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for a, b in pairs:
         out["ratios"][f"{a}/{b}"] = paired_ratio(losses[a], losses[b])
     return out
-
-
-def ratio_reading(ratio: dict[str, Any]) -> str:
-    """How a paired ratio reads: above / below 1, or not distinguishable from 1 at its level."""
-    if ratio.get("low") is None:
-        return "one seed: no interval"
-    if ratio["low"] > 1:
-        return "higher (interval above 1)"
-    if ratio["high"] < 1:
-        return "lower (interval below 1)"
-    return "not distinguishable from 1 (interval contains 1)"
-
-
-def preset_of(results: dict[str, Any]) -> Preset:
-    return get_preset(results["preset"])

@@ -6,9 +6,27 @@ from pathlib import Path
 from typing import Any
 
 from tapa.reproduce.presets import Preset
-from tapa.study.phase_scale import METHOD_LABELS, ratio_reading
 from tapa.utils.report import markdown_table, pyplot
 from tapa.utils.stats import interval_text
+
+METHOD_LABELS = {
+    "rope": "RoPE",
+    "tapa": "TAPA, s = 2 pi (paper)",
+    "tapa_unscaled": "TAPA, s = 1 (public code)",
+    "tapa_phase_off": "TAPA, phase off (s = 0)",
+    "nope": "NoPE",
+}
+
+
+def ratio_reading(ratio: dict[str, Any]) -> str:
+    """How a paired ratio reads: above / below 1, or not distinguishable from 1 at its level."""
+    if ratio.get("low") is None:
+        return "one seed: no interval"
+    if ratio["low"] > 1:
+        return "higher (interval above 1)"
+    if ratio["high"] < 1:
+        return "lower (interval below 1)"
+    return "not distinguishable from 1 (interval contains 1)"
 
 
 def _label(method: str) -> str:

@@ -26,7 +26,7 @@ from tapa.evaluate.segment_recall import SegmentTask
 from tapa.model import ModelConfig, TapaLM
 from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR
-from tapa.train.schedule import WarmupCosine
+from tapa.train.recipe import make_optimizer, make_schedule, update
 
 DEPTH_BINS = 5
 
@@ -84,19 +84,17 @@ def train_recall(study: RecallStudy, method: str, seed: int, lr: float | None = 
     torch.manual_seed(seed)
     model = TapaLM(model_config(study, method))
     peak = DEFAULT_LR[method] if lr is None else lr
-    opt = torch.optim.AdamW(model.parameters(), lr=peak, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(study.warmup, study.steps))
+    params = list(model.parameters())
+    opt = make_optimizer(params, peak)
+    sched = make_schedule(opt, study.warmup, study.steps)
     losses = []
     for step in range(study.steps):
         g = torch.Generator().manual_seed(1_000_003 * seed + step)
         batch = study.task.training_batch(study.batch_size, study.seq_len, g)
         logits = model(batch.ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        update(params, opt, sched, clip=1.0)
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])

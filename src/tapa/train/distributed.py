@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from tapa.utils.device import pick_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -27,12 +29,6 @@ class DistEnv:
     @property
     def enabled(self) -> bool:
         return self.world > 1
-
-
-def pick_device(preference: str) -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
 
 
 def init_distributed(preference: str = "auto", group_always: bool = False) -> DistEnv:

@@ -79,7 +79,7 @@ def describe(config: ModelConfig, gpus: int, seq_len: int, parallel: str) -> str
 
 def model_flags(config: ModelConfig) -> str:
     """The ``tapa train`` flags that build ``config`` (those that differ from the defaults)."""
-    from tapa.train.cli import MODEL_FLAGS
+    from tapa.train.flags import MODEL_FLAGS
 
     default = ModelConfig(positional=config.positional)
     flags = []

@@ -34,7 +34,7 @@ from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_stat
 from tapa.train.config import TrainConfig
 from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
 from tapa.train.metrics import MetricsLog, check_wandb
-from tapa.train.schedule import WarmupCosine
+from tapa.train.recipe import make_optimizer, make_schedule, set_schedule, update
 from tapa.utils.files import atomic_write_text
 
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -269,11 +269,9 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
             block.compile()
     wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
-    )
-    schedule = WarmupCosine(config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer = make_optimizer(params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                               weight_decay=config.weight_decay)  # fmt: skip
+    scheduler = make_schedule(optimizer, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
     start_step = 0
     if state is not None:
         if fsdp:
@@ -281,13 +279,8 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        # LambdaLR's load_state_dict overwrites the schedule object's fields with the saved ones:
-        # this run's config decides them (an extended run's total), in a new object, and the next
-        # step's LR is this schedule's at the resume step
-        schedule = WarmupCosine(config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
-        scheduler.lr_lambdas = [schedule]
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * schedule(scheduler.last_epoch)
+        # this run's config decides the schedule (an extended run's total), not the saved fields
+        set_schedule(scheduler, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
     log = MetricsLog(out, enabled=env.is_main, wandb_config=config.to_dict() if config.wandb else None)
@@ -357,13 +350,10 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / config.grad_accum
                 loss.backward()
             total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else math.inf)
+        lr = optimizer.param_groups[0]["lr"]
+        grad_norm = update(params, optimizer, scheduler, config.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         loss_value = mean_across_ranks(total, env).item()
         if not math.isfinite(loss_value):
             raise ConfigError(

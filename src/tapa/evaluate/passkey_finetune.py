@@ -16,7 +16,7 @@ from tapa.data.tokenizer import load_checkpoint_tokenizer
 from tapa.evaluate.passkey import make_prompt, random_key
 from tapa.model import load_pretrained, save_pretrained
 from tapa.train.config import DEFAULT_LR
-from tapa.train.schedule import WarmupCosine
+from tapa.train.recipe import make_optimizer, make_schedule, update
 
 
 def passkey_batch(tokenizer, length: int, batch: int, filler: str, rng: random.Random):
@@ -55,8 +55,9 @@ def passkey_finetune(
     rng = random.Random(seed)
     torch.manual_seed(seed)
     make_prompt(tokenizer, length - 8, 0.5, "12345", filler)  # fail early on a too-short length
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max(1, steps // 10), steps, 0.1))
+    params = list(model.parameters())
+    optimizer = make_optimizer(params, lr)
+    scheduler = make_schedule(optimizer, max(1, steps // 10), steps, 0.1)
     model.train()
     bar = None
     if progress:
@@ -68,11 +69,8 @@ def passkey_finetune(
         x, y, mask = passkey_batch(tokenizer, length, batch_size, filler, rng)
         logits = model(x)
         loss = F.cross_entropy(logits[mask].float(), y[mask])
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        update(params, optimizer, scheduler, clip=1.0)
         losses.append(loss.item())
         if bar is not None:
             bar.update(1)

@@ -1,0 +1,117 @@
+"""The library's layers point down only, and nothing imports itself back in a cycle.
+
+The layer order (lower first; a module may import its own package and any lower layer):
+
+    errors, utils                      shared helpers, no tapa imports above them
+    attention, positional              the kernels and position encodings
+    model                              the decoder built from them
+    data                               corpora, tokenizers, token caches and shards
+    hf                                 transformers / GGUF import and export
+    train                              the training loop, its config and flags
+    evaluate                           perplexity, passkey (and its fine-tune), recall
+    theory                             the paper's theorems, bias measurements
+    reproduce                          the paper's tables as cached stages
+    study                              the studies beyond the paper (use reproduce's stages)
+    demo, cli_checks, cli              the command line
+
+Imports inside functions count too (a lazy import is still a dependency). The exported
+remote-code files (hf/remote) import only torch and transformers and are skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LAYERS = [("errors", "utils"), ("attention", "positional"), ("model",), ("data",), ("hf",), ("train",),
+          ("evaluate",), ("theory",), ("reproduce",), ("study",), ("demo", "cli_checks", "cli")]  # fmt: skip
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """module -> the tapa modules it imports (``from tapa.x import y`` counts y when y is a module)."""
+    modules = {module_name(p) for p in (SRC / "tapa").rglob("*.py") if "remote" not in p.parts}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for path in (SRC / "tapa").rglob("*.py"):
+        if "remote" in path.parts:
+            continue
+        name = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tapa":
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+                graph[name].update(t if t in modules else node.module for t in targets)
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name.split(".")[0] == "tapa")
+    return graph
+
+
+def package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "tapa"
+
+
+def test_every_package_has_a_layer():
+    packages = {package(m) for m in imports()} - {"tapa"}
+    assert packages <= set(RANK), f"add {sorted(packages - set(RANK))} to LAYERS"
+
+
+def test_no_import_runs_up_the_layers():
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in imports().items()
+        for b in targets
+        if package(a) in RANK and package(b) in RANK and RANK[package(b)] > RANK[package(a)]
+    )
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_between_modules():
+    graph = imports()
+    # the package __init__ files re-export their modules: an edge to "tapa.x" means its __init__
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node:
+                continue
+            if state.get(nxt) == 1:
+                cycles.append([*stack[stack.index(nxt):], nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    # a package's __init__ importing its own modules, which import the package, is the Python
+    # idiom for re-exports (tapa.model -> tapa.model.config -> tapa.model): not a design cycle
+    real = [c for c in cycles if len({package(m) for m in c}) > 1 or not any(m.count(".") == 1 for m in c)]
+    assert not real, "import cycles:\n" + "\n".join(" -> ".join(c) for c in real)
+
+
+def test_one_home_for_the_optimiser_and_the_update_step():
+    """AdamW, the warmup + cosine schedule and the clip/step/zero update are built in
+    tapa.train.recipe only; every training loop calls it."""
+    makers = {"torch.optim.AdamW(", "clip_grad_norm_(", "LambdaLR(", "WarmupCosine("}
+    found = defaultdict(set)
+    for path in (SRC / "tapa").rglob("*.py"):
+        if "remote" in path.parts:
+            continue
+        text = path.read_text()
+        for maker in makers:
+            if maker in text:
+                found[maker].add(module_name(path))
+    allowed = {"tapa.train.recipe", "tapa.train.schedule"}  # schedule defines WarmupCosine itself
+    stray = {maker: sorted(modules - allowed) for maker, modules in found.items() if modules - allowed}
+    assert not stray, f"optimiser, schedule or update step built outside tapa.train.recipe: {stray}"
+    users = {module_name(p) for p in (SRC / "tapa").rglob("*.py") if "tapa.train.recipe import" in p.read_text()}
+    assert {"tapa.train.trainer", "tapa.evaluate.passkey_finetune", "tapa.study.recall", "tapa.demo"} <= users
