@@ -23,15 +23,11 @@ CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% en
 
 
 def byte_vocab() -> list[str]:
-    """GPT-2's byte alphabet: printable bytes stand for themselves, the others for chr(256 + n) in order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    spelled, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            spelled[b] = chr(b)
-        else:
-            spelled[b] = chr(256 + extra)
-            extra += 1
+    """GPT-2's byte alphabet (the library's map; that it matches transformers' GGUF reader is
+    what the tokenizer assertion below checks)."""
+    from tapa.hf.tokenizers import _bytes_to_unicode
+
+    spelled = _bytes_to_unicode()
     return [spelled[b] for b in range(256)]
 
 
