@@ -80,19 +80,35 @@ def write_tasks(out: str | Path, n_cloze: int = 200, min_words: int = 60, contex
     (out / f"{PPL_TASK}.yaml").write_text(
         f"task: {PPL_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {out / 'persuasion_paragraphs.jsonl'}\ntest_split: test\noutput_type: loglikelihood_rolling\n"
-        'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
-        "  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
+        "  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n"
+        "  - metric: byte_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n"
+        "  - metric: bits_per_byte\n    aggregation: bits_per_byte\n    higher_is_better: false\n"
     )
     (out / f"{CLOZE_TASK}.yaml").write_text(
         f"task: {CLOZE_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {out / 'persuasion_cloze.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
         'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n'
+        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
     )
     return out
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    import argparse
 
-    print(write_tasks(sys.argv[1] if len(sys.argv) > 1 else "lm_eval_tasks"))
+    parser = argparse.ArgumentParser(prog="python -m tapa.evaluate.lm_eval_tasks",
+                                     description="write tapa's local lm-eval tasks (Persuasion)")  # fmt: skip
+    parser.add_argument("out", nargs="?", default="lm_eval_tasks", help="folder for the data and task YAMLs")
+    parser.add_argument("--context-words", type=int, default=40, help="words of cloze context (default: 40)")
+    parser.add_argument("--choice-words", type=int, default=6, help="words per cloze continuation (default: 6)")
+    args = parser.parse_args(argv)
+    out = write_tasks(args.out, context_words=args.context_words, choice_words=args.choice_words)
+    chars = 6 * (args.context_words + args.choice_words)
+    print(f"{out}: cloze items of {args.context_words} + {args.choice_words} words (about {chars} characters); a model "
+          "whose context is shorter than an item's tokens (a byte-level model trained at 128, say) sees its "
+          "context truncated by lm-eval: lower --context-words to fit it")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
