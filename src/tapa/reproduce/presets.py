@@ -73,6 +73,7 @@ class Preset:
         return {**asdict(self), "finetune_len": self.finetune_len, "eval_lengths": self.eval_lengths}
 
 
+SEEDED_FOR_VERDICTS = ("rope", "tapa", "nope", "tapa_linear")
 PRESETS = {
     "smoke": Preset(
         "smoke", d_model=32, n_layers=1, n_heads=2, seq_len=32, batch_size=8, pretrain_steps=15, finetune_steps=5,
@@ -117,12 +118,14 @@ PRESETS = {
     # the paper's geometry where 2 CPU cores allow it: BPE tokens, head_dim 128 (docs/study.md).
     # LRs: `tapa study lr --preset paper-cpu` (docs/reproduce.md) found TAPA best at its default
     # 1e-3 (the paper's RoPE/5 = 4e-4 and 2e-3, 4e-3 worse) and RoPE at 4e-3 within 1% of its
-    # default 2e-3 (less than the seed spread), so both keep the library defaults
+    # default 2e-3 (less than the seed spread), so both keep the library defaults. Seeds 1-2 run for
+    # RoPE, TAPA, NoPE and the linear phase: claims 4 (quadratic vs linear, paired by seed) and 5
+    # (the bias, with NoPE as the distance-blind control) need >= 3 seeds (reproduce/verdicts.py)
     "paper-cpu": Preset(
         "paper-cpu", d_model=128, n_layers=3, n_heads=1, seq_len=128, batch_size=16, pretrain_steps=600,
         finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS), bias_pairs=10_000, theory_samples=400_000, tokenizer="bpe",
-        bpe_vocab=2048, head_dim=128, seeded_methods=("rope", "tapa"),
+        bpe_vocab=2048, head_dim=128, seeded_methods=SEEDED_FOR_VERDICTS,
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
     # the same at head_dim 64 (2 heads of 64): the second point the science issue asks for
@@ -130,7 +133,7 @@ PRESETS = {
         "paper-cpu-hd64", d_model=128, n_layers=3, n_heads=2, seq_len=128, batch_size=16, pretrain_steps=600,
         finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS), bias_pairs=10_000, theory_samples=400_000, tokenizer="bpe",
-        bpe_vocab=2048, head_dim=64, seeded_methods=("rope", "tapa"),
+        bpe_vocab=2048, head_dim=64, seeded_methods=SEEDED_FOR_VERDICTS,
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
 }  # fmt: skip
