@@ -62,6 +62,15 @@ def model_config(method: str, preset: Preset) -> ModelConfig:
     return ModelConfig(positional=method, **kwargs)
 
 
+def pretrain_config(preset: Preset, method: str, seed: int, tokenizer_spec: str, cache_dir: str | None) -> TrainConfig:
+    """The pretraining run of ``method`` at ``seed`` (its stage key is derived from it)."""
+    p = preset
+    return TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed, eval_every=0,
+                       save_every=max(1, p.pretrain_steps // 4), eval_segments=32, cache_dir=cache_dir,
+                       model=model_config(method, p), tokenizer=tokenizer_spec, lr=p.peak_lr(method),
+                       precision=p.precision, compile=p.compile)  # fmt: skip
+
+
 class Reproduction:
     def __init__(self, preset: Preset, out: Path, cache_dir: str | None = None, verbose: bool = True) -> None:
         self.preset, self.out, self.cache_dir, self.verbose = preset, out, cache_dir, verbose
@@ -71,12 +80,7 @@ class Reproduction:
 
     # -- stages -------------------------------------------------------------------------------
     def pretrain(self, method: str, seed: int) -> dict[str, Any]:
-        p = self.preset
-        model = model_config(method, p)
-        config = TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed,
-                             eval_every=0, save_every=max(1, p.pretrain_steps // 4), eval_segments=32,
-                             cache_dir=self.cache_dir, model=model, tokenizer=self.tokenizer_spec,
-                             lr=p.peak_lr(method), precision=p.precision, compile=p.compile)  # fmt: skip
+        config = pretrain_config(self.preset, method, seed, self.tokenizer_spec, self.cache_dir)
         return run_stage(self.out, f"pretrain_{method}_s{seed}", {"train": config.to_dict()},
                          lambda d: self._train(config, d), self.log)  # fmt: skip
 
