@@ -162,7 +162,7 @@ def plot_phase_scale(results: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("peak LR")
     ax.set_ylabel("validation perplexity")
-    ax.set_title("lines: seed 0 sweep; squares: mean over seeds at the best LR (95% interval)", fontsize=9)
+    ax.set_title("lines: the seed-0 sweep; squares: mean over seeds at the chosen LR (95% interval)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
