@@ -209,7 +209,79 @@ def run_training(config: TrainConfig, resume: str | None = None, progress: bool 
         shutdown(env)
 
 
+@dataclass
+class _Run:
+    """What one training run holds while it trains (built by :func:`_start`)."""
+
+    config: TrainConfig
+    env: DistEnv
+    out: Path
+    data: Data
+    model: TapaLM
+    wrapped: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: Sampler
+    start_step: int
+
+    @property
+    def fsdp(self) -> bool:
+        return self.config.parallel == "fsdp"
+
+    @property
+    def micro(self) -> int:
+        """Sequences per micro-batch on each rank."""
+        return self.config.batch_size // (self.config.grad_accum * self.env.world)
+
+    def autocast(self):
+        if self.config.precision == "bf16" and not self.fsdp:  # FSDP's mixed-precision policy casts instead
+            return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
 def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv) -> TrainResult:
+    run = _start(config, resume, progress, env)
+    log = MetricsLog(run.out, enabled=env.is_main, wandb_config=config.to_dict() if config.wandb else None)
+    log.truncate_after(run.start_step)
+    eval_idx = run.data.validation.evenly_spaced(config.eval_segments)
+    bar = _announce(run, progress)
+    run.model.train()
+    tokens_per_step = config.batch_size * config.seq_len
+    loss_value, val_loss, val_bpb = float("nan"), float("nan"), float("nan")
+    started = time.perf_counter()
+    for step in range(run.start_step + 1, config.steps + 1):
+        t0 = time.perf_counter()
+        loss_value, lr, grad_norm = _step(run, step)
+        dt = time.perf_counter() - t0
+        log.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                 "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / dt})  # fmt: skip
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        last = step == config.steps
+        if (config.eval_every and step % config.eval_every == 0) or last:
+            val_loss, val_bpb, n_val = _evaluate(run, eval_idx)
+            log.log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "val_tokens": n_val})
+            if bar is not None:
+                bar.write(f"step {step}: validation loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte")
+        if (config.save_every and step % config.save_every == 0) or last:
+            _save(run, step)
+    seconds = time.perf_counter() - started
+    if math.isnan(val_loss):  # resumed a finished run: nothing trained, still report
+        val_loss, val_bpb, _ = _evaluate(run, eval_idx)
+    if bar is not None:
+        bar.close()
+    log.close()
+    _save_final(run)
+    steps_run = config.steps - run.start_step
+    return TrainResult(run.out, config.steps, steps_run * tokens_per_step, seconds, loss_value, val_loss, val_bpb)
+
+
+def _start(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv) -> _Run:
+    """Check, then build everything a run needs, in this order: the checkpoint to resume, the
+    data, the model (its weights, or the checkpoint's), the run's files, the device placement,
+    the optimizer and schedule (their saved state), the RNG state."""
     out = _check_run_dir(config, resume)
     if config.wandb:
         check_wandb()
@@ -217,18 +289,50 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         raise ConfigError(
             f"batch_size: {config.batch_size} does not split over {env.world} ranks x grad_accum {config.grad_accum}"
         )
+    checkpoint = _resume_point(out, resume, env)
+    # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
+    data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
+    data = prepare_data(data_config, env, verbose=env.is_main and progress)
+    state = load_state(checkpoint) if checkpoint is not None else None
+    model = _load_model(config, data, state, checkpoint, env)
+    _write_run_files(config, out, data, state, env)
+    _place(model, config, env)
+    wrapped = DistributedDataParallel(model) if env.enabled and config.parallel != "fsdp" else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                               weight_decay=config.weight_decay)  # fmt: skip
+    scheduler = make_schedule(optimizer, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
+    start_step = 0
+    if state is not None:
+        if config.parallel == "fsdp":
+            from tapa.train import fsdp as sharding
+
+            sharding.load_sharded(checkpoint, model, optimizer)
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        # this run's config decides the schedule (an extended run's total), not the saved fields
+        set_schedule(scheduler, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
+        _set_rng_state(state["rng"])
+        start_step = int(state["step"])
+    sampler = Sampler(len(data.train), config.batch_size, config.seed)
+    return _Run(config, env, out, data, model, wrapped, params, optimizer, scheduler, sampler, start_step)
+
+
+def _resume_point(out: Path, resume: str | None, env: DistEnv) -> Path | None:
+    """The checkpoint to resume from (verified), or None for a fresh start."""
     if resume is not None and env.is_main:
         clean_incomplete(out)  # half-deleted checkpoints of an earlier kill
     barrier(env)
     if resume == "latest" and not list_checkpoints(out):
         resume = None  # killed before its first checkpoint: the run starts again from step 0
-    checkpoint = resolve_resume(out, resume) if resume is not None else None
-    # a resumed run reuses the tokenizer it saved (a BPE is not retrained)
-    data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
-    data = prepare_data(data_config, env, verbose=env.is_main and progress)
-    fsdp = config.parallel == "fsdp"
-    state = load_state(checkpoint) if checkpoint is not None else None
-    if fsdp:
+    return resolve_resume(out, resume) if resume is not None else None
+
+
+def _load_model(config: TrainConfig, data: Data, state: dict | None, checkpoint: Path | None,
+                env: DistEnv) -> TapaLM:  # fmt: skip
+    """The model, initialised (or from ``init_from``), then the checkpoint's weights on resume."""
+    if config.parallel == "fsdp":
         from tapa.train import fsdp as sharding
 
         if state is not None and state.get("format") != sharding.FORMAT:
@@ -241,14 +345,18 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     else:
         model = _build_model(config, data.tokenizer)
     model.activation_checkpointing = config.activation_checkpointing
-    if state is not None and not fsdp:
+    if state is not None and config.parallel != "fsdp":
         if state.get("format") is not None:
             raise CheckpointError(f"resume: {checkpoint} is a sharded checkpoint; resume with --parallel fsdp")
         try:
             model.load_state_dict(load_pretrained(checkpoint).state_dict())
         except RuntimeError as err:
             raise CheckpointError(f"checkpoint: {checkpoint} does not fit this run's model ({str(err)[:80]})") from None
+    return model
 
+
+def _write_run_files(config: TrainConfig, out: Path, data: Data, state: dict | None, env: DistEnv) -> None:
+    """train_config.json (a new run), the tokenizer and the parent's generation settings."""
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
@@ -258,8 +366,11 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
             _copy_generation(Path(config.init_from), out)
     barrier(env)
 
+
+def _place(model: TapaLM, config: TrainConfig, env: DistEnv) -> None:
+    """The model on its device, compiled block by block when asked (parameter names unchanged)."""
     model.to(env.device)
-    if config.compile:  # in place, block by block: parameter names (and checkpoints) are unchanged
+    if config.compile:
         torch._dynamo.reset()  # a new model: drop the graphs (and recompile budget) of earlier runs in this process
         if env.device.type == "cpu":  # load (or build) the fused kernel outside the traced code
             from tapa.attention.fused_cpu import fused_cpu_available
@@ -267,133 +378,87 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
             fused_cpu_available()
         for block in model.blocks:
             block.compile()
-    wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
-                               weight_decay=config.weight_decay)  # fmt: skip
-    scheduler = make_schedule(optimizer, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
-    start_step = 0
-    if state is not None:
-        if fsdp:
-            sharding.load_sharded(checkpoint, model, optimizer)
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # this run's config decides the schedule (an extended run's total), not the saved fields
-        set_schedule(scheduler, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
-        _set_rng_state(state["rng"])
-        start_step = int(state["step"])
-    log = MetricsLog(out, enabled=env.is_main, wandb_config=config.to_dict() if config.wandb else None)
-    log.truncate_after(start_step)
 
-    sampler = Sampler(len(data.train), config.batch_size, config.seed)
-    eval_idx = data.validation.evenly_spaced(config.eval_segments)
-    micro = config.batch_size // (config.grad_accum * env.world)
 
-    def autocast():
-        if config.precision == "bf16" and not fsdp:  # FSDP's mixed-precision policy casts instead
-            return torch.autocast(device_type=env.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+def _announce(run: _Run, progress: bool):
+    if not (run.env.is_main and progress):
+        return None
+    config = run.config
+    print(run.model.describe())
+    print(
+        f"data: {len(run.data.train):,} train segments of {config.seq_len} tokens "
+        f"({config.data}, tokenizer {config.tokenizer}); {config.steps} steps x {config.batch_size} sequences; "
+        f"peak lr {config.peak_lr:.2e}; world size {run.env.world}"
+    )
+    from tqdm.auto import tqdm
 
-    def save(step: int) -> None:
-        if fsdp:
-            trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": sampler.epoch(step),
-                             "scheduler": scheduler.state_dict(), "rng": _rng_state(), "train_config": config.to_json(),
-                             "world": env.world}  # fmt: skip
-            sharding.save_sharded(out, step, model, optimizer, data.tokenizer.save, trainer_state, config.keep_last,
-                                  env.rank)  # fmt: skip
-            return
-        if env.is_main:
-            trainer_state = {
-                "step": step,
-                "sequences_seen": step * config.batch_size,
-                "epoch": sampler.epoch(step),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "train_config": config.to_json(),
-            }
-            save_checkpoint(out, step, model, data.tokenizer.save, trainer_state, config.keep_last)
-        barrier(env)
+    return tqdm(total=config.steps, initial=run.start_step, unit="step", dynamic_ncols=True)
 
-    if env.is_main and progress:
-        print(model.describe())
-        print(
-            f"data: {len(data.train):,} train segments of {config.seq_len} tokens "
-            f"({config.data}, tokenizer {config.tokenizer}); {config.steps} steps x {config.batch_size} sequences; "
-            f"peak lr {config.peak_lr:.2e}; world size {env.world}"
+
+def _step(run: _Run, step: int) -> tuple[float, float, torch.Tensor]:
+    """One optimizer step over grad_accum micro-batches: (mean loss over ranks, the LR it used,
+    the gradient norm before clipping). Raises on a non-finite loss."""
+    config, env = run.config, run.env
+    indices = run.sampler.rank_batch(step - 1, env.rank, env.world)
+    total = torch.zeros((), device=env.device)
+    micro = run.micro
+    for k in range(config.grad_accum):
+        x, y = run.data.train.batch(indices[k * micro : (k + 1) * micro])
+        x, y = x.to(env.device), y.to(env.device)
+        last_micro = k == config.grad_accum - 1
+        if run.fsdp:  # FSDP2: reduce-scatter gradients only after the last micro-batch
+            run.model.set_requires_gradient_sync(last_micro)
+        sync = nullcontext() if not env.enabled or run.fsdp or last_micro else run.wrapped.no_sync()
+        with sync:
+            with run.autocast():
+                logits = run.wrapped(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / config.grad_accum
+            loss.backward()
+        total += loss.detach()
+    lr = run.optimizer.param_groups[0]["lr"]
+    grad_norm = update(run.params, run.optimizer, run.scheduler, config.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
+    loss_value = mean_across_ranks(total, env).item()
+    if not math.isfinite(loss_value):
+        raise ConfigError(
+            f"training diverged at step {step} (loss {loss_value}); lower --lr (now {config.peak_lr:.2e}) "
+            "or raise --warmup-steps, then resume from the last checkpoint or restart"
         )
-    bar = None
-    if env.is_main and progress:
-        from tqdm.auto import tqdm
+    return loss_value, lr, grad_norm
 
-        bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    model.train()
-    tokens_per_step = config.batch_size * config.seq_len
-    loss_value, val_loss, val_bpb = float("nan"), float("nan"), float("nan")
-    started = time.perf_counter()
-    for step in range(start_step + 1, config.steps + 1):
-        t0 = time.perf_counter()
-        indices = sampler.rank_batch(step - 1, env.rank, env.world)
-        total = torch.zeros((), device=env.device)
-        for k in range(config.grad_accum):
-            x, y = data.train.batch(indices[k * micro : (k + 1) * micro])
-            x, y = x.to(env.device), y.to(env.device)
-            last_micro = k == config.grad_accum - 1
-            if fsdp:  # FSDP2: reduce-scatter gradients only after the last micro-batch
-                model.set_requires_gradient_sync(last_micro)
-            sync = nullcontext() if not env.enabled or fsdp or last_micro else wrapped.no_sync()
-            with sync:
-                with autocast():
-                    logits = wrapped(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / config.grad_accum
-                loss.backward()
-            total += loss.detach()
-        lr = optimizer.param_groups[0]["lr"]
-        grad_norm = update(params, optimizer, scheduler, config.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        loss_value = mean_across_ranks(total, env).item()
-        if not math.isfinite(loss_value):
-            raise ConfigError(
-                f"training diverged at step {step} (loss {loss_value}); lower --lr (now {config.peak_lr:.2e}) "
-                "or raise --warmup-steps, then resume from the last checkpoint or restart"
-            )
-        dt = time.perf_counter() - t0
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr": lr,
-            "grad_norm": float(grad_norm),
-            "tokens": step * tokens_per_step,
-            "tokens_per_s": tokens_per_step / dt,
-        }
-        log.log(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}")
-        last = step == config.steps
-        if (config.eval_every and step % config.eval_every == 0) or last:
-            val_loss, val_bpb, n_val = evaluate_segments(
-                model, data.validation, eval_idx, data.tokenizer, micro * config.grad_accum, env.device, autocast
-            )
-            log.log({"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "val_tokens": n_val})
-            if bar is not None:
-                bar.write(f"step {step}: validation loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte")
-        if (config.save_every and step % config.save_every == 0) or last:
-            save(step)
-    seconds = time.perf_counter() - started
-    if math.isnan(val_loss):  # resumed a finished run: nothing trained, still report
-        val_loss, val_bpb, _ = evaluate_segments(
-            model, data.validation, eval_idx, data.tokenizer, micro * config.grad_accum, env.device, autocast
-        )
-    if bar is not None:
-        bar.close()
-    log.close()
-    final = sharding.full_model(model) if fsdp else model  # FSDP: gathered on rank 0 (every rank calls it)
+def _evaluate(run: _Run, eval_idx: np.ndarray) -> tuple[float, float, int]:
+    return evaluate_segments(run.model, run.data.validation, eval_idx, run.data.tokenizer,
+                             run.micro * run.config.grad_accum, run.env.device, run.autocast)  # fmt: skip
+
+
+def _save(run: _Run, step: int) -> None:
+    """A checkpoint at ``step``: model, optimizer, schedule, RNG and sampler position."""
+    config, env = run.config, run.env
+    trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": run.sampler.epoch(step)}
+    if run.fsdp:
+        from tapa.train import fsdp as sharding
+
+        trainer_state.update(scheduler=run.scheduler.state_dict(), rng=_rng_state(), train_config=config.to_json(),
+                             world=env.world)  # fmt: skip
+        sharding.save_sharded(run.out, step, run.model, run.optimizer, run.data.tokenizer.save, trainer_state,
+                              config.keep_last, env.rank)  # fmt: skip
+        return
     if env.is_main:
-        save_pretrained(final, out)
+        trainer_state.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                             rng=_rng_state(), train_config=config.to_json())  # fmt: skip
+        save_checkpoint(run.out, step, run.model, run.data.tokenizer.save, trainer_state, config.keep_last)
     barrier(env)
-    steps_run = config.steps - start_step
-    return TrainResult(out, config.steps, steps_run * tokens_per_step, seconds, loss_value, val_loss, val_bpb)
+
+
+def _save_final(run: _Run) -> None:
+    if run.fsdp:
+        from tapa.train import fsdp as sharding
+
+        final = sharding.full_model(run.model)  # gathered on rank 0 (every rank calls it)
+    else:
+        final = run.model
+    if run.env.is_main:
+        save_pretrained(final, run.out)
+    barrier(run.env)
