@@ -4,92 +4,94 @@ from __future__ import annotations
 
 import argparse
 
+OUT_HELP = "output directory (re-running it skips finished stages)"
+
+
+def _staged(verbs: argparse._SubParsersAction, name: str, help_text: str, func, cache: bool = True):
+    """A study verb with the flags every cached-stage study takes: --out, --cache-dir, --quiet."""
+    parser = verbs.add_parser(name, help=help_text)
+    parser.add_argument("--out", required=True, help=OUT_HELP)
+    if cache:
+        parser.add_argument("--cache-dir", help="token cache directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=func)
+    return parser
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from tapa.study.ablation import LADDERS
-
     study = sub.add_parser("study", help="studies beyond the paper: ablation ladder, retrieval, diagnostics")
     verbs = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    abl = verbs.add_parser("ablation", help="which axis (tokenizer, head_dim, LR, tokens) explains TAPA's gap to RoPE")
-    abl.add_argument("--ladder", choices=list(LADDERS), default="default")
-    abl.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    abl.add_argument("--cache-dir", help="token cache directory")
-    abl.add_argument("--quiet", action="store_true")
-    abl.set_defaults(func=_ablation)
+    for add in (_add_ablation, _add_recall, _add_scale, _add_convert, _add_lr, _add_phase_scale, _add_real_convert,
+                _add_diagnose):  # fmt: skip
+        add(verbs)
 
+
+def _add_ablation(verbs: argparse._SubParsersAction) -> None:
+    from tapa.study.ablation import LADDERS
+
+    abl = _staged(
+        verbs, "ablation", "which axis (tokenizer, head_dim, LR, tokens) explains TAPA's gap to RoPE", _ablation
+    )
+    abl.add_argument("--ladder", choices=list(LADDERS), default="default", help="which ladder of cells")
+
+
+def _add_recall(verbs: argparse._SubParsersAction) -> None:
     from tapa.study.recall import STUDIES
 
-    rec = verbs.add_parser("recall", help="associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)")
-    rec.add_argument("--study", choices=list(STUDIES), default="default")
-    rec.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
+    rec = _staged(verbs, "recall", "associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)", _recall,
+                  cache=False)  # fmt: skip
+    rec.add_argument("--study", choices=list(STUDIES), default="default", help="which recall study")
     rec.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these of the study's methods")
     rec.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run only these of the study's seeds")
     rec.add_argument("--jobs", type=int, default=1, help="train this many models at once (worker processes)")
-    rec.add_argument("--quiet", action="store_true")
-    rec.set_defaults(func=_recall)
 
+
+def _add_scale(verbs: argparse._SubParsersAction) -> None:
     from tapa.study.scale import SCALES
 
-    scale = verbs.add_parser("scale", help="RoPE, TAPA and NoPE at 3 sizes: the L0 gap and extrapolation vs compute")
-    scale.add_argument("--ladder", choices=list(SCALES), default="default")
-    scale.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    scale.add_argument("--cache-dir", help="token cache directory")
-    scale.add_argument("--quiet", action="store_true")
+    scale = _staged(verbs, "scale", "RoPE, TAPA and NoPE at 3 sizes: the L0 gap and extrapolation vs compute", _scale)
+    scale.add_argument("--ladder", choices=list(SCALES), default="default", help="which size ladder")
     scale.add_argument("--refit", action="store_true",
                        help="recompute the trend and prediction interval of a finished --out, no training")  # fmt: skip
-    scale.set_defaults(func=_scale)
 
-    from tapa.study.convert import STUDIES as CONVERT_STUDIES
 
-    conv = verbs.add_parser("convert", help="RoPE -> TAPA conversion vs RoPE + YaRN, fine-tuned from one RoPE run")
+def _add_convert(verbs: argparse._SubParsersAction) -> None:
+    from tapa.study.convert import STUDIES
+
+    conv = _staged(verbs, "convert", "RoPE -> TAPA conversion vs RoPE + YaRN, fine-tuned from one RoPE run", _convert)
     conv.add_argument("parent", metavar="RUN", help="a trained RoPE run (config, weights, tokenizer)")
-    conv.add_argument("--study", choices=list(CONVERT_STUDIES), default="default")
-    conv.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    conv.add_argument(
-        "--compare",
-        nargs="*",
-        default=[],
-        metavar="RUN",
-        help="other runs scored the same way, for the table (e.g. TAPA trained from scratch)",
-    )
-    conv.add_argument("--cache-dir", help="token cache directory")
-    conv.add_argument("--quiet", action="store_true")
-    conv.set_defaults(func=_convert)
+    conv.add_argument("--study", choices=list(STUDIES), default="default", help="which conversion study")
+    conv.add_argument("--compare", nargs="*", default=[], metavar="RUN",
+                      help="other runs scored the same way (e.g. TAPA trained from scratch)")  # fmt: skip
 
+
+def _add_lr(verbs: argparse._SubParsersAction) -> None:
     from tapa.reproduce.presets import PRESETS
 
-    lr = verbs.add_parser("lr", help="peak-LR sweep of RoPE and TAPA at a reproduce preset's geometry")
-    lr.add_argument("--preset", choices=list(PRESETS), default="paper-cpu")
+    lr = _staged(verbs, "lr", "peak-LR sweep of RoPE and TAPA at a reproduce preset's geometry", _lr)
+    lr.add_argument("--preset", choices=list(PRESETS), default="paper-cpu", help="the geometry to sweep at")
     lr.add_argument("--grid", choices=("default", "smoke"), default="default", help="LR grid (smoke: 2 points each)")
-    lr.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    lr.add_argument("--cache-dir", help="token cache directory")
-    lr.add_argument("--quiet", action="store_true")
-    lr.set_defaults(func=_lr)
 
-    from tapa.study.phase_scale import STUDIES as PHASE_STUDIES
 
-    ps = verbs.add_parser(
-        "phase-scale", help="TAPA's phase scale s (2 pi, 1, off): LR sweep, seeds at each best LR, gap to RoPE"
-    )
-    ps.add_argument("--study", choices=list(PHASE_STUDIES), default="default", help="default: paper-cpu; smoke: toy")
-    ps.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    ps.add_argument("--cache-dir", help="token cache directory")
-    ps.add_argument("--quiet", action="store_true")
-    ps.set_defaults(func=_phase_scale)
+def _add_phase_scale(verbs: argparse._SubParsersAction) -> None:
+    from tapa.study.phase_scale import STUDIES
 
-    from tapa.study.real_model import STUDIES as REAL_STUDIES
+    ps = _staged(verbs, "phase-scale", "TAPA's phase scale s (2 pi, 1, off): LR sweep, seeds at each best LR, "
+                 "gap to RoPE", _phase_scale)  # fmt: skip
+    ps.add_argument("--study", choices=list(STUDIES), default="default", help="default: paper-cpu; smoke: toy")
 
-    real = verbs.add_parser(
-        "real-convert", help="a real RoPE model (GGUF, transformers folder or run) -> TAPA, continually pretrained"
-    )
+
+def _add_real_convert(verbs: argparse._SubParsersAction) -> None:
+    from tapa.study.real_model import STUDIES
+
+    real = _staged(verbs, "real-convert", "a real RoPE model (GGUF, transformers folder or run) -> TAPA, "
+                   "continually pretrained", _real_convert)  # fmt: skip
     real.add_argument("source", metavar="SOURCE", help="a .gguf file, a transformers folder or a tapa RoPE run")
-    real.add_argument("--study", choices=list(REAL_STUDIES), default="default", help="default: 2K tokens; smoke: toy")
+    real.add_argument("--study", choices=list(STUDIES), default="default", help="default: 2K tokens; smoke: toy")
     real.add_argument("--train-minutes", type=float, help="minutes of training per arm (default: the study's)")
-    real.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
-    real.add_argument("--cache-dir", help="token cache directory")
-    real.add_argument("--quiet", action="store_true")
-    real.set_defaults(func=_real_convert)
 
+
+def _add_diagnose(verbs: argparse._SubParsersAction) -> None:
     diag = verbs.add_parser("diagnose", help="phase, distance dependence, previous-token and induction heads of runs")
     diag.add_argument("checkpoints", nargs="+", metavar="RUN", help="trained runs (each with its saved tokenizer)")
     diag.add_argument("--out", required=True, help="output folder for diagnostics.json and report.md")
