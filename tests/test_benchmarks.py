@@ -45,7 +45,15 @@ def test_time_interleaved_calls_every_function_once_per_round():
     times = timing.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
     assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds in turn
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert all(t >= 0 for ts in times.values() for t in ts)
+
+
+def test_time_interleaved_measures_each_function_itself():
+    """A 5 ms sleep is timed at >= 5 ms every round, and a no-op at less than that."""
+    import time
+
+    times = timing.time_interleaved({"sleep": lambda: time.sleep(0.005), "noop": lambda: None}, repeats=3)
+    assert all(t >= 0.005 for t in times["sleep"])
+    assert max(times["noop"]) < min(times["sleep"])
 
 
 def test_machine_line_names_cpu_threads_torch_and_kernel_isa():
