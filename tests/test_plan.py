@@ -8,7 +8,8 @@ import torch
 
 from tapa.cli import main
 from tapa.model import ModelConfig, TapaLM
-from tapa.train.plan import model_flags, parameter_count, plan
+from tapa.model.params import parameter_count
+from tapa.train.plan import model_flags, plan
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

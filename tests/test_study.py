@@ -94,13 +94,18 @@ def test_recall_subsets_share_stages_with_the_full_study(tmp_path):
     assert "key-value pairs" in (pairs / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("kw"), [{"d_model": 64, "n_heads": 1, "head_dim": 64}, {"d_model": 48, "n_heads": 4,
-                                   "n_kv_heads": 2, "head_dim": 16, "tie_embeddings": False}])  # fmt: skip
+@pytest.mark.parametrize(("kw"), [
+    {"d_model": 64, "n_heads": 1, "head_dim": 64},
+    {"d_model": 48, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "tie_embeddings": False},
+    {"d_model": 32, "n_heads": 2, "qkv_bias": True},  # the biases an earlier count left out
+    {"d_model": 32, "n_heads": 2, "attention_bias": True},
+    {"d_model": 32, "n_heads": 2, "positional": "tapa", "tapa_phase": "quadratic_full"},
+])  # fmt: skip
 def test_non_embedding_parameters_match_the_model(kw):
     from tapa.model import ModelConfig, TapaLM
     from tapa.study.scale import non_embedding_parameters
 
-    config = ModelConfig(positional="rope", vocab_size=50, n_layers=2, **kw)
+    config = ModelConfig(**{"positional": "rope", "vocab_size": 50, "n_layers": 2, **kw})
     model = TapaLM(config)
     embedding = model.embed.weight.numel() + (0 if config.tie_embeddings else model.lm_head.weight.numel())
     assert non_embedding_parameters(config) == model.num_parameters() - embedding

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.model import ModelConfig
+from tapa.model.params import parameter_count
 from tapa.reproduce.stages import printer
 from tapa.study.ablation import BPE_VOCAB, train_stage
 from tapa.study.perplexity_stage import perplexity_stage as heldout_perplexity
@@ -67,10 +68,8 @@ SCALES = {
 
 
 def non_embedding_parameters(config: ModelConfig) -> int:
-    """Attention (q, k, v, o), SwiGLU (gate, up, down) and the two norms per layer, plus the final norm."""
-    inner, kv = config.n_heads * config.head_size, config.kv_heads * config.head_size
-    per_layer = config.d_model * (inner + 2 * kv) + inner * config.d_model + 3 * config.d_model * config.ffn_dim
-    return config.n_layers * (per_layer + 2 * config.d_model) + config.d_model
+    """Every parameter but the embeddings (:func:`tapa.model.params.parameter_count`)."""
+    return parameter_count(config)[1]
 
 
 def size_config(ladder: ScaleLadder, size: Size, method: str, cache_dir: str | None) -> TrainConfig:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tapa.model import ModelConfig
+from tapa.model.params import parameter_count
 
 BYTES_PER_PARAM = {"fsdp": 18, "ddp": 18}
 
@@ -32,19 +33,6 @@ class Plan:
     state_gib_per_gpu: float
     activation_gib_per_sequence: float
     activation_gib_per_sequence_checkpointed: float
-
-
-def parameter_count(c: ModelConfig) -> tuple[int, int]:
-    """(all parameters, non-embedding parameters) of ``c``, by the closed form above."""
-    q, kv = c.n_heads * c.head_size, c.kv_heads * c.head_size
-    per_layer = c.d_model * (q + 2 * kv) + q * c.d_model + 3 * c.d_model * c.ffn_dim + 2 * c.d_model
-    if c.attention_bias or c.qkv_bias:
-        per_layer += q + 2 * kv + (c.d_model if c.attention_bias else 0)
-    if c.positional == "tapa" and c.tapa_phase == "quadratic_full":
-        per_layer += 2 * c.n_heads * c.head_size**2
-    body = c.n_layers * per_layer + c.d_model
-    embeddings = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
-    return body + embeddings, body
 
 
 def plan(config: ModelConfig, gpus: int, seq_len: int, parallel: str = "fsdp") -> Plan:
