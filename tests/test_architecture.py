@@ -2,7 +2,7 @@
 
 The layer order (lower first; a module may import its own package and any lower layer):
 
-    errors, utils                      shared helpers, no tapa imports above them
+    errors, utils, paper               shared helpers and the paper's numbers, no tapa imports above them
     attention, positional              the kernels and position encodings
     model                              the decoder built from them
     data                               corpora, tokenizers, token caches and shards
@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = [("errors", "utils"), ("attention", "positional"), ("model",), ("data",), ("hf",), ("train",),
+LAYERS = [("errors", "utils", "paper"), ("attention", "positional"), ("model",), ("data",), ("hf",), ("train",),
           ("evaluate",), ("theory",), ("reproduce",), ("study",), ("demo", "cli_checks", "cli")]  # fmt: skip
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

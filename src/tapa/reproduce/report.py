@@ -10,25 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.evaluate.passkey import KEY_DIGITS, N_CANDIDATES
-from tapa.theory.bias import PAPER_STATS
-
-PAPER_TABLE_2 = {  # pretrain 8K, no fine-tuning; lengths 1K..32K = L0/8 .. 4 L0 (paper's L0 = 8K)
-    "rope": [13.08, 12.63, 12.32, 12.21, 5878.17, 16366.63],
-    "rope+yarn": [13.09, 12.64, 12.33, 12.22, 5869.35, 16342.28],
-    "rope+pi": [13.07, 12.62, 12.30, 12.19, 5872.29, 16350.28],
-    "tapa": [13.12, 12.66, 12.34, 12.22, 17.96, 122.71],
-}
-PAPER_TABLE_1 = {  # fine-tuned at 32K; 1K, 2K, 4K, 8K, 16K, 32K, 48K, 64K
-    "rope": [12.97, 12.53, 12.22, 11.97, 11.79, 12.96, 938.23, 2280.16],
-    "rope_big_base": [13.00, 12.54, 12.23, 11.98, 11.80, 12.96, 942.94, 2284.72],
-    "pi": [12.99, 12.54, 12.23, 11.98, 11.80, 12.97, 939.17, 2282.44],
-    "yarn": [13.05, 12.60, 12.29, 12.03, 11.85, 12.16, 322.14, 1962.55],
-    "tapa": [13.04, 12.62, 12.30, 12.07, 11.83, 11.74, 11.67, 11.75],
-    "tapa_linear": [14.63, 14.15, 13.83, 13.54, 13.29, 13.13, 13.59, 14.82],
-}
-PAPER_LENGTHS_1 = ["1K", "2K", "4K", "8K", "16K", "32K", "48K", "64K"]
-PAPER_LENGTHS_2 = ["1K", "2K", "4K", "8K", "16K", "32K"]
-
+from tapa.paper import PAPER_LENGTHS_1, PAPER_LENGTHS_2, PAPER_STATS, PAPER_TABLE_1, PAPER_TABLE_2
 
 FIGURE_CAPTIONS = {
     "perplexity_by_length": "perplexity against evaluation length (both axes log scale), mean over seeds; left "

@@ -14,6 +14,7 @@ import math
 import statistics
 from typing import Any
 
+from tapa.paper import PAPER_STATS
 from tapa.utils.stats import mean_interval
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
@@ -207,7 +208,8 @@ CLAIMS = {
     "5": ("RoPE's near-minus-far score difference is skewed positive, TAPA's centred on zero", claim_5,
           f">= {MIN_SEEDS} seeds of RoPE, TAPA and NoPE, far distance {FAR_RANGE[0]:g}-{FAR_RANGE[1]:g} x L0: "
           f"reproduced if RoPE's mean difference is above 0 (95% t-interval) with positive skew, TAPA's mean/std "
-          f"interval within +-{CENTRED:g} and TAPA's std above RoPE's and NoPE's (the paper: 3.3 vs 0.85); not "
+          f"interval within +-{CENTRED:g} and TAPA's std above RoPE's and NoPE's (the paper: "
+          f"{PAPER_STATS['tapa']['std']} vs {PAPER_STATS['rope']['std']}); not "
           f"reproduced if RoPE's mean is below 0 or TAPA's mean/std interval lies outside +-{CENTRED:g}"),
 }  # fmt: skip
 

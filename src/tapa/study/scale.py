@@ -24,6 +24,7 @@ from typing import Any
 
 from tapa.model import ModelConfig
 from tapa.model.params import parameter_count
+from tapa.paper import PAPER_COMPUTE
 from tapa.reproduce.stages import printer
 from tapa.study.ablation import BPE_VOCAB, train_stage
 from tapa.study.perplexity_stage import perplexity_stage as heldout_perplexity
@@ -31,8 +32,6 @@ from tapa.train.config import TrainConfig
 from tapa.utils.stats import line_fit, prediction_interval
 
 METHODS = ("rope", "tapa", "nope")
-# the paper's pretraining: a ~6.5B non-embedding Llama-3-8B-class model on 420B tokens
-PAPER_COMPUTE = 6 * 6.5e9 * 420e9
 
 
 @dataclass(frozen=True)

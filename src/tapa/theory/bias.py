@@ -17,10 +17,8 @@ import torch
 
 from tapa.errors import ConfigError
 from tapa.model import TapaLM
+from tapa.paper import PAPER_CONTEXT, PAPER_FAR, PAPER_NEAR
 from tapa.theory.scores import capture_qk, pair_scores
-
-PAPER_NEAR, PAPER_FAR, PAPER_CONTEXT = 100, 10000, 8192
-PAPER_STATS = {"rope": {"mean": 4.1, "std": 0.85}, "tapa": {"mean": 0.03, "std": 3.3}}
 
 
 def default_distances(context: int) -> tuple[int, int]:

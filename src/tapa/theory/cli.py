@@ -113,7 +113,8 @@ def _bias(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from tapa.theory.bias import PAPER_STATS, default_distances, plot_bias, sample_bias
+    from tapa.paper import PAPER_STATS
+    from tapa.theory.bias import default_distances, plot_bias, sample_bias
 
     if args.pairs < 2:
         raise ConfigError(f"pairs: need at least 2 sampled queries, got {args.pairs}")
@@ -140,5 +141,6 @@ def _bias(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bias.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_bias(samples, out / "bias.png", "Distance bias of trained models (Appendix I)")
-    print("paper: RoPE mean 4.1, std 0.85; TAPA mean 0.03, std 3.3")
+    rope, tapa = PAPER_STATS["rope"], PAPER_STATS["tapa"]
+    print(f"paper: RoPE mean {rope['mean']}, std {rope['std']}; TAPA mean {tapa['mean']}, std {tapa['std']}")
     print(f"results in {out / 'bias.json'} and {out / 'bias.png'}")

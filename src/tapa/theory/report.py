@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from tapa.paper import PAPER_BASE
 from tapa.theory import rope
 from tapa.theory import tapa as tp
 
-PAPER_BASE = 5e5
 DECAY_CASES = ((4, 0.5, 1.0), (8, 0.5, 0.5), (8, 0.5, 1.0), (6, 0.5, 0.5))
 
 
