@@ -68,13 +68,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tapa.positional import POSITIONAL_SCHEMES
+
     parser = _Parser(prog="tapa", description="Token-Aware Phase Attention: models and experiments")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a tiny model on the embedded books for a minute and generate text")
     demo.add_argument("--out", default="runs/demo", help="checkpoint directory (default: runs/demo)")
     demo.add_argument("--seconds", type=float, default=60.0, help="training budget in seconds (default: 60)")
-    demo.add_argument("--positional", default="tapa", choices=["tapa", "rope", "alibi", "nope"])
+    demo.add_argument("--positional", default="tapa", choices=POSITIONAL_SCHEMES, help="the positional scheme")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tapa.positional import POSITIONAL_SCHEMES
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("export-hf", help="write a run as a transformers folder (RoPE: LlamaForCausalLM / Qwen2; "
@@ -16,12 +18,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="transformers folder (config.json + safetensors + tokenizer), or a llama.cpp GGUF file "
                           "(dequantised on load; needs pip install -e '.[gguf]')")  # fmt: skip
     imp.add_argument("--out", required=True, help="a new (or empty) folder for the tapa run")
-    imp.add_argument("--positional", choices=("rope", "tapa", "nope", "alibi"), default="rope",
+    imp.add_argument("--positional", choices=POSITIONAL_SCHEMES, default="rope",
                      help="keep RoPE, or switch the attention, keeping every weight (RoPE -> TAPA)")  # fmt: skip
     imp.set_defaults(func=_import)
     conv = sub.add_parser("convert", help="switch a run's positional scheme, keeping every weight (e.g. RoPE -> TAPA)")
     conv.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
-    conv.add_argument("--positional", choices=("rope", "tapa", "nope", "alibi"), required=True)
+    conv.add_argument("--positional", choices=POSITIONAL_SCHEMES, required=True)
     conv.add_argument("--out", required=True, help="a new (or empty) folder for the converted run")
     conv.set_defaults(func=_convert)
 
