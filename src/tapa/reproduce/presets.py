@@ -128,6 +128,17 @@ PRESETS = {
         bpe_vocab=2048, head_dim=128, seeded_methods=SEEDED_FOR_VERDICTS,
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
     ),
+    # the paper-cpu runs claims 4 and 5 need, on three seeds each: RoPE, TAPA, the linear phase
+    # and the NoPE control (pretrained exactly as paper-cpu pretrains them: the same stage keys),
+    # the two TAPA phases fine-tuned, the bias of every seed at the paper's far distance
+    "paper-cpu-claims": Preset(
+        "paper-cpu-claims", d_model=128, n_layers=3, n_heads=1, seq_len=128, batch_size=16, pretrain_steps=600,
+        finetune_steps=100, eval_tokens=16384, seeds=(0, 1, 2), pretrain=("rope", "tapa", "tapa_linear", "nope"),
+        finetune=("tapa", "tapa_linear"), zero_shot_scaling=(), bias_pairs=10_000, theory_samples=20_000,
+        tokenizer="bpe", bpe_vocab=2048, head_dim=128,
+        left_out=("RoPE scaling rows and the other fine-tunes (claims 2-3: see paper-cpu)", "ALiBi and the controls",
+                  "the alpha x theta grid", "passkey"),
+    ),
     # the same at head_dim 64 (2 heads of 64): the second point the science issue asks for
     "paper-cpu-hd64": Preset(
         "paper-cpu-hd64", d_model=128, n_layers=3, n_heads=2, seq_len=128, batch_size=16, pretrain_steps=600,
