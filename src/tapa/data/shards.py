@@ -40,6 +40,7 @@ from tapa.data.sources import TEXT_SUFFIXES, VALIDATION_EVERY, iter_jsonl, load_
 from tapa.data.token_cache import TokenArray
 from tapa.data.tokenizer import Bytes, Tokenizer
 from tapa.errors import ConfigError
+from tapa.utils.jsonfile import read_json_object
 
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1
@@ -314,11 +315,9 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     """The index of a shard folder, its structure checked (a corrupt index is one clean error)."""
     folder = Path(folder)
     try:
-        index = json.loads((folder / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"shards: cannot read {folder / INDEX_FILE} ({err}); re-run tapa tokenize") from None
-    if not isinstance(index, dict):
-        raise ConfigError(f"shards: {folder / INDEX_FILE} is not a JSON object; re-run tapa tokenize")
+        index = read_json_object(folder / INDEX_FILE, "shards")
+    except ConfigError as err:
+        raise ConfigError(f"{err}; re-run tapa tokenize") from None
     if index.get("version") != INDEX_VERSION:
         raise ConfigError(f"shards: {folder} has index version {index.get('version')}, not {INDEX_VERSION}; re-run")
     problem = _index_problem(index)

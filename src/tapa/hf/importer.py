@@ -13,7 +13,6 @@ order): its config, weights and tokenizer then take the folder path's checks and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from tapa.hf.config import model_config_from_hf, switch_positional
 from tapa.hf.names import from_hf_name
 from tapa.model import ModelConfig, TapaLM, save_pretrained
 from tapa.model.generation import CHAT_TEMPLATE_FILE, GENERATION_FILE, eos_list, save_generation
+from tapa.utils.jsonfile import read_json_object
 from tapa.utils.publish import check_empty_out, publish
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -36,23 +36,14 @@ def read_hf_config(directory: Path) -> dict:
         raise CheckpointError(f"import-hf: no such folder {directory}")
     if not path.is_file():
         raise CheckpointError(f"import-hf: {directory} has no config.json; pass a transformers model folder")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"import-hf: {path} is not valid JSON ({err.msg})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"import-hf: {path} is not a JSON object")
-    return data
+    return read_json_object(path, "import-hf", CheckpointError)
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a folder: one file, or every shard its index names (all present)."""
     if (directory / INDEX_FILE).is_file():
-        try:
-            index = json.loads((directory / INDEX_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"import-hf: {directory / INDEX_FILE} is not valid JSON ({err})") from None
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        index = read_json_object(directory / INDEX_FILE, "import-hf", CheckpointError)
+        weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"import-hf: {directory / INDEX_FILE} has no weight_map of tensor -> file names")
         names = sorted(set(weight_map.values()))
@@ -168,11 +159,7 @@ def generation_settings(source: Path, gguf_config: dict | None, tokenizer) -> tu
 
     def read(name: str) -> dict:
         path = source / name
-        try:
-            data = json.loads(path.read_text()) if path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"import-hf: {path} is not valid JSON") from None
-        return data if isinstance(data, dict) else {}
+        return read_json_object(path, "import-hf", CheckpointError) if path.is_file() else {}
 
     generation, config = read(GENERATION_FILE), read("config.json")
     eos = eos_list(generation.get("eos_token_id", config.get("eos_token_id")))

@@ -42,10 +42,9 @@ def load_generation(directory: str | Path) -> tuple[list[int], str | None]:
     eos: list[int] = []
     path = directory / GENERATION_FILE
     if path.is_file():
-        try:
-            eos = eos_list(json.loads(path.read_text()).get("eos_token_id"))
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise ConfigError(f"generation: {path} is not a JSON object with eos_token_id ({err})") from None
+        from tapa.utils.jsonfile import read_json_object
+
+        eos = eos_list(read_json_object(path, "generation").get("eos_token_id"))
     template = directory / CHAT_TEMPLATE_FILE
     return eos, template.read_text() if template.is_file() else None
 

@@ -174,13 +174,9 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"train config: {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"train config: {path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"train config: {path} holds a JSON {type(data).__name__}, not an object of settings")
-        return cls.from_dict(data)
+        from tapa.utils.jsonfile import read_json_object
+
+        return cls.from_dict(read_json_object(path, "train config"))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
