@@ -14,13 +14,13 @@ from tapa.errors import ConfigError
 
 # On CPU, "auto" uses the fused kernel whenever it could be built (tapa.attention.fused_cpu):
 # it is faster than the reference and the chunked kernel at every size measured, decoding
-# included (docs/benchmarks.md). Without it (or on other devices) "auto" keeps the
+# included (docs/benchmarks.md, docs/history.md). Without it (or on other devices) "auto" keeps the
 # reference (one batched matmul per step) for decoding (a few query rows) and for short
 # sequences, while all score matrices fit a modest budget; otherwise the
 # chunked kernel is faster and its memory stays linear. Measured on CPU, whole-model
 # forward + backward (d_model 192, 4 layers, 4 heads): reference and chunked are level at
 # L = 64 and 128, chunked is 1.25x faster at L = 256 (B = 32) and 2.6x at L = 512 (B = 16);
-# for one decoded query over 16K keys the reference is 3x faster (docs/benchmarks.md).
+# for one decoded query over 16K keys the reference is 3x faster (docs/history.md, 2026-11-25).
 AUTO_MAX_SHORT = 1 << 15  # Lq * Lk of a "short" sequence (L <= 181)
 AUTO_DECODE_ROWS = 16  # query rows that count as decoding
 AUTO_MAX_PER_HEAD = 1 << 19  # Lq * Lk when decoding
