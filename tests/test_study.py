@@ -55,7 +55,9 @@ def test_recall_and_diagnose_smoke(tmp_path, smoke_ladder):
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"rope", "tapa"}
     lengths = results["runs"]["tapa"]["0"]["lengths"]
-    assert set(lengths) == {"12", "24"} and all(0 <= r["accuracy"] <= 1 for r in lengths.values())
+    assert set(lengths) == {"12", "24"}
+    for r in lengths.values():  # a fraction of correct queries: accuracy x queries is a whole number
+        assert r["queries"] > 0 and r["accuracy"] * r["queries"] == pytest.approx(round(r["accuracy"] * r["queries"]))
     assert (out / "figures" / "recall_by_length.png").is_file()
     report = (out / "report.md").read_text()
     assert "Accuracy by depth of the first copy's start" in report and "61%" in report  # segment 4: (1+1/2+1/3)/3
