@@ -106,9 +106,27 @@ def _relative_cost(results: dict) -> list[str]:
 
 
 def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
+    """The report: header, verdicts, the paper's three tables, the extras, bias, theory, cost,
+    figures and configuration, one section function each."""
+    p = results["preset"]
+    md = [*_header(results), *_verdict_table(results), *_tables(results)]
+    if results["grid"]:
+        md += ["", "## Beyond the paper: alpha x theta (zero-shot, pretrained at L0)", ""]
+        grid = {"tapa (alpha 0.1, theta 0.5)": results["zero_shot"]["tapa"], **results["grid"]}
+        md += _ppl_table(grid, p["eval_lengths"], p["seq_len"])
+    if results["passkey"]:
+        md += _passkey_section(results)
+    md += [*_bias_section(results["bias"]), *_theory_section(results["theory"])]
+    md += ["", "## Cost: wall-clock and peak memory", "", *_relative_cost(results), "", *_cost(results)]
+    md += ["", "## Figures", ""]
+    for f in figures:
+        md += [f"![{Path(f).stem}]({f})", "", f"*Figure: {_caption(Path(f).stem)}*", ""]
+    md += ["", "## Configuration", "", "```json", json.dumps(p, indent=1), "```", ""]
+    return "\n".join(md)
+
+
+def _header(results: dict[str, Any]) -> list[str]:
     p, env = results["preset"], results["environment"]
-    L0 = p["seq_len"]
-    lengths = p["eval_lengths"]
     md = [f"# TAPA reproduction, preset `{p['name']}`", ""]
     if p.get("toy"):
         md += ["**A smoke-scale preset: its models are far too small and too briefly trained for any verdict below "
@@ -124,7 +142,7 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         "",
         f"Models: {_tokens(p)}, d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} heads of "
         f"{p.get('head_dim') or p['d_model'] // p['n_heads']}; pretrained at "
-        f"L0 = {L0} tokens for {p['pretrain_steps']} steps of {p['batch_size']} sequences; fine-tuned at "
+        f"L0 = {p['seq_len']} tokens for {p['pretrain_steps']} steps of {p['batch_size']} sequences; fine-tuned at "
         f"{p['finetune_len']} for {p['finetune_steps']} steps; seeds {', '.join(map(str, p['seeds']))}. "
         f"Perplexity: first {p['eval_tokens']:,} tokens of the test book (Persuasion), sliding window, "
         "stride = window/4. "
@@ -134,10 +152,21 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     ]
     if p["left_out"]:
         md += ["Left out by this preset: " + "; ".join(p["left_out"]) + ".", ""]
-    md += ["## Verdicts (docs/paper.md section 4)", "", "| claim | verdict | evidence | rule |", "|---|---|---|---|"]
+    return md
+
+
+def _verdict_table(results: dict[str, Any]) -> list[str]:
+    md = ["## Verdicts (docs/paper.md section 4)", "", "| claim | verdict | evidence | rule |", "|---|---|---|---|"]
     for key, v in results["verdicts"].items():
         md.append(f"| {key}. {v['claim']} | **{v['verdict']}** | {v['evidence']} | {v.get('threshold', '-')} |")
-    md += ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
+    return md
+
+
+def _tables(results: dict[str, Any]) -> list[str]:
+    """The paper's Tables 2, 1 and 3 redone, each beside the paper's own numbers."""
+    p = results["preset"]
+    lengths, L0 = p["eval_lengths"], p["seq_len"]
+    md = ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
     md += _ppl_table(results["zero_shot"], lengths, L0)
     if any("+" in m for m in results["zero_shot"]):
         md += ["", "rope+pi / rope+yarn / rope+ntk: the pretrained RoPE model with inference-time scaling of factor "
@@ -148,47 +177,53 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
     md += _ppl_table(results["finetuned"], lengths, L0)
     md += ["", "Paper (fine-tuned at 32K = 4x; columns 1/8x .. 8x):", "", *_paper(PAPER_TABLE_1, PAPER_LENGTHS_1)]
     md += ["", "## Table 3: phase ablation (fine-tuned TAPA, quadratic vs linear)", ""]
-    md += _ppl_table({m: results["finetuned"][m] for m in ("tapa", "tapa_linear") if m in results["finetuned"]},
-                     lengths, L0)  # fmt: skip
-    if results["grid"]:
-        md += ["", "## Beyond the paper: alpha x theta (zero-shot, pretrained at L0)", ""]
-        md += _ppl_table({"tapa (alpha 0.1, theta 0.5)": results["zero_shot"]["tapa"], **results["grid"]}, lengths, L0)
-    if results["passkey"]:
-        md += ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", "",
-               f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
-               f"{p['passkey_steps']} steps; a prompt counts as correct when the true {KEY_DIGITS}-digit key "
-               f"scores best among {N_CANDIDATES} candidates (chance {1 / N_CANDIDATES:.0%}); "
-               f"{p['passkey_trials']} keys per length and depth. Greedy exact-match accuracy and the "
-               "per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
-        cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
-        passkey_lengths = sorted({c["length"] for c in cells})
-        md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
-        md += ["|---|---|" + "---|" * len(passkey_lengths)]
-        for method, seeds in results["passkey"].items():
-            for seed, r in seeds.items():
-                by_len: dict[int, list[float]] = {}
-                for c in r["cells"]:
-                    by_len.setdefault(c["length"], []).append(c["candidates"])
-                md.append(
-                    f"| {method} | {seed} | " + " | ".join(f"{statistics.fmean(v):.0%}" for v in by_len.values()) + " |"
-                )
-    bias = results["bias"]
-    md += ["", f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
-           f"{bias['far'] + bias['near']}])", "", "| model | seed | mean | std | skewness | paper mean | paper std |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    phases = {m: results["finetuned"][m] for m in ("tapa", "tapa_linear") if m in results["finetuned"]}
+    return md + _ppl_table(phases, lengths, L0)
+
+
+def _passkey_section(results: dict[str, Any]) -> list[str]:
+    p = results["preset"]
+    md = ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", "",
+          f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
+          f"{p['passkey_steps']} steps; a prompt counts as correct when the true {KEY_DIGITS}-digit key "
+          f"scores best among {N_CANDIDATES} candidates (chance {1 / N_CANDIDATES:.0%}); "
+          f"{p['passkey_trials']} keys per length and depth. Greedy exact-match accuracy and the "
+          "per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
+    cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
+    passkey_lengths = sorted({c["length"] for c in cells})
+    md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
+    md += ["|---|---|" + "---|" * len(passkey_lengths)]
+    for method, seeds in results["passkey"].items():
+        for seed, r in seeds.items():
+            by_len: dict[int, list[float]] = {}
+            for c in r["cells"]:
+                by_len.setdefault(c["length"], []).append(c["candidates"])
+            md.append(
+                f"| {method} | {seed} | " + " | ".join(f"{statistics.fmean(v):.0%}" for v in by_len.values()) + " |"
+            )
+    return md
+
+
+def _bias_section(bias: dict[str, Any]) -> list[str]:
+    md = ["", f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
+          f"{bias['far'] + bias['near']}])", "", "| model | seed | mean | std | skewness | paper mean | paper std |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, r in bias["methods"].items():
         paper = PAPER_STATS.get(method, {"mean": "-", "std": "-"})
         for seed, s in r.get("seeds", {"0": r["pooled"]}).items():
             md.append(f"| {method} | {seed} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
                       f"{paper['mean']} | {paper['std']} |")  # fmt: skip
-    th = results["theory"]
+    return md
+
+
+def _theory_section(th: dict[str, Any]) -> list[str]:
     fraction = th["theorem_2_2_at_paper_base"]["fraction"]
     ranges = ", ".join(f"{k}: {v:.2f}" for k, v in th["theorem_2_3_bias_range_by_base"].items())
     slopes = "; ".join(
         f"D={s['D']}, theta={s['theta']}, alpha={s['alpha']}: {s['fitted_slope']:.2f} vs {s['predicted_slope']:g}"
         for s in th["decay_slopes"]
     )
-    md += [
+    return [
         "", "## Theory checks", "",
         f"- Theorem 2.2 at base 5e5: {fraction:.1%} of near/far pairs beat |mu0|/8.",
         f"- Theorem 2.3, range of E score over 0..8192 by base: {ranges}.",
@@ -196,12 +231,6 @@ def build_markdown(results: dict[str, Any], figures: list[str]) -> str:
         f"- Theorem 3.3: Monte Carlo inside the 95% CI of the closed form at {th['mc_inside_ci']['mean']:.0%} "
         f"(mean) and {th['mc_inside_ci']['var']:.0%} (variance) of the distances.",
     ]  # fmt: skip
-    md += ["", "## Cost: wall-clock and peak memory", "", *_relative_cost(results), "", *_cost(results)]
-    md += ["", "## Figures", ""]
-    for f in figures:
-        md += [f"![{Path(f).stem}]({f})", "", f"*Figure: {_caption(Path(f).stem)}*", ""]
-    md += ["", "## Configuration", "", "```json", json.dumps(p, indent=1), "```", ""]
-    return "\n".join(md)
 
 
 def markdown_to_html(md: str, root: Path) -> str:
