@@ -133,7 +133,10 @@ def linear_parts(q: torch.Tensor, k: torch.Tensor, theta: float, phase_scale: fl
     q32, k32 = q.to(compute_dtype(q.dtype)), k.to(compute_dtype(k.dtype))
     q_sum = q32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
     k_sum = k32[..., d_a:].sum(-1, keepdim=True) / d_p**0.5
-    qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1) * _phase_factor(phase_scale)
+    qp = torch.cat([q_sum, torch.ones_like(q_sum)], dim=-1)
+    factor = _phase_factor(phase_scale)
+    if factor != 1.0:  # no extra pass at the paper's 2 pi
+        qp = qp * factor
     kp = torch.cat([torch.ones_like(k_sum), k_sum], dim=-1)
     return Parts(q32[..., :d_a] * d_a**-0.5, k32[..., :d_a], qp, kp)
 

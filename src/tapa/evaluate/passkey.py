@@ -163,10 +163,9 @@ def passkey_grid(
 
 
 def plot_passkey(cells: list[dict], training_length: int, path, title: str, n_candidates: int = 10) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     lengths = sorted({c["length"] for c in cells})

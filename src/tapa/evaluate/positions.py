@@ -52,10 +52,9 @@ def position_losses(model: TapaLM, documents: Sequence[torch.Tensor], length: in
 
 
 def plot_position_losses(curves: dict[str, PositionLoss], training_length: int | None, path, title: str) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, curve in curves.items():

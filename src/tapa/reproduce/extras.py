@@ -106,10 +106,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 def plot_perplexity(results: dict[str, Any], path: Path) -> None:
     import statistics
 
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     preset = results["preset"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

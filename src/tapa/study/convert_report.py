@@ -53,10 +53,9 @@ def curve_table(results: dict[str, Any]) -> str:
 
 
 def plot_convert(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     parent = results["parent_eval"]["lengths"]
     l0 = results["l0"]

@@ -30,10 +30,9 @@ def diagnostics_table(summaries: dict[str, dict[str, Any]]) -> str:
 def plot_phase_and_mass(diagnostics: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """Left: TAPA's median abs(phase) against distance, one line per (model, layer);
     right: attention mass within the last d tokens (best head of the last layer) per model."""
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     styles, markers = ("-", "--", "-.", ":"), ("o", "s", "^", "D", "v", "P", "X")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -70,10 +70,9 @@ def seed_table(results: dict[str, Any]) -> str:
 
 
 def plot_recall(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = accuracy_summary(results)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -44,10 +44,9 @@ def trend_text(results: dict[str, Any]) -> str:
 
 
 def plot_scale(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results.get("rows", [])
     ladder = results["ladder"]

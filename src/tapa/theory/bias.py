@@ -79,10 +79,9 @@ def sample_bias(
 
 
 def plot_bias(samples: dict[str, BiasSample], path, title: str) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     values = np.concatenate([s.deltas.ravel() for s in samples.values()])
@@ -143,10 +142,9 @@ def assumption_2_1(model: TapaLM, documents: list[torch.Tensor], pairs: int = 20
 
 
 def plot_assumption(result: dict, path, title: str) -> None:
-    import matplotlib
+    from tapa.utils.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = sorted(result["per_d"], key=int)
     fig, axes = plt.subplots(2, len(layers), figsize=(3.2 * len(layers), 5.5), squeeze=False, sharex=True)

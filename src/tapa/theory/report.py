@@ -11,21 +11,13 @@ import numpy as np
 from tapa.paper import PAPER_BASE
 from tapa.theory import rope
 from tapa.theory import tapa as tp
+from tapa.utils.report import pyplot
 
 DECAY_CASES = ((4, 0.5, 1.0), (8, 0.5, 0.5), (8, 0.5, 1.0), (6, 0.5, 0.5))
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def rope_section(out: Path, head_dim: int, mu0: float, nu0: float, convention: str) -> dict[str, Any]:
-    plt = _plt()
+    plt = pyplot()
     lam = np.unique(np.geomspace(1, 1e6, 4000).round())
     fig, ax = plt.subplots(figsize=(8, 4))
     for base in (1e4, PAPER_BASE, 2e8):
@@ -80,7 +72,7 @@ def rope_section(out: Path, head_dim: int, mu0: float, nu0: float, convention: s
 
 
 def tapa_section(out: Path, samples: int) -> dict[str, Any]:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     rows = []
     for dim, theta, alpha in DECAY_CASES:
