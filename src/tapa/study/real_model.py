@@ -71,6 +71,7 @@ STUDIES = {
 
 def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, cache_dir: str | None = None,
                    verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+    from tapa.reproduce.pipeline import train_in
     from tapa.reproduce.stages import printer, run_stage
 
     out = Path(out)
@@ -88,7 +89,7 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
     train: dict[str, Any] = {}
     for arm, init in (("tapa", runs["lowfreq_zero_shot"]), ("rope", base)):
         config = _train_config(study, init, steps, cache_dir)
-        res = run_stage(out, f"train_{arm}", {"train": config.to_dict()}, lambda d, c=config: _train(c, d), log)
+        res = run_stage(out, f"train_{arm}", {"train": config.to_dict()}, lambda d, c=config: train_in(c, d), log)
         train[arm] = {**res, "curve": _curve(res["run"])}
         runs[f"{arm}_trained"] = res["run"]
     perplexity: dict[str, Any] = {}
@@ -202,20 +203,15 @@ def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str |
                        tokenizer=init, cache_dir=cache_dir, model=model, train_only=list(study.train_only))  # fmt: skip
 
 
-def _train(config, directory: Path) -> dict[str, Any]:
-    from tapa.reproduce.pipeline import train_in
-
-    return train_in(config, directory)
-
-
 def _plan_steps(study: RealModelStudy, base: str, out: Path, cache_dir: str | None, log) -> tuple[int, dict]:
     """Steps per arm: fixed, or the measured tokens/s (3 steps of the TAPA arm's shape) x train_minutes."""
+    from tapa.reproduce.pipeline import train_in
     from tapa.reproduce.stages import run_stage
 
     if study.steps is not None:
         return study.steps, {}
     config = _train_config(study, base, 3, cache_dir).replace(eval_every=0, save_every=0, warmup_steps=1)
-    res = run_stage(out, "speed", {"train": config.to_dict()}, lambda d: _train(config, d), log)
+    res = run_stage(out, "speed", {"train": config.to_dict()}, lambda d: train_in(config, d), log)
     per_second = res["tokens_per_second"]
     steps = max(1, int(study.train_minutes * 60 * per_second / (study.batch_size * study.train_len)))
     return steps, {"tokens_per_second": per_second, "measured_steps": 3}
@@ -229,19 +225,18 @@ def _curve(run: str) -> dict[str, float]:
 
 def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> dict[str, Any]:
     """Perplexity of positions L/2 .. L-1 of non-overlapping windows of L = ``length`` tokens
-    over the first max(``tokens``, L) tokens of ``doc``; the t-interval over windows when > 1."""
-    import torch.nn.functional as F
+    over the first max(``tokens``, L) tokens of ``doc`` (the evaluator's windows, scoring only
+    their second half); the t-interval over windows when there are several."""
+    from tapa.errors import ConfigError
+    from tapa.evaluate.perplexity import window_losses
+    from tapa.evaluate.windows import Window
 
     span = max(tokens, length)
     if len(doc) < span + 1:
-        raise ValueError(f"the test text has {len(doc)} tokens; length {length} needs {span + 1}")
-    losses = []
-    with torch.no_grad():
-        for start in range(0, span - length + 1, length):
-            rows = doc[start : start + length + 1][None]
-            logits = model(rows[:, :-1])[0, length // 2 :]
-            loss = F.cross_entropy(logits.float(), rows[0, length // 2 + 1 :], reduction="mean")
-            losses.append(float(loss))
+        raise ConfigError(f"real-convert: the test text has {len(doc)} tokens; length {length} needs {span + 1}")
+    device = next(model.parameters()).device
+    losses = [float(window_losses(model, doc.long(), [Window(start, start + length, length // 2)], device)[0].mean())
+              for start in range(0, span - length + 1, length)]  # one window at a time: memory of one  # fmt: skip
     stats = mean_interval(losses)
     return {"perplexity": math.exp(stats["mean"]), "windows": len(losses), "scored_tokens": len(losses) * (length // 2),
             "low": math.exp(stats["low"]) if stats["low"] is not None else None,
