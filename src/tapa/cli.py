@@ -141,19 +141,6 @@ def _show_defaults(sub: argparse._SubParsersAction) -> None:
                 action.help += " (default: %(default)s)"
 
 
-def _write_failure(err: BaseException) -> str | None:
-    """The reason, when ``err`` is a failed file write raised as something other than OSError:
-    safetensors' SafetensorError (I/O error while serialising), torch.save's RuntimeError
-    (PytorchStreamWriter failed writing); None for anything else (a real bug keeps its traceback)."""
-    text = str(err).strip()
-    first = (text.splitlines() or [type(err).__name__])[0]
-    if type(err).__name__ == "SafetensorError" and ("I/O error" in text or "serializ" in text):
-        return first
-    if isinstance(err, RuntimeError) and ("PytorchStreamWriter" in text or "No space left" in text):
-        return first.split("] ")[-1]
-    return None
-
-
 def _after_write_failure(args: argparse.Namespace) -> str:
     """What to do next: a training run continues from its last checkpoint once space is freed."""
     if args.command == "train":
@@ -187,15 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"tapa {args.command}: error: {_one_line(f'{err.strerror or err}{where}')}{_after_write_failure(args)}",
               file=sys.stderr)  # fmt: skip
-        return 2
-    except Exception as err:
-        reason = _write_failure(err)
-        if reason is None:
-            raise
-        out = getattr(args, "out", None)
-        where = f" in {out}" if out else ""
-        print(f"tapa {args.command}: error: could not write{where} ({_one_line(reason)}): no space left or a "
-              f"file-size limit?{_after_write_failure(args)}", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"tapa {args.command}: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from tapa.hf.config import REMOTE_FILES, hf_config_from_model
 from tapa.hf.names import to_hf_name
 from tapa.hf.tokenizers import export_tokenizer, special_ids
 from tapa.model import load_pretrained
+from tapa.utils.files import write_file
 from tapa.utils.publish import check_empty_out, publish
 
 REMOTE_DIR = Path(__file__).parent / "remote"
@@ -40,7 +41,8 @@ def export_hf(run: str | Path, out: str | Path) -> Path:
 
     def write(staging: Path) -> None:
         (staging / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        weights = staging / "model.safetensors"
+        write_file(weights, lambda: save_file(hf_state_dict(model), str(weights), metadata={"format": "pt"}))
         generation = {"do_sample": False, **ids}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=1) + "\n")
         export_tokenizer(tokenizer, run, staging)

@@ -20,7 +20,7 @@ import torch
 
 from tapa.errors import CheckpointError
 from tapa.model import TapaLM, save_pretrained
-from tapa.utils.files import current_umask
+from tapa.utils.files import current_umask, write_file
 from tapa.utils.manifest import MANIFEST_FILE, manifest_files, verify_manifest, write_manifest
 
 CHECKPOINT_DIR = "checkpoints"
@@ -52,7 +52,7 @@ def save_checkpoint(
     try:
         save_pretrained(model, tmp)
         save_tokenizer(tmp)
-        torch.save(state, tmp / STATE_FILE)
+        write_file(tmp / STATE_FILE, lambda: torch.save(state, tmp / STATE_FILE))
         names = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
         write_manifest(tmp, names, step=step)
     except BaseException:

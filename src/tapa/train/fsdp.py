@@ -31,6 +31,7 @@ from torch import nn
 from tapa.errors import CheckpointError, ConfigError
 from tapa.model import ModelConfig, TapaLM
 from tapa.model.layers import RMSNorm
+from tapa.utils.files import write_file
 
 DCP_DIR = "dcp"
 FORMAT = "fsdp-dcp"
@@ -151,7 +152,7 @@ def save_sharded(run_dir: Path, step: int, model: TapaLM, optimizer, save_tokeni
     if rank == 0:
         (tmp / "config.json").write_text(model.config.to_json())
         save_tokenizer(tmp)
-        torch.save({**state, "format": FORMAT}, tmp / STATE_FILE)
+        write_file(tmp / STATE_FILE, lambda: torch.save({**state, "format": FORMAT}, tmp / STATE_FILE))
         names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         write_manifest(tmp, names, step=step)
         publish_checkpoint(run_dir, step, tmp, keep_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,13 +21,33 @@ def current_umask() -> int:
     return mask
 
 
+def write_file(path: str | Path, write: Callable[[], None]) -> None:
+    """Run ``write()``, which writes ``path``. A failed write that a library raises as its own
+    type (safetensors' SafetensorError "I/O error", torch.save's RuntimeError "PytorchStreamWriter
+    failed writing file") is raised as the OSError it is, naming the file (a full disk, a
+    file-size limit); anything else propagates unchanged."""
+    try:
+        write()
+    except Exception as err:
+        text = str(err).strip()
+        library_io = (type(err).__name__ == "SafetensorError" and "I/O error" in text) or (
+            isinstance(err, RuntimeError) and ("PytorchStreamWriter" in text or "No space left" in text)
+        )
+        if not library_io:
+            raise
+        reason = (text.splitlines() or [type(err).__name__])[0].split("] ")[-1]
+        raise OSError(
+            errno.EIO, f"could not write ({reason}): no space left or a file-size limit?", str(path)
+        ) from None
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``; on any failure the old file stays."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        write_file(path, lambda: write(tmp))
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
