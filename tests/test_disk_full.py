@@ -55,6 +55,12 @@ CASES = {
     "eval-ppl": (["eval-ppl", "ROPE", "--lengths", "16", "--max-tokens", "256"], 0),
     "theory": (["theory"], 0),
     "bias": (["bias", "ROPE", "--pairs", "50"], 0),
+    "passkey-finetune": (["passkey-finetune", "ROPE", "--steps", "1", "--length", "256", "--no-progress"], 16384),
+    "passkey": (["passkey", "ROPE", "--lengths", "32", "--trials", "1", "--no-progress"], 0),
+    "eval-positions": (["eval-positions", "ROPE", "--length", "64", "--max-tokens", "256"], 0),
+    "reproduce": (["reproduce", "--preset", "smoke", "--quiet"], 0),
+    "study phase-scale": (["study", "phase-scale", "--study", "smoke", "--quiet"], 0),
+    "study real-convert": (["study", "real-convert", "ROPE", "--study", "smoke", "--quiet"], 0),
 }
 
 
