@@ -17,6 +17,7 @@ from tapa.evaluate.passkey import make_prompt, random_key
 from tapa.model import load_pretrained, save_pretrained
 from tapa.train.config import DEFAULT_LR
 from tapa.train.recipe import make_optimizer, make_schedule, update
+from tapa.utils.publish import publish
 
 
 def passkey_batch(tokenizer, length: int, batch: int, filler: str, rng: random.Random):
@@ -78,8 +79,12 @@ def passkey_finetune(
     if bar is not None:
         bar.close()
     out = Path(out)
-    save_pretrained(model, out)
-    tokenizer.save(out)
+
+    def write(staging: Path) -> None:  # all files or none (a full disk leaves nothing half-written)
+        save_pretrained(model, staging)
+        tokenizer.save(staging)
+
+    publish(Path(out), write)
     tail = losses[-max(1, steps // 10) :]
     # a model that knows the format but not the key pays ln(90000) nats over the answer tokens
     no_retrieval = math.log(9 * 10**4) / len(tokenizer.encode(" 12345"))
