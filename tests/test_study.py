@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,59 @@ def test_scale_smoke_end_to_end(tmp_path):
         assert r["tapa_over_rope"] == pytest.approx(ppl["tapa"]["16"] / ppl["rope"]["16"])
         assert r["extrapolation"]["rope"]["32"] == pytest.approx(ppl["rope"]["32"] / ppl["rope"]["16"])
     assert "paper's compute" in (out / "report.md").read_text() and (out / "figures" / "scale.png").is_file()
+
+
+def test_trend_slope_interval_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from tapa.study.scale import trend
+
+    points = [(1.0, 0.21), (1.0, 0.25), (2.0, 0.26), (2.0, 0.33), (3.5, 0.30), (3.5, 0.41)]
+    fit = trend(points)
+    ref = stats.linregress([p[0] for p in points], [p[1] for p in points])
+    half = stats.t.ppf(0.975, len(points) - 2) * ref.stderr
+    assert fit["slope"] == pytest.approx(ref.slope) and fit["slope_se"] == pytest.approx(ref.stderr)
+    assert (fit["slope_low"], fit["slope_high"]) == pytest.approx((ref.slope - half, ref.slope + half))
+    assert trend([(1.0, 0.2), (1.0, 0.3)]) is None  # one size, however many seeds: no line
+
+
+def test_scale_ladder_with_seeds_pairs_by_seed_and_fits_every_point(tmp_path):
+    out = tmp_path / "scale"
+    assert main(["study", "scale", "--ladder", "smoke-seeds", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["ladder"]["seeds"] == [0, 1] and results["ladder"]["methods"] == ["rope", "tapa"]
+    points = []
+    for row in results["rows"]:
+        runs = results["runs"][row["size"]]
+        per_seed = {s: runs["tapa"][s]["perplexity"]["lengths"]["16"]["perplexity"]
+                    / runs["rope"][s]["perplexity"]["lengths"]["16"]["perplexity"] for s in ("0", "1")}  # fmt: skip
+        assert row["seeds"] == [0, 1] and row["tapa_over_rope_interval"]["ratios"] == pytest.approx(per_seed)
+        assert row["tapa_over_rope"] == pytest.approx(math.sqrt(per_seed["0"] * per_seed["1"]))  # geometric mean
+        low, high = row["tapa_over_rope_interval"]["low"], row["tapa_over_rope_interval"]["high"]
+        assert low <= row["tapa_over_rope"] <= high and "nope_over_rope" not in row
+        points += [(math.log10(row["compute"]), math.log(v)) for v in per_seed.values()]
+        for s in ("0", "1"):  # TAPA ran with the ladder's phase scale
+            config = json.loads((Path(runs["tapa"][s]["train"]["run"]) / "config.json").read_text())
+            assert config["tapa_phase_scale"] == 1.0
+    assert results["fit"]["n"] == 4 and results["prediction"]["df"] == 2
+    from tapa.study.scale import trend
+
+    assert results["fit"]["slope"] == pytest.approx(trend(points)["slope"])
+    assert "2 seeds per size" in (out / "report.md").read_text()
+
+
+def test_refit_reads_a_one_seed_results_file(tmp_path):
+    from tapa.study.scale import refit_scale
+
+    rows = [{"size": n, "compute": c, "tapa_over_rope": r, "nope_over_rope": 1.1, "non_embedding_params": 1e5,
+             "tokens": 1e5, "extrapolation": {m: {"8": 1.0, "16": 1.0} for m in ("rope", "tapa", "nope")},
+             "perplexity": {m: {"8": 10.0, "16": 10.0} for m in ("rope", "tapa", "nope")}}
+            for n, c, r in (("S", 1e11, 1.2), ("M", 1e12, 1.3), ("L", 1e13, 1.5))]  # fmt: skip
+    ladder = {"sizes": [], "seed": 0, "seq_len": 8, "length_factors": [1, 2], "tokenizer": "bpe", "head_dim": 64,
+              "batch_size": 16, "eval_tokens": 100}  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"ladder": ladder, "rows": rows, "paper_compute": 1.6e22}))
+    results = refit_scale(tmp_path)
+    ys = [math.log(1.2), math.log(1.3), math.log(1.5)]
+    slope = sum((x - 12) * (y - sum(ys) / 3) for x, y in zip((11, 12, 13), ys, strict=True)) / 2
+    assert results["fit"]["slope"] == pytest.approx(slope) and results["prediction"]["df"] == 1
+    assert "one seed per size" in (tmp_path / "report.md").read_text()

@@ -6,23 +6,42 @@ from pathlib import Path
 from typing import Any
 
 from tapa.reproduce.stages import finished_seconds
+from tapa.utils.stats import interval_text
 
-STYLES = ("-", "--", ":")
+STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^")
+NAMES = {"rope": "RoPE", "tapa": "TAPA", "nope": "NoPE"}
+
+
+def _methods(results: dict[str, Any]) -> list[str]:
+    return list(results["ladder"].get("methods", ("rope", "tapa", "nope")))
+
+
+def _seeds(ladder: dict[str, Any]) -> list[int]:
+    return list(ladder.get("seeds", [ladder.get("seed", 0)]))
+
+
+def _ratio(row: dict[str, Any], method: str) -> str:
+    interval = row.get(f"{method}_over_rope_interval")
+    return interval_text(interval) if interval else f"{row[f'{method}_over_rope']:.3f} (1 seed)"
 
 
 def scale_table(results: dict[str, Any]) -> str:
     ladder = results["ladder"]
+    methods = _methods(results)
+    others = [m for m in methods if m != "rope"]
     factors = ladder["length_factors"][1:]
     l0 = ladder["seq_len"]
-    head = " | ".join(f"{m} {f}x/1x" for f in factors for m in ("RoPE", "TAPA", "NoPE"))
-    lines = [f"| size | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | **TAPA/RoPE at L0** | "
-             f"NoPE/RoPE at L0 | {head} |", "|---|---|---|---|---|---|---|" + "---|" * (3 * len(factors))]  # fmt: skip
+    head = " | ".join(f"{NAMES[m]} {f}x/1x" for f in factors for m in methods)
+    ratios = " | ".join(f"**{NAMES[m]}/RoPE at L0**" for m in others)
+    lines = [f"| size | seeds | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | {ratios} | {head} |",
+             "|---|---|---|---|---|---|" + "---|" * (len(others) + len(methods) * len(factors))]  # fmt: skip
     for r in results.get("rows", []):
-        ext = " | ".join(f"{r['extrapolation'][m][str(l0 * f)]:.2f}" for f in factors for m in ("rope", "tapa", "nope"))
-        lines.append(f"| {r['size']} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
-                     f"{r['compute']:.2e} | {r['perplexity']['rope'][str(l0)]:.2f} | **{r['tapa_over_rope']:.3f}** | "
-                     f"{r['nope_over_rope']:.3f} | {ext} |")  # fmt: skip
+        ext = " | ".join(f"{r['extrapolation'][m][str(l0 * f)]:.2f}" for f in factors for m in methods)
+        cells = " | ".join(f"**{_ratio(r, m)}**" for m in others)
+        seeds = len(r.get("seeds", [0]))
+        lines.append(f"| {r['size']} | {seeds} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r['compute']:.2e} | {r['perplexity']['rope'][str(l0)]:.2f} | {cells} | {ext} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -30,16 +49,21 @@ def trend_text(results: dict[str, Any]) -> str:
     fit, pred = results.get("fit"), results.get("prediction")
     if not fit or not pred:
         return "Fewer than two sizes finished: no trend."
-    text = (f"Fit over {len(results['rows'])} sizes: log(TAPA/RoPE) = {fit['intercept']:.3f} + {fit['slope']:.3f} "
-            f"x log10(compute), slope standard error {fit['slope_se']:.3f}. ")  # fmt: skip
-    text += (f"Taken at face value at the paper's compute ({results['paper_compute']:.1e} FLOPs) it gives a ratio of "
-             f"{pred['ratio']:.3f}")  # fmt: skip
+    points = fit.get("n", len(results["rows"]))
+    text = (f"Fit over {len(results['rows'])} sizes ({points} points, one per size and seed): log(TAPA/RoPE) = "
+            f"{fit['intercept']:.3f} + {fit['slope']:.3f} x log10(compute), slope standard error "
+            f"{fit['slope_se']:.3f}")  # fmt: skip
+    if "slope_low" in fit and fit["slope_low"] == fit["slope_low"]:
+        text += f" (95% interval {fit['slope_low']:.3f} to {fit['slope_high']:.3f})"
+    text += (f". Taken at face value at the paper's compute ({results['paper_compute']:.1e} FLOPs) it gives a ratio "
+             f"of {pred['ratio']:.3f}")  # fmt: skip
     if "ratio_low" in pred:
         text += (f" with a 95% prediction interval of {pred['ratio_low']:.2f} to {pred['ratio_high']:.3g} (t with "
                  f"{pred['df']} residual degree(s) of freedom)")  # fmt: skip
-    text += (". This is an extrapolation over many orders of magnitude from a handful of small models, one seed "
-             "per size: a hint of direction at most, not a forecast; an interval that contains 1 does not rule "
-             "out parity.")  # fmt: skip
+    seeds = "one seed per size" if len(_seeds(results["ladder"])) == 1 else f"{len(_seeds(results['ladder']))} seeds per size"
+    text += (f". This is an extrapolation over many orders of magnitude from a handful of small models, {seeds}: a "
+             "hint of direction at most, not a forecast; an interval that contains 1 does not rule out parity, "
+             "and a slope interval that contains 0 does not show a trend.")  # fmt: skip
     return text
 
 
@@ -50,16 +74,22 @@ def plot_scale(results: dict[str, Any], path: Path) -> None:
 
     rows = results.get("rows", [])
     ladder = results["ladder"]
+    methods = _methods(results)
     l0 = ladder["seq_len"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     xs = [r["compute"] for r in rows]
-    left.plot(xs, [r["tapa_over_rope"] for r in rows], ls="-", marker="o", label="TAPA / RoPE")
-    left.plot(xs, [r["nope_over_rope"] for r in rows], ls="--", marker="s", label="NoPE / RoPE")
+    for i, method in enumerate(m for m in methods if m != "rope"):
+        key = f"{method}_over_rope"
+        left.plot(xs, [r[key] for r in rows], ls=STYLES[i], marker=MARKERS[i], label=f"{NAMES[method]} / RoPE")
+        for r in rows:  # every seed's ratio, when there are several
+            seeds = r.get(f"{key}_interval", {}).get("ratios", {})
+            if len(seeds) > 1:
+                left.scatter([r["compute"]] * len(seeds), list(seeds.values()), s=12, alpha=0.5, marker=MARKERS[i])
     left.axhline(1.0, color="grey", lw=0.8, ls=":", label="parity")
-    left.set_ylabel("perplexity ratio at L0")
-    for i, method in enumerate(("rope", "tapa", "nope")):
+    left.set_ylabel("perplexity ratio at L0 (line: paired mean; dots: seeds)")
+    for i, method in enumerate(methods):
         for j, f in enumerate(ladder["length_factors"][1:]):
-            right.plot(xs, [r["extrapolation"][method][str(l0 * f)] for r in rows], ls=STYLES[j % 3],
+            right.plot(xs, [r["extrapolation"][method][str(l0 * f)] for r in rows], ls=STYLES[j % 4],
                        marker=MARKERS[i], label=f"{method} {f}x / 1x")  # fmt: skip
     right.set_yscale("log")
     right.set_ylabel("perplexity at k x L0 / at L0 (log scale)")
@@ -79,12 +109,20 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
     plot_scale(results, out / "figures" / "scale.png")
     sizes = "; ".join(f"{s['name']}: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, "
                       f"{s['steps']} steps" for s in ladder["sizes"])  # fmt: skip
+    seeds = ", ".join(str(s) for s in _seeds(ladder))
+    lrs = ", ".join(f"{NAMES[m]} {lr:g}" for m, lr in ladder.get("lr", ()))
+    lrs = f"the library defaults, except {lrs}" if lrs else "the library defaults"
+    scale = ladder.get("tapa_phase_scale")
+    names = ", ".join(NAMES[m] for m in _methods(results))
     text = [
-        "# Scale ladder: RoPE, TAPA and NoPE as the models grow",
+        f"# Scale ladder: {names} as the models grow",
         "",
         f"Sizes ({ladder['tokenizer']} tokens, head_dim {ladder['head_dim']}, L0 = {ladder['seq_len']}, batch "
-        f"{ladder['batch_size']}, seed {ladder['seed']}): {sizes}. Perplexity on the first {ladder['eval_tokens']:,} "
-        "tokens of the test book, sliding windows (stride = window/4).",
+        f"{ladder['batch_size']}, seed(s) {seeds}): {sizes}. Peak LRs: {lrs}. TAPA's "
+        f"phase scale: {'2 pi (the paper)' if not scale else f'{scale:g}'}. Perplexity on the first "
+        f"{ladder['eval_tokens']:,} tokens of the test book, sliding windows (stride = window/4). Ratios at L0 are "
+        "paired by seed (mean of the per-seed log ratios, 95% t-interval); other columns are geometric means over "
+        "the seeds.",
         "",
         scale_table(results),
         "",
@@ -93,9 +131,9 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "![L0 gap and extrapolation ratios against compute](figures/scale.png)",
         "",
         "*Figure: left, perplexity ratio to RoPE at the training length against training compute (log scale); "
-        "right, each method's perplexity at 8x and 16x L0 divided by its own at L0.*",
+        "right, each method's perplexity at k x L0 divided by its own at L0.*",
         "",
-        f"Compute: {finished_seconds(out) / 60:.1f} min of stages in all (this invocation "
+        f"Compute: {results.get('stage_seconds', finished_seconds(out)) / 60:.1f} min of stages in all (this invocation "
         f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
     ]
