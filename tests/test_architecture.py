@@ -154,3 +154,15 @@ def test_committed_stage_keys_are_unchanged():
             )
             checked += 1
     assert checked >= 20
+
+
+def test_the_training_loop_never_branches_on_the_parallel_mode():
+    """single / DDP / FSDP differences live in tapa.train.parallel's strategies: the trainer
+    neither reads ``config.parallel`` nor names a mode."""
+    tree = ast.parse((SRC / "tapa" / "train" / "trainer.py").read_text())
+    reads = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "parallel"
+             and isinstance(n.value, ast.Name) and n.value.id == "config"]  # fmt: skip
+    modes = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in ("fsdp", "ddp")]
+    imports = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+               and (n.module.endswith(".fsdp") or "DistributedDataParallel" in {a.name for a in n.names})]  # fmt: skip
+    assert not (reads or modes or imports), f"trainer.py branches on the mode at lines {reads + modes + imports}"

@@ -160,8 +160,9 @@ def trend_points(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
 
 
 def summarise_scale(results: dict[str, Any], ladder: ScaleLadder) -> dict[str, Any]:
-    rows = [row for size in ladder.sizes
-            if (row := size_row(size, results["runs"].get(size.name, {}), ladder.methods, str(ladder.seq_len)))]  # fmt: skip
+    l0 = str(ladder.seq_len)
+    rows = [size_row(size, results["runs"].get(size.name, {}), ladder.methods, l0) for size in ladder.sizes]
+    rows = [row for row in rows if row is not None]
     points = trend_points(rows)
     fit = trend(points)
     return {"rows": rows, "fit": fit, "paper_compute": PAPER_COMPUTE, "prediction": paper_prediction(points, fit)}

@@ -60,7 +60,8 @@ def trend_text(results: dict[str, Any]) -> str:
     if "ratio_low" in pred:
         text += (f" with a 95% prediction interval of {pred['ratio_low']:.2f} to {pred['ratio_high']:.3g} (t with "
                  f"{pred['df']} residual degree(s) of freedom)")  # fmt: skip
-    seeds = "one seed per size" if len(_seeds(results["ladder"])) == 1 else f"{len(_seeds(results['ladder']))} seeds per size"
+    n_seeds = len(_seeds(results["ladder"]))
+    seeds = "one seed per size" if n_seeds == 1 else f"{n_seeds} seeds per size"
     text += (f". This is an extrapolation over many orders of magnitude from a handful of small models, {seeds}: a "
              "hint of direction at most, not a forecast; an interval that contains 1 does not rule out parity, "
              "and a slope interval that contains 0 does not show a trend.")  # fmt: skip
@@ -133,7 +134,8 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "*Figure: left, perplexity ratio to RoPE at the training length against training compute (log scale); "
         "right, each method's perplexity at k x L0 divided by its own at L0.*",
         "",
-        f"Compute: {results.get('stage_seconds', finished_seconds(out)) / 60:.1f} min of stages in all (this invocation "
+        f"Compute: {results.get('stage_seconds', finished_seconds(out)) / 60:.1f} min of stages in all (this "
+        "invocation "
         f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
         "",
     ]

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
 from tapa.data.segments import Sampler, Segments
 from tapa.data.shards import is_shard_dir, load_shards
 from tapa.data.sources import load_corpus
 from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer, build_tokenizer
-from tapa.errors import CheckpointError, ConfigError
-from tapa.model import TapaLM, load_pretrained, save_pretrained
-from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_state, resolve_resume, save_checkpoint
+from tapa.errors import ConfigError
+from tapa.model import TapaLM, load_pretrained
+from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_state, resolve_resume
 from tapa.train.config import TrainConfig
 from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
 from tapa.train.metrics import MetricsLog, check_wandb
+from tapa.train.parallel import Single, check_launch, needs_group, strategy
 from tapa.train.recipe import make_optimizer, make_schedule, set_schedule, update
 from tapa.utils.files import atomic_write_text
 
@@ -159,6 +158,7 @@ def _check_vocab(config: TrainConfig, tokenizer: Tokenizer) -> None:
 
 
 def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
+    """A fresh model from ``config.seed`` (or ``init_from``'s weights), frozen but ``train_only``."""
     _check_vocab(config, tokenizer)
     torch.manual_seed(config.seed)
     model = TapaLM(config.model)
@@ -199,10 +199,8 @@ def run_training(config: TrainConfig, resume: str | None = None, progress: bool 
     or a checkpoint directory. Every check runs before anything is written.
     """
     config.validate()
-    if config.parallel == "fsdp" and "RANK" not in os.environ:
-        raise ConfigError("parallel: fsdp runs under torchrun (torchrun --nproc-per-node N -m tapa.cli train ...); "
-                          "drop --parallel fsdp for one process")  # fmt: skip
-    env = init_distributed(config.device, group_always=config.parallel == "fsdp")
+    check_launch(config, under_torchrun="RANK" in os.environ)
+    env = init_distributed(config.device, group_always=needs_group(config))
     try:
         return _train(config, resume, progress, env)
     finally:
@@ -215,6 +213,7 @@ class _Run:
 
     config: TrainConfig
     env: DistEnv
+    parallel: Single
     out: Path
     data: Data
     model: TapaLM
@@ -226,18 +225,9 @@ class _Run:
     start_step: int
 
     @property
-    def fsdp(self) -> bool:
-        return self.config.parallel == "fsdp"
-
-    @property
     def micro(self) -> int:
         """Sequences per micro-batch on each rank."""
         return self.config.batch_size // (self.config.grad_accum * self.env.world)
-
-    def autocast(self):
-        if self.config.precision == "bf16" and not self.fsdp:  # FSDP's mixed-precision policy casts instead
-            return torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
-        return nullcontext()
 
 
 def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv) -> TrainResult:
@@ -273,7 +263,7 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     if bar is not None:
         bar.close()
     log.close()
-    _save_final(run)
+    run.parallel.save_final(run.model, run.out)
     steps_run = config.steps - run.start_step
     return TrainResult(run.out, config.steps, steps_run * tokens_per_step, seconds, loss_value, val_loss, val_bpb)
 
@@ -294,29 +284,27 @@ def _start(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     data_config = config.replace(tokenizer=str(out)) if checkpoint is not None else config
     data = prepare_data(data_config, env, verbose=env.is_main and progress)
     state = load_state(checkpoint) if checkpoint is not None else None
-    model = _load_model(config, data, state, checkpoint, env)
+    parallel = strategy(config, env)
+    _check_vocab(config, data.tokenizer)  # also for a sharded model, which does not call _build_model
+    model = parallel.build(lambda: _build_model(config, data.tokenizer), state, checkpoint)
+    model.activation_checkpointing = config.activation_checkpointing
     _write_run_files(config, out, data, state, env)
     _place(model, config, env)
-    wrapped = DistributedDataParallel(model) if env.enabled and config.parallel != "fsdp" else model
+    wrapped = parallel.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
                                weight_decay=config.weight_decay)  # fmt: skip
     scheduler = make_schedule(optimizer, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
     start_step = 0
     if state is not None:
-        if config.parallel == "fsdp":
-            from tapa.train import fsdp as sharding
-
-            sharding.load_sharded(checkpoint, model, optimizer)
-        else:
-            optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer(checkpoint, state, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         # this run's config decides the schedule (an extended run's total), not the saved fields
         set_schedule(scheduler, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
     sampler = Sampler(len(data.train), config.batch_size, config.seed)
-    return _Run(config, env, out, data, model, wrapped, params, optimizer, scheduler, sampler, start_step)
+    return _Run(config, env, parallel, out, data, model, wrapped, params, optimizer, scheduler, sampler, start_step)
 
 
 def _resume_point(out: Path, resume: str | None, env: DistEnv) -> Path | None:
@@ -327,32 +315,6 @@ def _resume_point(out: Path, resume: str | None, env: DistEnv) -> Path | None:
     if resume == "latest" and not list_checkpoints(out):
         resume = None  # killed before its first checkpoint: the run starts again from step 0
     return resolve_resume(out, resume) if resume is not None else None
-
-
-def _load_model(config: TrainConfig, data: Data, state: dict | None, checkpoint: Path | None,
-                env: DistEnv) -> TapaLM:  # fmt: skip
-    """The model, initialised (or from ``init_from``), then the checkpoint's weights on resume."""
-    if config.parallel == "fsdp":
-        from tapa.train import fsdp as sharding
-
-        if state is not None and state.get("format") != sharding.FORMAT:
-            raise CheckpointError(
-                f"resume: {checkpoint} was not written by --parallel fsdp; resume with its --parallel"
-            )
-        _check_vocab(config, data.tokenizer)
-        init = config.init_from if state is None else None
-        model = sharding.build_sharded(config.model, config.seed, env.device, config.precision, init, env.rank)
-    else:
-        model = _build_model(config, data.tokenizer)
-    model.activation_checkpointing = config.activation_checkpointing
-    if state is not None and config.parallel != "fsdp":
-        if state.get("format") is not None:
-            raise CheckpointError(f"resume: {checkpoint} is a sharded checkpoint; resume with --parallel fsdp")
-        try:
-            model.load_state_dict(load_pretrained(checkpoint).state_dict())
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint: {checkpoint} does not fit this run's model ({str(err)[:80]})") from None
-    return model
 
 
 def _write_run_files(config: TrainConfig, out: Path, data: Data, state: dict | None, env: DistEnv) -> None:
@@ -405,20 +367,14 @@ def _step(run: _Run, step: int) -> tuple[float, float, torch.Tensor]:
     for k in range(config.grad_accum):
         x, y = run.data.train.batch(indices[k * micro : (k + 1) * micro])
         x, y = x.to(env.device), y.to(env.device)
-        last_micro = k == config.grad_accum - 1
-        if run.fsdp:  # FSDP2: reduce-scatter gradients only after the last micro-batch
-            run.model.set_requires_gradient_sync(last_micro)
-        sync = nullcontext() if not env.enabled or run.fsdp or last_micro else run.wrapped.no_sync()
-        with sync:
-            with run.autocast():
+        with run.parallel.micro_batch(run.model, run.wrapped, last=k == config.grad_accum - 1):
+            with run.parallel.autocast():
                 logits = run.wrapped(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / config.grad_accum
             loss.backward()
         total += loss.detach()
     lr = run.optimizer.param_groups[0]["lr"]
-    grad_norm = update(run.params, run.optimizer, run.scheduler, config.grad_clip)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-        grad_norm = grad_norm.full_tensor()
+    grad_norm = run.parallel.grad_norm(update(run.params, run.optimizer, run.scheduler, config.grad_clip))
     loss_value = mean_across_ranks(total, env).item()
     if not math.isfinite(loss_value):
         raise ConfigError(
@@ -430,35 +386,13 @@ def _step(run: _Run, step: int) -> tuple[float, float, torch.Tensor]:
 
 def _evaluate(run: _Run, eval_idx: np.ndarray) -> tuple[float, float, int]:
     return evaluate_segments(run.model, run.data.validation, eval_idx, run.data.tokenizer,
-                             run.micro * run.config.grad_accum, run.env.device, run.autocast)  # fmt: skip
+                             run.micro * run.config.grad_accum, run.env.device, run.parallel.autocast)  # fmt: skip
 
 
 def _save(run: _Run, step: int) -> None:
     """A checkpoint at ``step``: model, optimizer, schedule, RNG and sampler position."""
-    config, env = run.config, run.env
-    trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": run.sampler.epoch(step)}
-    if run.fsdp:
-        from tapa.train import fsdp as sharding
-
-        trainer_state.update(scheduler=run.scheduler.state_dict(), rng=_rng_state(), train_config=config.to_json(),
-                             world=env.world)  # fmt: skip
-        sharding.save_sharded(run.out, step, run.model, run.optimizer, run.data.tokenizer.save, trainer_state,
-                              config.keep_last, env.rank)  # fmt: skip
-        return
-    if env.is_main:
-        trainer_state.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-                             rng=_rng_state(), train_config=config.to_json())  # fmt: skip
-        save_checkpoint(run.out, step, run.model, run.data.tokenizer.save, trainer_state, config.keep_last)
-    barrier(env)
-
-
-def _save_final(run: _Run) -> None:
-    if run.fsdp:
-        from tapa.train import fsdp as sharding
-
-        final = sharding.full_model(run.model)  # gathered on rank 0 (every rank calls it)
-    else:
-        final = run.model
-    if run.env.is_main:
-        save_pretrained(final, run.out)
-    barrier(run.env)
+    config = run.config
+    trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": run.sampler.epoch(step),
+                     "scheduler": run.scheduler.state_dict(), "rng": _rng_state(),
+                     "train_config": config.to_json()}  # fmt: skip
+    run.parallel.save(run.out, step, run.model, run.optimizer, run.data.tokenizer.save, trainer_state, config.keep_last)
