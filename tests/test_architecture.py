@@ -10,8 +10,10 @@ The layer order (lower first; a module may import its own package and any lower 
     train                              the training loop, its config and flags
     evaluate                           perplexity, passkey (and its fine-tune), recall
     theory                             the paper's theorems, bias measurements
-    reproduce                          the paper's tables as cached stages
-    study                              the studies beyond the paper (use reproduce's stages)
+    experiment                         cached stages and the run skeleton every experiment shares
+    reproduce                          the paper's tables, built from experiment's stages
+    study                              the studies beyond the paper (experiment's stages; a few reuse
+                                       reproduce's presets and pipeline)
     demo, cli_checks, cli              the command line
 
 Imports inside functions count too (a lazy import is still a dependency). The exported
@@ -26,7 +28,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [("errors", "utils", "paper"), ("attention", "positional"), ("model",), ("data",), ("hf",), ("train",),
-          ("evaluate",), ("theory",), ("reproduce",), ("study",), ("demo", "cli_checks", "cli")]  # fmt: skip
+          ("evaluate",), ("theory",), ("experiment",), ("reproduce",), ("study",),
+          ("demo", "cli_checks", "cli")]  # fmt: skip
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
@@ -124,9 +127,9 @@ def test_committed_stage_keys_are_unchanged():
     import json
     from dataclasses import replace
 
+    from tapa.experiment.stages import stage_dir
     from tapa.reproduce.pipeline import pretrain_config
     from tapa.reproduce.presets import get_preset
-    from tapa.reproduce.stages import stage_dir
 
     docs = SRC.parent / "docs"
     checked = 0

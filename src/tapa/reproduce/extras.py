@@ -10,8 +10,8 @@ from typing import Any
 from tapa.data.tokenizer import Bytes
 from tapa.evaluate.passkey import passkey_grid, plot_passkey
 from tapa.evaluate.passkey_finetune import passkey_finetune
+from tapa.experiment.stages import run_stage
 from tapa.model import load_pretrained
-from tapa.reproduce.stages import run_stage
 from tapa.theory.bias import default_distances, moments, plot_bias, sample_bias
 from tapa.theory.report import run_theory
 

@@ -9,24 +9,21 @@ grid -> passkey -> Appendix I bias -> theory -> verdicts -> report.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tapa.data.sources import load_corpus
 from tapa.data.tokenizer import Bytes, HFTokenizer, Tokenizer, load_tokenizer_file
 from tapa.evaluate.heldout import heldout_documents
 from tapa.evaluate.perplexity import evaluate_perplexity
+from tapa.experiment.runs import environment, train_in, write_results
+from tapa.experiment.stages import printer, run_stage
 from tapa.model import ModelConfig, load_pretrained
 from tapa.model.scaling import scaled_model_config, with_config
 from tapa.reproduce.presets import Preset
-from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import TrainConfig
-from tapa.train.trainer import run_training
 
 ROPE_BASE = 1e4
 BIG_BASE_FACTOR = 400  # the paper's 2e8 / 5e5
@@ -128,20 +125,6 @@ class Reproduction:
         return run_stage(self.out, name, key, work, self.log)
 
 
-def train_in(config: TrainConfig, directory: Path) -> dict[str, Any]:
-    """Train ``config`` into ``directory/run`` as a stage's work: resume from the last
-    checkpoint when an earlier attempt was killed, start over when it died before one."""
-    run = directory / "run"
-    config = config.replace(out=str(run))
-    started = (run / "train_config.json").is_file()
-    resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
-    if started and resume is None:  # killed before its first checkpoint: start over
-        shutil.rmtree(run)
-    result = run_training(config, resume=resume, progress=False)
-    return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb, "tokens": result.tokens,
-            "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
-
-
 def preset_tokenizer(preset: Preset, out: Path) -> tuple[str, Tokenizer]:
     """The preset's tokenizer and the spec every training stage gets: ``"byte"``, or a BPE
     trained once on the training books and kept at ``OUT/tokenizer/tokenizer.json`` (every
@@ -167,14 +150,6 @@ def stage_seconds(results: Any) -> float:
             return float(results["seconds"])
         return sum(stage_seconds(v) for v in results.values())
     return 0.0
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-        "processor": platform.processor(), "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
 
 
 def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None, verbose: bool = True) -> dict:
@@ -228,7 +203,7 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
     results["verdicts"] = all_verdicts(results)
     results["wall_seconds"] = time.perf_counter() - started  # this invocation (short when stages were cached)
     results["stage_seconds"] = stage_seconds(results)  # all stages, whenever they ran
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(out, results)
     write_report(results, out)
     return results
 
@@ -249,6 +224,6 @@ def rejudge(out: str | Path) -> dict:
         results["verdicts"] = all_verdicts(results)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"--rejudge: {path} is not a reproduce results file ({type(err).__name__}: {err})") from None
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(out, results)
     write_report(results, out)
     return results

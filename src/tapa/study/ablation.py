@@ -15,16 +15,15 @@ killed ladder resumes.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tapa.experiment.runs import train_in, write_results
+from tapa.experiment.stages import printer, run_stage
 from tapa.model import ModelConfig
-from tapa.reproduce.pipeline import train_in
-from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR, TrainConfig
 
 METHODS = ("rope", "tapa", "nope")
@@ -178,7 +177,7 @@ def run_ladder(ladder: Ladder, out: str | Path, cache_dir: str | None = None, ve
         results["diagnostics"] = diagnostics
         results["rows"] = summarise(runs, cells, ladder.d_model)
         results["wall_seconds"] = time.perf_counter() - started
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_results(out, results)
         write_ablation_report(results, out)
 
     extra = [(cell, seed) for seed in ladder.extra_seeds for cell in ladder.cells if cell.name in ladder.seeded_cells]

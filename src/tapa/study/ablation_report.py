@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tapa.reproduce.stages import finished_seconds
+from tapa.experiment.stages import finished_seconds
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

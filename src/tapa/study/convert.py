@@ -19,14 +19,14 @@ the L0 perplexity at most 1.05 x the parent's (the stricter one: exp(0.05 x loss
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tapa.errors import ConfigError
-from tapa.reproduce.stages import printer, run_stage
+from tapa.experiment.runs import write_results
+from tapa.experiment.stages import printer, run_stage
 from tapa.study.ablation import train_stage
 from tapa.study.perplexity_stage import perplexity_stage
 from tapa.train.config import TrainConfig
@@ -138,7 +138,7 @@ def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: st
         results["compare"][label] = _perplexity_stage(out, f"ppl_compare_{label}", str(Path(run).resolve()), lengths,
                                                       study, cache_dir, log)  # fmt: skip
     results["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(out, results)
     write_convert_report(results, out)
     return results
 

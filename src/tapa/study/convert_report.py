@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tapa.reproduce.stages import finished_seconds
+from tapa.experiment.stages import finished_seconds
 
 LABELS = {"tapa": "RoPE -> TAPA (converted)", "rope_yarn": "RoPE + YaRN",
           "tapa_rope_lr": "RoPE -> TAPA (converted), at YaRN's LR"}  # fmt: skip

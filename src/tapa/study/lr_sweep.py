@@ -6,13 +6,13 @@ book the report's tables use). The paper's choice, TAPA at RoPE's LR / 5, is one
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tapa.experiment.runs import write_results
 from tapa.reproduce.presets import Preset
 from tapa.train.config import DEFAULT_LR
 
@@ -43,7 +43,7 @@ def run_lr_sweep(preset: Preset, out: str | Path, grids: dict[str, tuple[float, 
         runs = results["runs"][method]
         results["best"][method] = min(runs.values(), key=lambda r: r["val_loss"])["lr"]
     results["wall_seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     (out / "report.md").write_text(lr_report(results, preset))
     return results
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tapa.reproduce.stages import run_stage
+from tapa.experiment.stages import run_stage
 
 
 def perplexity_stage(out: Path, name: str, run: str, lengths: list[int], eval_tokens: int, cache_dir: str | None,

@@ -21,13 +21,13 @@ slightly favoured (a selection effect the report names).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tapa.experiment.runs import write_results
 from tapa.reproduce.presets import get_preset
 from tapa.utils.stats import mean_interval, paired_ratio
 
@@ -60,7 +60,8 @@ STUDIES = {
 def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | None = None,
                     verbose: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the study into ``out``; returns the results also written to results.json."""
-    from tapa.reproduce.pipeline import Reproduction, environment
+    from tapa.experiment.runs import environment
+    from tapa.reproduce.pipeline import Reproduction
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | No
         for s, r in rows.items()
         if s != str(first)
     )
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     from tapa.study.phase_scale_report import plot_phase_scale, write_report
 
     plot_phase_scale(results, out / "phase_scale.png")

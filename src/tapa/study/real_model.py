@@ -25,9 +25,7 @@ read from each arm's metrics log.
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +34,7 @@ from typing import Any
 
 import torch
 
+from tapa.experiment.runs import environment, write_results
 from tapa.utils.stats import mean_interval
 
 CONVERSIONS = ("naive", "lowfreq")
@@ -71,8 +70,8 @@ STUDIES = {
 
 def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, cache_dir: str | None = None,
                    verbose: bool = True) -> dict[str, Any]:  # fmt: skip
-    from tapa.reproduce.pipeline import train_in
-    from tapa.reproduce.stages import printer, run_stage
+    from tapa.experiment.runs import train_in
+    from tapa.experiment.stages import printer, run_stage
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,14 +101,13 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
     results = {
         "study": asdict(study), "source": str(source), "model": _describe(base), "runs": runs, "speed": speed,
         "steps": steps, "tokens_per_arm": steps * study.batch_size * study.train_len, "train": train,
-        "perplexity": perplexity, "machine": {"processor": platform.processor() or platform.machine(),
-                                              "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "perplexity": perplexity, "machine": environment(),
         "date": time.strftime("%Y-%m-%d"), "wall_seconds": time.perf_counter() - started,
     }  # fmt: skip
-    from tapa.reproduce.stages import finished_seconds
+    from tapa.experiment.stages import finished_seconds
 
     results["stage_seconds"] = finished_seconds(out)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(out, results)
     from tapa.study.real_model_report import plot_curves, write_report
 
     plot_curves(results, out / "training_curve.png")
@@ -142,7 +140,7 @@ def check_source(source: str | Path) -> None:
 
 def _base_run(source: Path, out: Path, log) -> str:
     """A tapa run of ``source``: itself when it is one, else imported once (a stage)."""
-    from tapa.reproduce.stages import run_stage
+    from tapa.experiment.stages import run_stage
 
     if source.is_dir() and (source / "config.json").is_file() and (source / "manifest.json").is_file():
         return str(source.resolve())
@@ -205,8 +203,8 @@ def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str |
 
 def _plan_steps(study: RealModelStudy, base: str, out: Path, cache_dir: str | None, log) -> tuple[int, dict]:
     """Steps per arm: fixed, or the measured tokens/s (3 steps of the TAPA arm's shape) x train_minutes."""
-    from tapa.reproduce.pipeline import train_in
-    from tapa.reproduce.stages import run_stage
+    from tapa.experiment.runs import train_in
+    from tapa.experiment.stages import run_stage
 
     if study.steps is not None:
         return study.steps, {}
@@ -245,7 +243,7 @@ def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> 
 
 def _perplexity_stage(study: RealModelStudy, out: Path, name: str, run: str, lengths, scaling: str | None,
                       cache_dir: str | None, log) -> dict[str, Any]:  # fmt: skip
-    from tapa.reproduce.stages import run_stage
+    from tapa.experiment.stages import run_stage
 
     def work(_directory: Path) -> dict[str, Any]:
         from tapa.data.tokenizer import load_checkpoint_tokenizer

@@ -61,6 +61,7 @@ def ratio_lines(results: dict[str, Any]) -> list[str]:
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     s, m = results["study"], results["model"]
+    machine = results["machine"]
     speed = results["speed"]
     measured = (f"measured {speed['tokens_per_second']:.0f} tokens/s (TAPA arm's shape, 3 steps); "
                 if speed else "")  # fmt: skip
@@ -90,8 +91,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         curve_table(results) if zero else "(no training run)", "",
         "![validation perplexity over steps](training_curve.png)", "",
         f"Command: `tapa study real-convert SOURCE --out DIR` (study `{s['name']}`). Machine: "
-        f"{results['machine']['processor']}, {results['machine']['threads']} threads, torch "
-        f"{results['machine']['torch']}; {results['date']}; all stages {results['stage_seconds'] / 60:.1f} min.", "",
+        f"{machine['processor'] or machine.get('machine', '')}, {machine['threads']} threads, torch "
+        f"{machine['torch']}; {results['date']}; all stages {results['stage_seconds'] / 60:.1f} min.", "",
     ]  # fmt: skip
     (out / "report.md").write_text("\n".join(text))
 

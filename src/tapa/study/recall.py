@@ -12,7 +12,6 @@ by depth.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,8 +22,9 @@ import torch
 
 from tapa.evaluate.recall import RecallTask, score
 from tapa.evaluate.segment_recall import SegmentTask
+from tapa.experiment.runs import write_results
+from tapa.experiment.stages import printer, run_stage
 from tapa.model import ModelConfig, TapaLM
-from tapa.reproduce.stages import printer, run_stage
 from tapa.train.config import DEFAULT_LR
 from tapa.train.recipe import make_optimizer, make_schedule, update
 
@@ -160,7 +160,7 @@ def run_recall(study: RecallStudy, out: str | Path, verbose: bool = True, jobs: 
     def record(method: str, seed: int, res: dict[str, Any]) -> None:
         results["runs"].setdefault(method, {})[str(seed)] = res
         results["wall_seconds"] = time.perf_counter() - started
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_results(out, results)
         write_recall_report(results, out)
 
     if jobs <= 1:

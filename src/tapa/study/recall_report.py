@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tapa.reproduce.stages import finished_seconds
+from tapa.experiment.stages import finished_seconds
 
 STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P")

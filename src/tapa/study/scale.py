@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tapa.experiment.runs import write_results
+from tapa.experiment.stages import finished_seconds, printer
 from tapa.model import ModelConfig
 from tapa.model.params import parameter_count
 from tapa.paper import PAPER_COMPUTE
-from tapa.reproduce.stages import finished_seconds, printer
 from tapa.study.ablation import BPE_VOCAB, train_stage
 from tapa.study.perplexity_stage import perplexity_stage as heldout_perplexity
 from tapa.train.config import TrainConfig
@@ -196,7 +197,7 @@ def refit_scale(out: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"--refit: {out} holds no scale-ladder results.json ({type(err).__name__})") from None
     results.update(fit=fit, prediction=paper_prediction(points, fit))
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    write_results(out, results)
     write_scale_report(results, out)
     return results
 
@@ -229,6 +230,6 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
             results.update(summarise_scale(results, ladder))
             results["wall_seconds"] = time.perf_counter() - started
             results["stage_seconds"] = finished_seconds(out)
-            (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+            write_results(out, results)
             write_scale_report(results, out)
     return results
