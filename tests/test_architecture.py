@@ -169,3 +169,17 @@ def test_the_training_loop_never_branches_on_the_parallel_mode():
     imports = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
                and (n.module.endswith(".fsdp") or "DistributedDataParallel" in {a.name for a in n.names})]  # fmt: skip
     assert not (reads or modes or imports), f"trainer.py branches on the mode at lines {reads + modes + imports}"
+
+
+def test_the_run_folder_layout_is_spelled_in_one_place():
+    """train_config.json, metrics.jsonl and the step_N checkpoint names appear as code only in
+    tapa.train.run_dir (RunDir); everyone else asks it."""
+    names = {"train_config.json", "metrics.jsonl", "step_", "step_*", "checkpoints/step_*"}
+    found = []
+    for path in (SRC / "tapa").rglob("*.py"):
+        if "remote" in path.parts or path.name == "run_dir.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{module_name(path)}:{node.lineno} {node.value!r}")
+    assert not found, "run-folder names outside tapa.train.run_dir:\n" + "\n".join(found)

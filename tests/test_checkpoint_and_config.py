@@ -146,3 +146,25 @@ def test_resume_from_another_runs_checkpoint_is_refused(tmp_path):
     other.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not a checkpoint of the run"):
         resolve_resume(tmp_path / "mine", str(other))
+
+
+def test_run_dir_knows_a_run_its_checkpoints_and_their_owner(tmp_path):
+    from tapa.train.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert not run.holds_run() and not run.started() and run.checkpoints() == []
+    for step, complete in ((20, True), (3, True), (100, False)):  # step_100 has no manifest: incomplete
+        folder = run.checkpoint_root / f"step_{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "manifest.json").write_text("{}")
+    (run.checkpoint_root / "step_x").mkdir()  # not a step
+    assert run.holds_run() and not run.started()  # a checkpoints folder alone is a run never to overwrite
+    assert [p.name for p in run.checkpoints()] == ["step_3", "step_20"]
+    assert not run.finished(20)  # no final model yet
+    run.model_file.write_bytes(b"")
+    assert run.finished(20) and not run.finished(21)
+    run.config_file.write_text("{}")
+    assert run.started()
+    assert RunDir.owning(run.checkpoint_root / "step_3" / "eval") == run
+    assert RunDir.owning(run.path / "eval") is None and RunDir.owning(tmp_path) is None

@@ -23,6 +23,7 @@ from tapa.train import checkpoints as ckpt_mod
 from tapa.train.checkpoints import list_checkpoints, resolve_resume
 from tapa.train.config import TrainConfig
 from tapa.train.metrics import read_metrics, tensorboard_tag
+from tapa.train.run_dir import checkpoint_step
 from tapa.train.schedule import WarmupCosine
 from tapa.train.trainer import _build_model, run_training
 
@@ -70,7 +71,7 @@ def test_warmup_cosine_closed_form():
 def test_train_writes_a_loadable_model_metrics_and_checkpoints(tmp_path, cache_dir):
     result = run_training(tiny_config(tmp_path / "run", cache_dir, keep_last=2), progress=False)
     run = tmp_path / "run"
-    assert [ckpt_mod.checkpoint_step(p) for p in list_checkpoints(run)] == [8, 12]  # keep_last=2
+    assert [checkpoint_step(p) for p in list_checkpoints(run)] == [8, 12]  # keep_last=2
     losses = read_metrics(run)
     assert sorted(losses) == list(range(1, 13)) and losses[12] == result.final_loss
     assert losses[12] < losses[1]  # it learns
@@ -112,7 +113,7 @@ def test_kill_9_then_resume_reproduces_every_loss(tmp_path, cache_dir):
     assert proc.wait() == -signal.SIGKILL
     logged = read_metrics(killed)
     assert max(logged) < steps, "the run finished before it could be killed"
-    last_ckpt = ckpt_mod.checkpoint_step(list_checkpoints(killed)[-1])
+    last_ckpt = checkpoint_step(list_checkpoints(killed)[-1])
     assert 30 <= last_ckpt < steps
 
     resumed = cli(*args, "--out", str(killed), "--resume", cache_dir=cache_dir)

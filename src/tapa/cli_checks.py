@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.errors import ConfigError
+from tapa.train.run_dir import RunDir
 
 
 def check_out(path: str, flag: str = "--out") -> None:
@@ -93,7 +94,7 @@ def check_no_model(path: str, command: str, resume: object) -> None:
     out = Path(path)
     if resume or not out.is_dir():
         return
-    if (out / "train_config.json").exists() or (out / "checkpoints").exists():
+    if RunDir(out).holds_run():
         hint = "pass --resume to continue it or " if command in ("train", "finetune") else ""
         raise ConfigError(f"--out {path} already holds a training run; {hint}choose another --out")
     if (out / "model.safetensors").exists():
@@ -106,16 +107,17 @@ def check_not_in_a_run(path: str, command: str) -> None:
     those belong to the run (RUN/eval and the like stay allowed)."""
     out = Path(path).absolute()
     if out.is_dir() and command not in MODEL_WRITERS:
-        if (out / "train_config.json").exists() or (out / "checkpoints").is_dir():
+        if RunDir(out).holds_run():
             raise ConfigError(f"--out {path} holds a training run; tapa {command} writes a folder of its own: "
                               "choose another --out")  # fmt: skip
         if (out / "model.safetensors").exists() and (out / "config.json").exists():
             raise ConfigError(f"--out {path} holds a saved model; tapa {command} writes a folder of its own: "
                               "choose another --out")  # fmt: skip
-    for parent in out.parents:  # RUN/checkpoints and the checkpoints in it belong to the run
-        if parent.name == "checkpoints" and (parent.parent / "train_config.json").is_file():
-            raise ConfigError(f"--out {path} is inside the checkpoints of the run in {parent.parent}; "
-                              "choose a folder outside them")  # fmt: skip
+    owner = RunDir.owning(out)  # RUN/checkpoints and the checkpoints in it belong to the run
+    if owner is not None:
+        raise ConfigError(
+            f"--out {path} is inside the checkpoints of the run in {owner.path}; choose a folder outside them"
+        )
 
 
 def check_args(args: argparse.Namespace) -> None:

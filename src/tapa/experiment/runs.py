@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tapa.train.config import TrainConfig
+from tapa.train.run_dir import RunDir
 from tapa.train.trainer import run_training
 from tapa.utils.files import atomic_write_text
 
@@ -22,8 +23,8 @@ def train_in(config: TrainConfig, directory: Path) -> dict[str, Any]:
     checkpoint when an earlier attempt was killed, start over when it died before one."""
     run = directory / "run"
     config = config.replace(out=str(run))
-    started = (run / "train_config.json").is_file()
-    resume = "latest" if started and any((run / "checkpoints").glob("step_*")) else None
+    started = RunDir(run).started()
+    resume = "latest" if started and RunDir(run).checkpoints() else None
     if started and resume is None:  # killed before its first checkpoint: start over
         shutil.rmtree(run)
     result = run_training(config, resume=resume, progress=False)

@@ -25,6 +25,7 @@ from tapa.experiment.runs import train_in, write_results
 from tapa.experiment.stages import printer, run_stage
 from tapa.model import ModelConfig
 from tapa.train.config import DEFAULT_LR, TrainConfig
+from tapa.train.run_dir import RunDir, checkpoint_step
 
 METHODS = ("rope", "tapa", "nope")
 BPE_VOCAB = 2048  # see docs/study.md: ~3.5 bytes per token; embeddings stay below the layers' parameters
@@ -121,8 +122,8 @@ def diagnose_stage(out: Path, run: str, cache_dir: str | None, log) -> dict[str,
     def work(_directory: Path) -> dict[str, Any]:
         full = diagnose_run(run, cache_dir=cache_dir)
         steps = {}
-        for checkpoint in sorted(Path(run).glob("checkpoints/step_*")):
-            steps[str(int(checkpoint.name.removeprefix("step_")))] = summary(diagnose_run(str(checkpoint),
+        for checkpoint in RunDir(run).checkpoints():
+            steps[str(checkpoint_step(checkpoint))] = summary(diagnose_run(str(checkpoint),
                                                                                      cache_dir=cache_dir))  # fmt: skip
         return {"summary": summary(full), "full": full, "checkpoints": steps}
 

@@ -101,7 +101,7 @@ def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: st
                 compare: tuple[str, ...] = (), verbose: bool = True) -> dict[str, Any]:  # fmt: skip
     from tapa.model import load_config
     from tapa.study.convert_report import write_convert_report
-    from tapa.train.checkpoints import checkpoint_step, list_checkpoints
+    from tapa.train.run_dir import RunDir, checkpoint_step
 
     parent_config = load_config(parent)
     if parent_config.positional != "rope":
@@ -123,7 +123,7 @@ def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: st
     for name, (start, lr) in starts.items():
         config = child_config(study, start, l0, name == "rope_yarn", cache_dir, lr)
         trained = train_stage(out, config, f"finetune_{name}", log)
-        points = [(0, start)] + [(checkpoint_step(c), str(c)) for c in list_checkpoints(trained["run"])]
+        points = [(0, start)] + [(checkpoint_step(c), str(c)) for c in RunDir(trained["run"]).checkpoints()]
         curve = []
         for step, run in points:
             if step == 0 and name == "rope_yarn":

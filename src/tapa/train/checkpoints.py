@@ -20,25 +20,16 @@ import torch
 
 from tapa.errors import CheckpointError
 from tapa.model import TapaLM, save_pretrained
+from tapa.train.run_dir import CHECKPOINT_DIR, PREFIX, RunDir
 from tapa.utils.files import current_umask, write_file
 from tapa.utils.manifest import MANIFEST_FILE, manifest_files, verify_manifest, write_manifest
 
-CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
-PREFIX = "step_"
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.removeprefix(PREFIX))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (those with a manifest), oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()]
-    return sorted((p for p in found if (p / MANIFEST_FILE).is_file()), key=checkpoint_step)
+    """Complete checkpoints (those with a manifest), oldest first (:meth:`RunDir.checkpoints`)."""
+    return RunDir(run_dir).checkpoints()
 
 
 def save_checkpoint(
@@ -113,8 +104,9 @@ def verify_checkpoint(path: str | Path) -> None:
     verify_manifest(path)
 
 
-def resolve_resume(run_dir: str | Path, resume: str) -> Path:
-    """``resume`` is ``"latest"`` or a checkpoint directory; the result is verified."""
+def resolve_resume(run_dir: str | Path, resume: str, checkpoints: list[Path] | None = None) -> Path:
+    """``resume`` is ``"latest"`` or a checkpoint directory; the result is verified.
+    ``checkpoints``: the run's complete checkpoints when the caller has just listed them."""
     if resume != "latest":
         path = Path(resume)
         own = (Path(run_dir) / CHECKPOINT_DIR).resolve()
@@ -125,7 +117,7 @@ def resolve_resume(run_dir: str | Path, resume: str) -> Path:
             )
         verify_checkpoint(path)
         return path
-    checkpoints = list_checkpoints(run_dir)
+    checkpoints = list_checkpoints(run_dir) if checkpoints is None else checkpoints
     if not checkpoints:
         raise CheckpointError(f"resume: {run_dir} has no checkpoint yet; start the run without --resume")
     try:

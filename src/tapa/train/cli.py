@@ -17,6 +17,7 @@ from tapa.model import load_config
 from tapa.positional import POSITIONAL_SCHEMES
 from tapa.train.config import PARALLEL, PRECISIONS, TrainConfig
 from tapa.train.flags import FREE_ON_RESUME, MODEL_FLAGS, PRETRAIN_ONLY, ROPE_SCALING_HELP, TRAIN_FLAGS
+from tapa.train.run_dir import RunDir
 
 
 def _default_of(name: str, dest_prefix: str) -> Any:
@@ -128,7 +129,7 @@ def extended_config(saved: TrainConfig, steps: int, extension: str) -> TrainConf
 
 
 def _resumed(out: str, train: dict[str, Any], model: dict[str, Any], extend: str | None = None) -> TrainConfig:
-    path = Path(out) / "train_config.json"
+    path = RunDir(out).config_file
     if not path.is_file():
         raise ConfigError(f"resume: {out} holds no training run (no train_config.json); drop --resume")
     saved = TrainConfig.load(path)
@@ -169,12 +170,10 @@ def _verify_final_model(out: Path) -> None:
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:
-    from tapa.train.checkpoints import checkpoint_step, list_checkpoints, resolve_resume
+    from tapa.train.checkpoints import resolve_resume
     from tapa.train.trainer import run_training
 
-    done = list_checkpoints(config.out)
-    finished = done and checkpoint_step(done[-1]) >= config.steps and (Path(config.out) / "model.safetensors").is_file()
-    if args.resume == "latest" and finished:
+    if args.resume == "latest" and RunDir(config.out).finished(config.steps):
         resolve_resume(config.out, "latest")  # a damaged final checkpoint is still reported, with the fix
         _verify_final_model(Path(config.out))
         print(f"{config.out} already finished all {config.steps} steps; nothing to resume (its model is there)")

@@ -137,10 +137,11 @@ def save_sharded(run_dir: Path, step: int, model: TapaLM, optimizer, save_tokeni
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from tapa.train.checkpoints import CHECKPOINT_DIR, PREFIX, STATE_FILE, publish_checkpoint
+    from tapa.train.checkpoints import STATE_FILE, publish_checkpoint
+    from tapa.train.run_dir import PREFIX, RunDir
     from tapa.utils.manifest import write_manifest
 
-    root = Path(run_dir) / CHECKPOINT_DIR
+    root = RunDir(run_dir).checkpoint_root
     tmp = root / f".{PREFIX}{step:08d}.fsdp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)

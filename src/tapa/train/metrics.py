@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
+from tapa.train.run_dir import METRICS_FILE
 
 
 class MetricsLog:

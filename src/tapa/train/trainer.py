@@ -28,15 +28,14 @@ from tapa.data.token_cache import cached_tokens
 from tapa.data.tokenizer import Tokenizer, build_tokenizer
 from tapa.errors import ConfigError
 from tapa.model import TapaLM, load_pretrained
-from tapa.train.checkpoints import clean_incomplete, list_checkpoints, load_state, resolve_resume
+from tapa.train.checkpoints import clean_incomplete, load_state, resolve_resume
 from tapa.train.config import TrainConfig
 from tapa.train.distributed import DistEnv, barrier, init_distributed, mean_across_ranks, shutdown
 from tapa.train.metrics import MetricsLog, check_wandb
 from tapa.train.parallel import Single, check_launch, needs_group, strategy
 from tapa.train.recipe import make_optimizer, make_schedule, set_schedule, update
+from tapa.train.run_dir import RunDir
 from tapa.utils.files import atomic_write_text
-
-TRAIN_CONFIG_FILE = "train_config.json"
 
 
 @dataclass
@@ -137,7 +136,7 @@ def _check_run_dir(config: TrainConfig, resume: str | None) -> Path:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} exists and is not a directory; choose another --out")
-    has_run = (out / TRAIN_CONFIG_FILE).is_file() or bool(list_checkpoints(out))
+    has_run = RunDir(out).holds_run()
     if has_run and resume is None:
         raise ConfigError(
             f"out: {out} already holds a training run; pass --resume to continue it or choose another --out"
@@ -312,9 +311,10 @@ def _resume_point(out: Path, resume: str | None, env: DistEnv) -> Path | None:
     if resume is not None and env.is_main:
         clean_incomplete(out)  # half-deleted checkpoints of an earlier kill
     barrier(env)
-    if resume == "latest" and not list_checkpoints(out):
+    found = RunDir(out).checkpoints()  # listed once, after the cleaning
+    if resume == "latest" and not found:
         resume = None  # killed before its first checkpoint: the run starts again from step 0
-    return resolve_resume(out, resume) if resume is not None else None
+    return resolve_resume(out, resume, found) if resume is not None else None
 
 
 def _write_run_files(config: TrainConfig, out: Path, data: Data, state: dict | None, env: DistEnv) -> None:
@@ -322,7 +322,7 @@ def _write_run_files(config: TrainConfig, out: Path, data: Data, state: dict | N
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if state is None:
-            atomic_write_text(out / TRAIN_CONFIG_FILE, config.to_json())
+            atomic_write_text(RunDir(out).config_file, config.to_json())
         data.tokenizer.save(out)
         if config.init_from:  # a fine-tuned model keeps its parent's generation settings (EOS ids, chat template)
             _copy_generation(Path(config.init_from), out)
