@@ -234,3 +234,40 @@ def test_head_dim_default_is_derived_and_not_written():
     with pytest.raises(Exception, match=r"n_heads: 3 does not divide d_model=64; change one, or set head_dim"):
         ModelConfig(d_model=64, n_heads=3)
     assert ModelConfig(d_model=64, n_heads=3, head_dim=16).head_size == 16
+
+
+@pytest.mark.parametrize("kw", [
+    {"positional": "rope"},
+    {"positional": "rope", "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+     "partial_rotary_factor": 0.5},
+    {"positional": "nope", "n_kv_heads": 1},
+    {"positional": "alibi", "n_heads": 3, "n_kv_heads": 1},
+    {"positional": "tapa", "n_kv_heads": 1},
+    {"positional": "tapa", "tapa_phase": "linear", "tapa_phase_scale": 1.0},
+])  # fmt: skip
+def test_a_layers_score_methods_give_its_forward_pass(kw):
+    """softmax(causal score_matrix) @ v through W_o equals the layer's fast forward pass (SDPA or
+    the TAPA kernels), and score_pairs equals score_matrix at the sampled pairs: one statement
+    of each scheme's scores that the theory and diagnostics tools can trust."""
+    from tapa.attention.reference import expand_heads
+
+    torch.manual_seed(0)
+    config = ModelConfig(**{"vocab_size": 40, "d_model": 48, "n_layers": 1, "n_heads": 2, "max_seq_len": 64, **kw})
+    model = TapaLM(config).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 24, config.d_model)
+    pos = torch.arange(24)
+    with torch.no_grad():
+        fast = attn(x, 0, rope_tables=model.rope(pos) if model.rope is not None else None)
+        q, k, v = (
+            attn._heads(x, attn.wq, attn.n_heads),
+            attn._heads(x, attn.wk, attn.n_kv),
+            attn._heads(x, attn.wv, attn.n_kv),
+        )
+        scores = attn.score_matrix(q, k, pos, pos, model.rope)
+        probs = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf")).softmax(-1)
+        slow = attn.wo((probs @ expand_heads(v, attn.n_heads)).transpose(1, 2).reshape(2, 24, -1))
+        torch.testing.assert_close(slow, fast, atol=2e-5, rtol=1e-4)
+        m, n = torch.tensor([5, 23, 23, 7, 0]), torch.tensor([5, 0, 22, 2, 0])
+        pairs = attn.score_pairs(q[:, :, m], k[:, :, n], m, n, model.rope)
+        torch.testing.assert_close(pairs, scores[:, :, m, n], atol=1e-5, rtol=1e-5)

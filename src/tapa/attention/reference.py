@@ -26,15 +26,24 @@ def _as_positions(pos: torch.Tensor | None, length: int, name: str, device: torc
 
 
 def distance_phase(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: float, dtype: torch.dtype = torch.float32, scale: float = TWO_PI
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    alpha: float,
+    dtype: torch.dtype = torch.float32,
+    scale: float = TWO_PI,
+    pairwise: bool = False,
 ) -> torch.Tensor:
     """scale |m - n|^alpha (scale = 2 pi: Eq. 12) from exact integer distances; shape (Lq, Lk),
-    or (B, Lq, Lk) for batched positions."""
-    dist = (q_pos.unsqueeze(-1).long() - k_pos.unsqueeze(-2).long()).abs()
+    or (B, Lq, Lk) for batched positions; ``pairwise``: for the pairs (q_pos[i], k_pos[i]), shape (P,)."""
+    if pairwise:
+        dist = (q_pos.long() - k_pos.long()).abs()
+    else:
+        dist = (q_pos.unsqueeze(-1).long() - k_pos.unsqueeze(-2).long()).abs()
     return scale * dist.to(dtype).pow(alpha)
 
 
-def _expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+def expand_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, H_kv, ...) -> (B, n_heads, ...): each key/value head repeated for its query group."""
     return x.repeat_interleave(n_heads // x.shape[1], dim=1) if x.shape[1] != n_heads else x
 
 
@@ -42,8 +51,8 @@ def parts_scores(parts: Parts, q_pos: torch.Tensor, k_pos: torch.Tensor, alpha: 
     """Pre-softmax TAPA logits (B, H, Lq, Lk) in float32 from pre-scaled parts."""
     h = parts.qa.shape[1]
     dtype = parts.qa.dtype  # key parts may be views of half-precision keys
-    amp = parts.qa @ _expand_heads(parts.ka.to(dtype), h).transpose(-1, -2)
-    prod = parts.qp @ _expand_heads(parts.kp.to(dtype), h).transpose(-1, -2)
+    amp = parts.qa @ expand_heads(parts.ka.to(dtype), h).transpose(-1, -2)
+    prod = parts.qp @ expand_heads(parts.kp.to(dtype), h).transpose(-1, -2)
     scale = distance_phase(q_pos, k_pos, alpha, dtype=prod.dtype)
     if scale.dim() == 3:
         scale = scale.unsqueeze(1)
@@ -104,4 +113,4 @@ def reference_attention(
             probs = probs.masked_fill(blind, 0.0)
     else:
         probs = torch.softmax(scores, dim=-1)
-    return probs @ _expand_heads(v.to(probs.dtype), parts.qa.shape[1])
+    return probs @ expand_heads(v.to(probs.dtype), parts.qa.shape[1])

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tapa.attention import TapaPhase, tapa_attention_parts
+from tapa.attention.reference import distance_phase, expand_heads, parts_scores
 from tapa.errors import ShapeError
 from tapa.model.cache import KVCache
 from tapa.model.config import ModelConfig
 from tapa.positional import alibi_bias, alibi_slopes, apply_rotary
+
+RopeTables = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions -> (cos, sin)
 
 
 class Attention(nn.Module):
@@ -72,6 +78,54 @@ class Attention(nn.Module):
         else:
             out = self._sdpa(q, k, v, positions, k_start)
         return self.wo(out.transpose(1, 2).reshape(b, length, -1))
+
+    def _positioned(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                    rope: RopeTables | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """RoPE applied at the given positions (other schemes: unchanged); keys expanded to the query heads."""
+        if self.positional == "rope":
+            if rope is None:
+                raise ShapeError("rope: a RoPE layer's scores need the model's rope tables (model.rope)")
+            interleaved = self.config.rope_interleaved
+            q = apply_rotary(q, *rope(q_pos), interleaved)
+            k = apply_rotary(k, *rope(k_pos), interleaved)
+        return q, expand_heads(k, self.n_heads)
+
+    def score_matrix(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                     rope: RopeTables | None = None) -> torch.Tensor:  # fmt: skip
+        """Pre-softmax scores (B, H, Lq, Lk) of projected queries q (B, H, Lq, D) at ``q_pos``
+        against keys k (B, H_kv, Lk, D) at ``k_pos`` (before any rotation), no mask:
+
+        - RoPE: ``<R_m q, R_n k> / sqrt(D)`` (``rope`` = the model's ``rope``, scaling included);
+        - NoPE: ``<q, k> / sqrt(D)``; ALiBi: that minus ``slope_h |m - n|``;
+        - TAPA: ``<q_A, k_A> / sqrt(theta D) * cos(s |m-n|^alpha <q_P, k_P> / sqrt((1-theta) D))``
+          (Eq. 12 or the layer's phase variant, through its TapaPhase parts).
+
+        The forward pass computes the same scores with faster kernels; this is the one
+        readable statement of each scheme, used by the theory and diagnostics tools."""
+        q, k = self._positioned(q, k, q_pos, k_pos, rope)
+        if self.positional == "tapa":
+            return parts_scores(self.phase(q, k), q_pos, k_pos, self.config.tapa_alpha)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if self.positional == "alibi":
+            scores = scores + alibi_bias(self.slopes, q_pos, k_pos).to(scores.dtype)
+        return scores
+
+    def score_pairs(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                    rope: RopeTables | None = None) -> torch.Tensor:  # fmt: skip
+        """:meth:`score_matrix`'s scores for P pairs only, without the (Lq, Lk) matrix: q (B, H, P, D)
+        holds the queries at positions ``q_pos`` (P,), k (B, H_kv, P, D) the keys at ``k_pos`` (P,);
+        the result is (B, H, P)."""
+        q, k = self._positioned(q, k, q_pos, k_pos, rope)
+        if self.positional == "tapa":
+            parts = self.phase(q, k)
+            amp = (parts.qa * parts.ka.to(parts.qa.dtype)).sum(-1)
+            prod = (parts.qp * parts.kp.to(parts.qp.dtype)).sum(-1)
+            phase = distance_phase(q_pos, k_pos, self.config.tapa_alpha, prod.dtype, pairwise=True)
+            return amp * torch.cos(phase * prod)
+        scores = (q * k).sum(-1) / math.sqrt(q.shape[-1])
+        if self.positional == "alibi":
+            scores = scores + alibi_bias(self.slopes, q_pos, k_pos, pairwise=True).to(scores.dtype)
+        return scores
 
     def _sdpa(self, q, k, v, q_pos, k_start) -> torch.Tensor:
         lq, lk = q.shape[2], k.shape[2]

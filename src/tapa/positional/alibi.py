@@ -23,7 +23,9 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """-slope_h * |m - n|, shape (H, Lq, Lk), float32."""
+def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
+    """-slope_h * |m - n|, shape (H, Lq, Lk), float32; ``pairwise``: for the pairs (q_pos[i], k_pos[i]), (H, P)."""
+    if pairwise:
+        return -slopes.view(-1, 1) * (q_pos - k_pos).abs().float()
     dist = (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().float()
     return -slopes.view(-1, 1, 1) * dist

@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
-from tapa.attention.reference import causal_mask, distance_phase, parts_scores
+from tapa.attention.reference import causal_mask, distance_phase, expand_heads
 from tapa.model import TapaLM
-from tapa.positional import apply_rotary
-from tapa.theory.scores import _expand, capture_qk
+from tapa.theory.scores import capture_qk
 
 
 @torch.no_grad()
@@ -38,24 +37,15 @@ def layer_scores(model: TapaLM, input_ids: torch.Tensor) -> list[dict[str, torch
     length = input_ids.shape[1]
     pos = torch.arange(length)
     future = causal_mask(pos, pos)
-    tables = model.rope(pos) if config.positional == "rope" else None
     out = []
     for layer, (q, k) in enumerate(capture_qk(model, input_ids)):
         attn = model.blocks[layer].attn
-        k = _expand(k, q.shape[1])
         entry: dict[str, torch.Tensor] = {}
+        scores = attn.score_matrix(q, k, pos, pos, model.rope)  # the scheme's own scores
         if config.positional == "tapa":
-            parts = attn.phase(q, k)
-            scores = parts_scores(parts, pos, pos, config.tapa_alpha)
+            parts = attn.phase(q, expand_heads(k, q.shape[1]))
             prod = parts.qp @ parts.kp.to(parts.qp.dtype).transpose(-1, -2)  # key parts: the keys' dtype
             entry["phase"] = distance_phase(pos, pos, config.tapa_alpha) * prod
-        else:
-            if tables is not None:
-                q = apply_rotary(q, *tables, config.rope_interleaved)
-                k = apply_rotary(k, *tables, config.rope_interleaved)
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            if config.positional == "alibi":
-                scores = scores - attn.slopes.view(-1, 1, 1).float() * (pos[:, None] - pos[None, :]).abs().float()
         scores = scores.float().masked_fill(future, float("-inf"))
         entry["scores"], entry["probs"] = scores, scores.softmax(-1)
         out.append(entry)
