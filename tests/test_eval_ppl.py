@@ -167,3 +167,27 @@ def test_single_file_corpus_is_scored_whole_and_vocab_mismatch_is_one_line(tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenizer has 259 ids but its model only 200" in err
     assert not (tmp_path / "ev2").exists()
+
+
+def test_the_sweep_behind_eval_ppl_is_callable_from_python():
+    from tapa.data.tokenizer import Bytes
+    from tapa.errors import ConfigError
+    from tapa.evaluate.sweep import check_lengths_fit, perplexity_sweep, sweep_plan
+
+    assert sweep_plan([16, 32], ["sliding", "non-overlapping"], None) == [
+        (16, "sliding", 4), (16, "non-overlapping", 16), (32, "sliding", 8), (32, "non-overlapping", 32)]  # fmt: skip
+    assert sweep_plan([16], ["sliding"], 3) == [(16, "sliding", 3)]
+    torch.manual_seed(0)
+    model = TapaLM(ModelConfig(positional="tapa", vocab_size=259, d_model=32, n_layers=1, n_heads=2,
+                               max_seq_len=16)).eval()  # fmt: skip
+    tokenizer = Bytes()
+    docs = [torch.tensor(tokenizer.encode("the sweep reads every window of this short text " * 3))]
+    rows = perplexity_sweep(model, docs, tokenizer, sweep_plan([16, 32], ["sliding"], None), batch_size=2)
+    for row, (length, stride) in zip(rows, ((16, 4), (32, 8)), strict=True):
+        direct = evaluate_perplexity(model, docs, length, stride, batch_size=2)
+        assert row["length"] == length and row["perplexity"] == pytest.approx(direct.perplexity)
+        assert row["bits_per_byte"] == pytest.approx(direct.loss / math.log(2))  # one byte per token
+    with pytest.raises(ConfigError, match="--lengths 999 is longer than the longest held-out document"):
+        check_lengths_fit([16, 999], docs, "the test split", 100)
+    with pytest.raises(ConfigError, match="the test split holds no tokens"):
+        check_lengths_fit([16], [], "the test split", 100)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ import torch
 
 from tapa.errors import ConfigError
 from tapa.evaluate.passkey import N_CANDIDATES
-from tapa.evaluate.windows import PROTOCOLS, check_window, windows
+from tapa.evaluate.windows import PROTOCOLS
+from tapa.utils.files import atomic_write_text
 
 
 def positive_int(text: str) -> int:
@@ -128,61 +128,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
+    """Parse, load, then :func:`tapa.evaluate.sweep.perplexity_sweep`; write OUT/results.json."""
     from tapa.evaluate.heldout import heldout_documents
-    from tapa.evaluate.perplexity import evaluate_perplexity
+    from tapa.evaluate.sweep import check_lengths_fit, perplexity_sweep, sweep_plan
 
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     model, tokenizer, device = load_for_eval(args, "eval-ppl")
     train_len = model.config.max_seq_len
     lengths = args.lengths or [train_len // 2 * 2**i for i in range(6)]
-    plans = []
-    for length in lengths:
-        for protocol in protocols:
-            stride = length if protocol == "non-overlapping" else args.stride or max(1, length // 4)
-            check_window(length, stride)
-            plans.append((length, protocol, stride))
+    plans = sweep_plan(lengths, protocols, args.stride)
     split = heldout_split(args)
     docs = heldout_documents(tokenizer, args.data, split, args.max_tokens, args.cache_dir)
-    if not docs:
-        raise ConfigError(f"eval-ppl: the {split} split of {args.data} holds no tokens")
-    longest = max(len(d) for d in docs)
-    too_long = [length for length in lengths if length > longest]
-    if too_long:  # a window longer than every document would be reported as if measured at that length
-        raise ConfigError(
-            f"eval-ppl: --lengths {too_long[0]} is longer than the longest held-out document ({longest} tokens "
-            f"within --max-tokens {args.max_tokens}); raise --max-tokens or drop that length"
-        )
-
-    def byte_count(ids: torch.Tensor) -> int:
-        return len(tokenizer.decode(ids).encode("utf-8"))
-
+    check_lengths_fit(lengths, docs, f"the {split} split of {args.data}", args.max_tokens)
     out = Path(args.out)
-    rows = []
-    show = not args.no_progress
-    if show:
+    if not args.no_progress:
         print(f"{model.describe()}; {sum(len(d) for d in docs):,} held-out tokens ({args.data}/{split})")
-    for length, protocol, stride in plans:
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-
-            total = sum(len(windows(len(d), length, stride)) for d in docs)
-            bar = tqdm(total=total, desc=f"L={length} {protocol}", unit="win", dynamic_ncols=True, leave=False)
-
-        def progress(n: int, nats: float, tokens: int, bar=bar) -> None:
-            if bar is not None:
-                bar.n = n
-                bar.set_postfix(ppl=f"{torch.tensor(nats / max(tokens, 1)).exp().item():.3f}", refresh=True)
-
-        start = time.perf_counter()
-        result = evaluate_perplexity(
-            model, docs, length, stride, batch_size=args.batch_size, byte_count=byte_count, on_window=progress,
-            protocol=protocol,
-        )  # fmt: skip
-        result.seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        rows.append(result.to_dict())
+    rows = perplexity_sweep(model, docs, tokenizer, plans, args.batch_size, progress=not args.no_progress)
     report = {
         "checkpoint": str(args.checkpoint),
         "model": model.config.to_dict(),
@@ -193,7 +154,7 @@ def run_eval_ppl(args: argparse.Namespace) -> dict[str, Any]:
         "results": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(report, indent=1) + "\n")
     print(format_table(rows, train_len))
     print(f"results in {out / 'results.json'}")
     return report
