@@ -46,28 +46,10 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from tapa.data.tokenizer import copy_tokenizer_files
-    from tapa.hf.config import switch_positional
-    from tapa.model import load_pretrained, save_pretrained
-    from tapa.model.scaling import with_config
-    from tapa.utils.publish import check_empty_out, publish
-
-    out = Path(args.out)
-    check_empty_out(out)
-    from tapa.errors import ConfigError
+    from tapa.hf.convert import convert_checkpoint
     from tapa.model import load_config
 
-    if load_config(args.checkpoint).positional == args.positional:
-        raise ConfigError(f"convert: {args.checkpoint} already uses {args.positional!r}; nothing to convert")
-    model = load_pretrained(args.checkpoint)
-    converted = with_config(model, switch_positional(model.config, args.positional))
-
-    def write(staging: Path) -> None:
-        save_pretrained(converted, staging)
-        copy_tokenizer_files(Path(args.checkpoint), staging)
-
-    publish(out, write)
-    print(f"converted {args.checkpoint} ({model.config.positional}) -> {out} ({args.positional}); "
+    out = convert_checkpoint(args.checkpoint, args.out, args.positional)
+    before = load_config(args.checkpoint).positional
+    print(f"converted {args.checkpoint} ({before}) -> {out} ({args.positional}); "
           f"continue with: tapa finetune {out} --out RUN ...")  # fmt: skip

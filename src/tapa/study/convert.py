@@ -59,16 +59,10 @@ def _perplexity_stage(out: Path, name: str, run: str, lengths: list[int], study:
 
 def _convert_stage(out: Path, parent: str, log) -> dict[str, Any]:
     def work(directory: Path) -> dict[str, Any]:
-        from tapa.data.tokenizer import copy_tokenizer_files
-        from tapa.hf.config import switch_positional
-        from tapa.model import load_pretrained, save_pretrained
-        from tapa.model.scaling import with_config
+        from tapa.hf.convert import save_with_tokenizer, switched
 
-        model = load_pretrained(parent)
-        converted = with_config(model, switch_positional(model.config, "tapa"))
         run = directory / "run"
-        save_pretrained(converted, run)
-        copy_tokenizer_files(Path(parent), run)
+        save_with_tokenizer(switched(parent, "tapa"), parent, run)
         return {"run": str(run)}
 
     return run_stage(out, "convert_tapa", {"parent": parent, "positional": "tapa"}, work, log)

@@ -159,16 +159,15 @@ def _base_run(source: Path, out: Path, log) -> str:
 
 
 def _convert(base: str, conversion: str, study: RealModelStudy, directory: Path) -> dict[str, Any]:
-    from tapa.data.tokenizer import copy_tokenizer_files
-    from tapa.model import load_pretrained, save_pretrained
+    from tapa.hf.convert import save_with_tokenizer
+    from tapa.model import load_pretrained
     from tapa.model.conversion import convert_to_tapa
 
     model = convert_to_tapa(load_pretrained(base), conversion, phase_scale=study.phase_scale,
                             phase_init=study.phase_init)  # fmt: skip
     run = directory / "run"
     shutil.rmtree(run, ignore_errors=True)
-    save_pretrained(model, run)
-    copy_tokenizer_files(Path(base), run)
+    save_with_tokenizer(model, base, run)
     return {"run": str(run), "phases": phase_statistics(model, base)}
 
 
