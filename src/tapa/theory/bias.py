@@ -78,6 +78,21 @@ def sample_bias(
     return BiasSample(np.concatenate(chunks, axis=-1), near, far, int((per_row > 0).sum()))
 
 
+def checkpoint_bias(model: TapaLM, docs: list[torch.Tensor], pairs: int, near: int | None = None,
+                    far: int | None = None, seed: int = 0) -> tuple[BiasSample, dict]:  # fmt: skip
+    """Appendix I for one model: the sample and its summary (with near and far; by default the paper's
+    distances scaled to the model's training length, :func:`default_distances`)."""
+    default_near, default_far = default_distances(model.config.max_seq_len)
+    near = default_near if near is None else near
+    far = default_far if far is None else far
+    if pairs < 2:
+        raise ConfigError(f"pairs: need at least 2 sampled queries, got {pairs}")
+    if near < 1 or far <= near:
+        raise ConfigError(f"bias: need 1 <= near < far, got near={near}, far={far}")
+    sample = sample_bias(model, docs, pairs, near, far, seed)
+    return sample, sample.summary()
+
+
 def plot_bias(samples: dict[str, BiasSample], path, title: str) -> None:
     from tapa.utils.report import pyplot
 

@@ -114,22 +114,16 @@ def _bias(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from tapa.paper import PAPER_STATS
-    from tapa.theory.bias import default_distances, plot_bias, sample_bias
+    from tapa.theory.bias import checkpoint_bias, plot_bias
 
     if args.pairs < 2:
         raise ConfigError(f"pairs: need at least 2 sampled queries, got {args.pairs}")
     samples, report = {}, {"paper": PAPER_STATS, "checkpoints": {}}
     for checkpoint in args.checkpoints:
         model, docs = _documents(checkpoint, args.max_tokens, args.cache_dir)
-        near, far = default_distances(model.config.max_seq_len)
-        near = args.near if args.near is not None else near
-        far = args.far if args.far is not None else far
-        if near < 1 or far <= near:
-            raise ConfigError(f"bias: need 1 <= near < far, got near={near}, far={far}")
         label = f"{model.config.positional} ({Path(checkpoint).name})"
-        sample = sample_bias(model, docs, args.pairs, near, far, args.seed)
-        samples[label] = sample
-        summary = sample.summary()
+        samples[label], summary = checkpoint_bias(model, docs, args.pairs, args.near, args.far, args.seed)
+        near, far = summary["near"][1], summary["far"][0]
         report["checkpoints"][checkpoint] = {"label": label, **summary}
         pooled = summary["pooled"]
         print(
