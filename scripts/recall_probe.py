@@ -36,8 +36,10 @@ def main(argv: list[str]) -> None:
     def report(step: int, loss: float) -> None:
         window.append(loss)
         if (step + 1) % 100 == 0:
-            print(f"{method} step {step + 1} loss {sum(window[-100:]) / 100:.3f} ({time.time() - start:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"{method} step {step + 1} loss {sum(window[-100:]) / 100:.3f} ({time.time() - start:.0f} s)",
+                flush=True,
+            )
 
     model, _ = train_recall(study, method, seed, lr=lr, on_step=report)
     model.eval()

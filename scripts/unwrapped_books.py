@@ -28,13 +28,14 @@ import re
 import time
 from pathlib import Path
 
+from tapa.reproduce.stages import printer, run_stage
+
 from tapa.data.corpus import SPLITS, load_split
 from tapa.data.tokenizer import HFTokenizer, load_checkpoint_tokenizer
 from tapa.evaluate.perplexity import evaluate_perplexity
 from tapa.model import load_pretrained
 from tapa.reproduce.pipeline import model_config
 from tapa.reproduce.presets import get_preset
-from tapa.reproduce.stages import printer, run_stage
 from tapa.study.ablation import train_stage
 from tapa.train.config import TrainConfig
 
@@ -102,20 +103,36 @@ def main() -> None:
     for method in args.methods:
         (run,) = glob.glob(str(Path(args.reproduce) / "stages" / f"pretrain_{method}_s0-*" / "run"))
         results["wrapped_models"][method] = {
-            test: run_stage(out, f"eval_wrapped_{method}_on_{test}", {"run": str(Path(run).resolve()), "test": test},
-                            lambda _d, r=run, t=text: {"bpb": bits_per_byte(r, t, lengths, preset.eval_tokens)},
-                            log)["bpb"]
+            test: run_stage(
+                out,
+                f"eval_wrapped_{method}_on_{test}",
+                {"run": str(Path(run).resolve()), "test": test},
+                lambda _d, r=run, t=text: {"bpb": bits_per_byte(r, t, lengths, preset.eval_tokens)},
+                log,
+            )["bpb"]
             for test, text in (("wrapped", wrapped_test), ("unwrapped", unwrapped_test))
-        }  # fmt: skip
-        config = TrainConfig(data=str(paths["train"]), val_data=str(paths["validation"]), tokenizer=str(tok_path),
-                             seq_len=preset.seq_len, batch_size=preset.batch_size, steps=preset.pretrain_steps,
-                             seed=0, eval_every=0, save_every=preset.pretrain_steps, eval_segments=32,
-                             model=model_config(method, preset))  # fmt: skip
+        }
+        config = TrainConfig(
+            data=str(paths["train"]),
+            val_data=str(paths["validation"]),
+            tokenizer=str(tok_path),
+            seq_len=preset.seq_len,
+            batch_size=preset.batch_size,
+            steps=preset.pretrain_steps,
+            seed=0,
+            eval_every=0,
+            save_every=preset.pretrain_steps,
+            eval_segments=32,
+            model=model_config(method, preset),
+        )
         trained = train_stage(out, config, f"train_{method}", log)
         results["unwrapped_models"][method] = run_stage(
-            out, f"eval_unwrapped_{method}", {"run": trained["run"]},
-            lambda _d, r=trained["run"]: {"bpb": bits_per_byte(r, unwrapped_test, lengths, preset.eval_tokens)}, log,
-        )["bpb"]  # fmt: skip
+            out,
+            f"eval_unwrapped_{method}",
+            {"run": trained["run"]},
+            lambda _d, r=trained["run"]: {"bpb": bits_per_byte(r, unwrapped_test, lengths, preset.eval_tokens)},
+            log,
+        )["bpb"]
     results["wall_seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "report.md").write_text(report(results))
@@ -125,19 +142,34 @@ def main() -> None:
 def report(results: dict) -> str:
     l0, far = (str(n) for n in results["lengths"])
     wrapped, unwrapped = results["wrapped_models"], results["unwrapped_models"]
-    lines = ["| method | trained wrapped, test wrapped | trained wrapped, test unwrapped | trained unwrapped, test "
-             "unwrapped | ... at 16 x L0 |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| method | trained wrapped, test wrapped | trained wrapped, test unwrapped | trained unwrapped, test "
+        "unwrapped | ... at 16 x L0 |",
+        "|---|---|---|---|---|",
+    ]
     for m in wrapped:
-        lines.append(f"| {m} | {wrapped[m]['wrapped'][l0]:.3f} | {wrapped[m]['unwrapped'][l0]:.3f} | "
-                     f"{unwrapped[m][l0]:.3f} | {unwrapped[m][far]:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {wrapped[m]['wrapped'][l0]:.3f} | {wrapped[m]['unwrapped'][l0]:.3f} | "
+            f"{unwrapped[m][l0]:.3f} | {unwrapped[m][far]:.3f} |"
+        )
     gaps = []
     for label, table, key in (("wrapped -> wrapped", wrapped, "wrapped"), ("unwrapped -> unwrapped", unwrapped, None)):
         rope = table["rope"][key][l0] if key else table["rope"][l0]
         tapa = table["tapa"][key][l0] if key else table["tapa"][l0]
         nope = table["nope"][key][l0] if key else table["nope"][l0]
         gaps.append(f"- {label}: TAPA - RoPE {tapa - rope:+.3f} bits/byte, NoPE - RoPE {nope - rope:+.3f}")
-    return "\n".join(["# Line wraps and the TAPA/RoPE gap (bits per byte at L0, test book)", "", *lines, "", *gaps,
-                      "", f"Wall time of this call: {results['wall_seconds'] / 60:.1f} min.", ""])  # fmt: skip
+    return "\n".join(
+        [
+            "# Line wraps and the TAPA/RoPE gap (bits per byte at L0, test book)",
+            "",
+            *lines,
+            "",
+            *gaps,
+            "",
+            f"Wall time of this call: {results['wall_seconds'] / 60:.1f} min.",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,20 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = [("errors", "utils", "paper"), ("attention", "positional"), ("model",), ("data",), ("hf",), ("train",),
-          ("evaluate",), ("theory",), ("experiment",), ("reproduce",), ("study",),
-          ("demo", "cli_checks", "cli")]  # fmt: skip
+LAYERS = [
+    ("errors", "utils", "paper"),
+    ("attention", "positional"),
+    ("model",),
+    ("data",),
+    ("hf",),
+    ("train",),
+    ("evaluate",),
+    ("theory",),
+    ("experiment",),
+    ("reproduce",),
+    ("study",),
+    ("demo", "cli_checks", "cli"),
+]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
@@ -163,11 +174,22 @@ def test_the_training_loop_never_branches_on_the_parallel_mode():
     """single / DDP / FSDP differences live in tapa.train.parallel's strategies: the trainer
     neither reads ``config.parallel`` nor names a mode."""
     tree = ast.parse((SRC / "tapa" / "train" / "trainer.py").read_text())
-    reads = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "parallel"
-             and isinstance(n.value, ast.Name) and n.value.id == "config"]  # fmt: skip
+    reads = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr == "parallel"
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "config"
+    ]
     modes = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in ("fsdp", "ddp")]
-    imports = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
-               and (n.module.endswith(".fsdp") or "DistributedDataParallel" in {a.name for a in n.names})]  # fmt: skip
+    imports = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom)
+        and n.module
+        and (n.module.endswith(".fsdp") or "DistributedDataParallel" in {a.name for a in n.names})
+    ]
     assert not (reads or modes or imports), f"trainer.py branches on the mode at lines {reads + modes + imports}"
 
 

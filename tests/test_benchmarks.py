@@ -65,12 +65,16 @@ def test_machine_line_names_cpu_threads_torch_and_kernel_isa():
 def test_attention_benchmark_ratios_match_its_times(tmp_path):
     data = run_script(
         "attention.py",
-        "--lengths", "128",
-        "--repeats", "3",
-        "--methods", "tapa_chunked",
-        "--max-reference-len", "0",
+        "--lengths",
+        "128",
+        "--repeats",
+        "3",
+        "--methods",
+        "tapa_chunked",
+        "--max-reference-len",
+        "0",
         out=tmp_path / "attn.json",
-    )  # fmt: skip
+    )
     assert data["environment"].startswith(timing.cpu_model())
     (row,) = data["rows"]
     assert row["L"] == 128
@@ -90,14 +94,20 @@ def test_attention_benchmark_ratios_match_its_times(tmp_path):
 def test_training_benchmark_ratio_is_tokens_per_second_ratio(tmp_path):
     data = run_script(
         "training.py",
-        "--lengths", "32",
-        "--tokens-per-step", "64",
-        "--d-model", "32",
-        "--n-layers", "1",
-        "--n-heads", "2",
-        "--repeats", "2",
+        "--lengths",
+        "32",
+        "--tokens-per-step",
+        "64",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--repeats",
+        "2",
         out=tmp_path / "train.json",
-    )  # fmt: skip
+    )
     assert data["meta"]["machine"].startswith(timing.cpu_model()) and "1 threads" in data["meta"]["machine"]
     (row,) = data["rows"]
     rate = row["tokens_per_s"]
@@ -108,14 +118,20 @@ def test_training_benchmark_ratio_is_tokens_per_second_ratio(tmp_path):
 def test_decoding_benchmark_rates_come_from_its_step_times(tmp_path):
     data = run_script(
         "decoding.py",
-        "--contexts", "32",
-        "--new-tokens", "3",
-        "--d-model", "32",
-        "--n-layers", "1",
-        "--n-heads", "2",
-        "--repeats", "1",
+        "--contexts",
+        "32",
+        "--new-tokens",
+        "3",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--repeats",
+        "1",
         out=tmp_path / "dec.json",
-    )  # fmt: skip
+    )
     (row,) = data["rows"]
     steps = row["steps_s"]
     assert len(steps["tapa"]) == len(steps["rope"]) == 3

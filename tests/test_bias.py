@@ -96,12 +96,28 @@ def test_assumption_2_1_recovers_a_constructed_mean():
 def test_bias_cli(tmp_path):
     torch.manual_seed(0)
     for name in ("rope", "tapa"):
-        save_pretrained(TapaLM(ModelConfig(d_model=16, n_layers=1, n_heads=2, positional=name, max_seq_len=64)),
-                        tmp_path / name)  # fmt: skip
+        save_pretrained(
+            TapaLM(ModelConfig(d_model=16, n_layers=1, n_heads=2, positional=name, max_seq_len=64)), tmp_path / name
+        )
     res = subprocess.run(
-        [sys.executable, "-m", "tapa.cli", "bias", str(tmp_path / "rope"), str(tmp_path / "tapa"), "--pairs", "200",
-         "--out", str(tmp_path / "b"), "--max-tokens", "4000"], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tapa.cli",
+            "bias",
+            str(tmp_path / "rope"),
+            str(tmp_path / "tapa"),
+            "--pairs",
+            "200",
+            "--out",
+            str(tmp_path / "b"),
+            "--max-tokens",
+            "4000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "b" / "bias.json").read_text())
     assert len(report["checkpoints"]) == 2 and report["paper"]["rope"]["mean"] == 4.1

@@ -15,8 +15,17 @@ from tapa.theory.scores import capture_qk
 
 def rope_model(**kw):
     torch.manual_seed(0)
-    config = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, positional="rope", rope_base=10000.0,
-                         max_seq_len=64, init_std=0.1, **kw)  # fmt: skip
+    config = ModelConfig(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        positional="rope",
+        rope_base=10000.0,
+        max_seq_len=64,
+        init_std=0.1,
+        **kw,
+    )
     return TapaLM(config).eval()
 
 

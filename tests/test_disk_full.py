@@ -28,16 +28,23 @@ TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--seq-len", "16
 
 
 def run_limited(limit: int, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LIMITED, str(limit), *argv], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED, str(limit), *argv],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     torch.manual_seed(0)
-    save_pretrained(TapaLM(ModelConfig(d_model=64, n_layers=2, n_heads=2, positional="rope", max_seq_len=32)),
-                    root / "rope")  # fmt: skip
+    save_pretrained(
+        TapaLM(ModelConfig(d_model=64, n_layers=2, n_heads=2, positional="rope", max_seq_len=32)), root / "rope"
+    )
     (root / "text.txt").write_text("a few lines of text\n" * 400)
     return root
 
@@ -68,8 +75,14 @@ CASES = {
 def test_a_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, case):
     argv, limit = CASES[case]
     if case == "import-hf":
-        assert subprocess.run([sys.executable, "-m", "tapa.cli", "export-hf", str(models / "rope"), "--out",
-                               str(tmp_path / "hf")], env=ENV, capture_output=True).returncode == 0  # fmt: skip
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "tapa.cli", "export-hf", str(models / "rope"), "--out", str(tmp_path / "hf")],
+                env=ENV,
+                capture_output=True,
+            ).returncode
+            == 0
+        )
     names = {"ROPE": str(models / "rope"), "HF": str(tmp_path / "hf"), "TEXT": str(models / "text.txt")}
     out = tmp_path / "out"
     res = run_limited(limit, [names.get(a, a) for a in argv] + ["--out", str(out)], tmp_path)
@@ -80,8 +93,13 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, case):
         assert not (out / ".tapa.lock").exists()
         resume = res.stderr.split("continue with: ")[1].split()  # the command the message gives, as given
         assert resume[:2] == ["tapa", case] and resume[-1] == "--resume"
-        again = subprocess.run([sys.executable, "-m", "tapa.cli", *resume[1:], "--no-progress"], env=ENV,
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        again = subprocess.run(
+            [sys.executable, "-m", "tapa.cli", *resume[1:], "--no-progress"],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert again.returncode == 0, again.stderr[-2000:]
         assert (out / "model.safetensors").is_file()
     else:

@@ -40,9 +40,16 @@ def runs(tmp_path_factory):
         # a larger init makes attention (and so positions) matter after a few steps
         model = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_seq_len=32, positional=scheme, init_std=0.2)
         config = TrainConfig(
-            out=str(root / scheme), seq_len=32, batch_size=4, steps=30, eval_every=0, save_every=0,
-            eval_segments=4, cache_dir=cache, model=model,
-        )  # fmt: skip
+            out=str(root / scheme),
+            seq_len=32,
+            batch_size=4,
+            steps=30,
+            eval_every=0,
+            save_every=0,
+            eval_segments=4,
+            cache_dir=cache,
+            model=model,
+        )
         run_training(config, progress=False)
         out[scheme] = root / scheme
     out["cache"] = cache
@@ -135,8 +142,19 @@ def test_position_losses_equal_a_direct_per_position_mean(runs):
 
 
 def test_eval_positions_cli_writes_json_and_png(runs, tmp_path):
-    res = cli("eval-positions", str(runs["rope"]), "--length", "128", "--max-tokens", "1000", "--out",
-              str(tmp_path / "p"), "--cache-dir", runs["cache"], "--no-progress")  # fmt: skip
+    res = cli(
+        "eval-positions",
+        str(runs["rope"]),
+        "--length",
+        "128",
+        "--max-tokens",
+        "1000",
+        "--out",
+        str(tmp_path / "p"),
+        "--cache-dir",
+        runs["cache"],
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "p" / "positions.json").read_text())
     assert report["length"] == 128 and report["windows"] == 7 and report["training_length"] == 32
@@ -175,11 +193,16 @@ def test_the_sweep_behind_eval_ppl_is_callable_from_python():
     from tapa.evaluate.sweep import check_lengths_fit, perplexity_sweep, sweep_plan
 
     assert sweep_plan([16, 32], ["sliding", "non-overlapping"], None) == [
-        (16, "sliding", 4), (16, "non-overlapping", 16), (32, "sliding", 8), (32, "non-overlapping", 32)]  # fmt: skip
+        (16, "sliding", 4),
+        (16, "non-overlapping", 16),
+        (32, "sliding", 8),
+        (32, "non-overlapping", 32),
+    ]
     assert sweep_plan([16], ["sliding"], 3) == [(16, "sliding", 3)]
     torch.manual_seed(0)
-    model = TapaLM(ModelConfig(positional="tapa", vocab_size=259, d_model=32, n_layers=1, n_heads=2,
-                               max_seq_len=16)).eval()  # fmt: skip
+    model = TapaLM(
+        ModelConfig(positional="tapa", vocab_size=259, d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    ).eval()
     tokenizer = Bytes()
     docs = [torch.tensor(tokenizer.encode("the sweep reads every window of this short text " * 3))]
     rows = perplexity_sweep(model, docs, tokenizer, sweep_plan([16, 32], ["sliding"], None), batch_size=2)

@@ -21,8 +21,21 @@ from tapa.train.metrics import read_metrics
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun missing")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4",
-        "--eval-every", "0", "--no-progress"]  # fmt: skip
+TINY = [
+    "--d-model",
+    "32",
+    "--n-layers",
+    "2",
+    "--n-heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "0",
+    "--no-progress",
+]
 
 
 # torch's gloo teardown can abort a rank with this message (SIGABRT), also after the rank's
@@ -68,8 +81,23 @@ def test_fsdp_two_processes_follow_one_process_from_the_same_weights(tmp_path, c
     start = TapaLM(ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=2, max_seq_len=32))
     save_pretrained(start, tmp_path / "start")
     (tmp_path / "start" / "tokenizer_config.json").write_text(json.dumps({"type": "byte"}))
-    args = ["finetune", str(tmp_path / "start"), "--seq-len", "32", "--batch-size", "4", "--eval-every", "0",
-            "--no-progress", "--steps", "20", "--save-every", "10", "--cache-dir", cache]  # fmt: skip
+    args = [
+        "finetune",
+        str(tmp_path / "start"),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--steps",
+        "20",
+        "--save-every",
+        "10",
+        "--cache-dir",
+        cache,
+    ]
     one = plain(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(2, *args, "--out", str(tmp_path / "two"), "--parallel", "fsdp")
@@ -91,14 +119,27 @@ def test_fsdp_two_processes_follow_one_process_from_the_same_weights(tmp_path, c
 
 @pytest.mark.slow
 def test_fsdp_kill_9_then_resume_is_bit_identical(tmp_path, cache):
-    args = ["train", *TINY, "--steps", "12", "--save-every", "2", "--keep-last", "2", "--parallel", "fsdp",
-            "--cache-dir", cache]  # fmt: skip
+    args = [
+        "train",
+        *TINY,
+        "--steps",
+        "12",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "2",
+        "--parallel",
+        "fsdp",
+        "--cache-dir",
+        cache,
+    ]
     full = torchrun(2, *args, "--out", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr[-3000:]
     killed = tmp_path / "killed"
     command = [TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "tapa.cli", *args, "--out", str(killed)]
-    proc = subprocess.Popen(command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=ONE_THREAD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (killed / "checkpoints" / "step_00000006").exists():
         time.sleep(0.05)

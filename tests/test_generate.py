@@ -59,8 +59,10 @@ def test_chat_needs_a_template_and_renders_one(run, capsys):
     _, path = run
     assert main(["generate", str(path), "--prompt", "hi", "--chat"]) == 2
     assert "has no chat template" in capsys.readouterr().err
-    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     assert render_chat(template, "hi", {}) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     (path / "chat_template.jinja").write_text(template)
     assert main(["generate", str(path), "--prompt", "hi", "--chat", "--max-new-tokens", "2"]) == 0

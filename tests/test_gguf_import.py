@@ -40,10 +40,19 @@ def write_gguf(path, seed=0, tied=True):
     tokens = [*byte_vocab(), "Ġt", "Ġth", "<|endoftext|>"]
     merges = ["Ġ t", "Ġt h"]
     config = transformers.LlamaConfig(
-        vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=128, rope_theta=50000.0,
-        rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=len(tokens) - 1, eos_token_id=len(tokens) - 1,
-    )  # fmt: skip
+        vocab_size=len(tokens),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tied,
+        bos_token_id=len(tokens) - 1,
+        eos_token_id=len(tokens) - 1,
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -72,9 +81,17 @@ def write_gguf(path, seed=0, tied=True):
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if not tied:
         names["lm_head.weight"] = "output.weight"
-    layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    layer = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for i in range(2):
         for ours, theirs in layer.items():
             names[f"model.layers.{i}.{ours}.weight"] = f"blk.{i}.{theirs}.weight"
@@ -153,8 +170,15 @@ def test_real_convert_study_runs_end_to_end_on_a_gguf(tmp_path):
     argv = ["study", "real-convert", str(path), "--study", "smoke", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["perplexity"]) == {"original", "original+yarn", "naive_zero_shot", "lowfreq_zero_shot",
-                                          "tapa_trained", "rope_trained", "rope_trained+yarn"}  # fmt: skip
+    assert set(results["perplexity"]) == {
+        "original",
+        "original+yarn",
+        "naive_zero_shot",
+        "lowfreq_zero_shot",
+        "tapa_trained",
+        "rope_trained",
+        "rope_trained+yarn",
+    }
     # YaRN only past the model's 128 tokens; the others at every length
     assert set(results["perplexity"]["original+yarn"]["lengths"]) == {"256"}
     assert set(results["perplexity"]["tapa_trained"]["lengths"]) == {"32", "64", "256"}

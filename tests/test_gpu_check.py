@@ -22,8 +22,9 @@ def test_gpu_check_parses_and_refuses_bad_arguments(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_one_json_of_every_step(tmp_path):
     pytest.importorskip("triton")
-    res = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path), "--dry-run"], capture_output=True, text=True,
-                         timeout=900)  # fmt: skip
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "--out", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["dry_run"] is True and result["ok"] is True

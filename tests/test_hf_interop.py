@@ -17,8 +17,13 @@ from tapa.hf.importer import load_hf_model  # noqa: E402
 from tapa.model import ModelConfig, TapaLM, load_pretrained, save_pretrained  # noqa: E402
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 16}  # fmt: skip
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 EXPORTS = {
     "tied": {},
     "untied-gqa-headdim": {"tie_embeddings": False, "n_kv_heads": 1, "head_dim": 24},
@@ -100,8 +105,15 @@ def test_bpe_tokenizer_exports_with_declared_specials(tmp_path):
 
 
 def hf_model(kind: str, **kw):
-    base = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+    base = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
     config_cls, model_cls = {
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
@@ -160,10 +172,14 @@ def test_legacy_rope_config_parses_as_transformers_does(tmp_path):
     ids = torch.randint(0, 64, (1, 40))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), reread(ids).logits, rtol=0, atol=1e-5)
-    base, scaling, partial = rope_from_hf({"rope_scaling": {"type": "dynamic", "factor": 2.0},
-                                           "max_position_embeddings": 512})  # fmt: skip
-    assert (base, scaling, partial) == (10000.0, {"rope_type": "dynamic", "factor": 2.0,
-                                                   "max_position_embeddings": 512}, 1.0)  # fmt: skip
+    base, scaling, partial = rope_from_hf(
+        {"rope_scaling": {"type": "dynamic", "factor": 2.0}, "max_position_embeddings": 512}
+    )
+    assert (base, scaling, partial) == (
+        10000.0,
+        {"rope_type": "dynamic", "factor": 2.0, "max_position_embeddings": 512},
+        1.0,
+    )
     with pytest.warns(UserWarning, match="ignoring keys finetuned"):
         rope_from_hf({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "finetuned": True}})
 
@@ -199,8 +215,10 @@ def test_bad_folders_give_one_line_and_write_nothing(tmp_path, capsys):
     config["rope_parameters"] = {"rope_type": "su", "rope_theta": 1e4}
     (odd / "config.json").write_text(json.dumps(config))
     interleaved = tmp_path / "interleaved"
-    save_pretrained(TapaLM(ModelConfig(positional="rope", rope_interleaved=True, vocab_size=50, d_model=16,
-                                       n_layers=1, n_heads=2)), interleaved)  # fmt: skip
+    save_pretrained(
+        TapaLM(ModelConfig(positional="rope", rope_interleaved=True, vocab_size=50, d_model=16, n_layers=1, n_heads=2)),
+        interleaved,
+    )
     cases = [
         (["import-hf", str(gpt2)], "is not a Llama-architecture model"),
         (["import-hf", str(sharded)], "are missing"),
@@ -450,8 +468,13 @@ def _edit_config(folder, **changes):
 
 _DROP = object()
 MISTRAL = {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}
-TAPA_NO_POSITIONAL = {"model_type": "tapa", "architectures": ["TapaForCausalLM"], "tapa_alpha": 0.1, "tapa_theta": 0.5,
-                      "tapa_phase": "quadratic"}  # fmt: skip
+TAPA_NO_POSITIONAL = {
+    "model_type": "tapa",
+    "architectures": ["TapaForCausalLM"],
+    "tapa_alpha": 0.1,
+    "tapa_theta": 0.5,
+    "tapa_phase": "quadratic",
+}
 BAD_IMPORTS = {
     "num_attention_heads 0": lambda d: _edit_config(d, num_attention_heads=0),
     "hidden_size a string": lambda d: _edit_config(d, hidden_size="32"),

@@ -46,16 +46,29 @@ def test_lm_eval_scores_an_exported_model_as_tapa_does(tmp_path, positional):
 
     tokenizer = HFTokenizer.train_bpe(load_split("train")[:1], 400)
     torch.manual_seed(0)
-    model = TapaLM(ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=256,
-                               positional=positional, init_std=0.2)).eval()  # fmt: skip
+    model = TapaLM(
+        ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            max_seq_len=256,
+            positional=positional,
+            init_std=0.2,
+        )
+    ).eval()
     save_pretrained(model, tmp_path / "run")
     tokenizer.save(tmp_path / "run")
     export_hf(tmp_path / "run", tmp_path / "hf")
     tasks = write_tasks(tmp_path / "tasks", n_cloze=24, max_paragraphs=4)
     results = simple_evaluate(
-        model="hf", model_args=f"pretrained={tmp_path / 'hf'},trust_remote_code=True,dtype=float32",
-        tasks=[CLOZE_TASK, PPL_TASK], task_manager=TaskManager(include_path=str(tasks)), device="cpu", batch_size=4,
-    )["results"]  # fmt: skip
+        model="hf",
+        model_args=f"pretrained={tmp_path / 'hf'},trust_remote_code=True,dtype=float32",
+        tasks=[CLOZE_TASK, PPL_TASK],
+        task_manager=TaskManager(include_path=str(tasks)),
+        device="cpu",
+        batch_size=4,
+    )["results"]
     items = [json.loads(line) for line in (tasks / "persuasion_cloze.jsonl").read_text().splitlines()]
     expected = our_accuracy(model, load_checkpoint_tokenizer(tmp_path / "run"), items)
     assert results[CLOZE_TASK]["acc,none"] == pytest.approx(expected)

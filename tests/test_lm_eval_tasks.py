@@ -12,10 +12,13 @@ def test_task_yamls_declare_aggregation_and_direction(tmp_path, capsys):
     main([str(tmp_path), "--context-words", "15"])
     assert "15 + 6 words" in capsys.readouterr().out
     expected = {
-        PPL_TASK: {"word_perplexity": ("weighted_perplexity", False), "byte_perplexity": ("weighted_perplexity", False),
-                   "bits_per_byte": ("bits_per_byte", False)},
+        PPL_TASK: {
+            "word_perplexity": ("weighted_perplexity", False),
+            "byte_perplexity": ("weighted_perplexity", False),
+            "bits_per_byte": ("bits_per_byte", False),
+        },
         CLOZE_TASK: {"acc": ("mean", True)},
-    }  # fmt: skip
+    }
     for task, metrics in expected.items():
         listed = yaml.safe_load((tmp_path / f"{task}.yaml").read_text())["metric_list"]
         assert {m["metric"]: (m["aggregation"], m["higher_is_better"]) for m in listed} == metrics

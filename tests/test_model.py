@@ -190,9 +190,17 @@ def test_kv_cache_float32_default_init(scheme):
 
 def _llama_state_dict(model: TapaLM) -> dict[str, torch.Tensor]:
     """Our weights under transformers' Llama names (an independent model to compare with)."""
-    names = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj",
-             "attn.wo": "self_attn.o_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "ffn.gate": "mlp.gate_proj", "ffn.up": "mlp.up_proj", "ffn.down": "mlp.down_proj"}  # fmt: skip
+    names = {
+        "attn.wq": "self_attn.q_proj",
+        "attn.wk": "self_attn.k_proj",
+        "attn.wv": "self_attn.v_proj",
+        "attn.wo": "self_attn.o_proj",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn.gate": "mlp.gate_proj",
+        "ffn.up": "mlp.up_proj",
+        "ffn.down": "mlp.down_proj",
+    }
     out = {}
     for key, value in model.state_dict().items():
         if key.startswith("blocks."):
@@ -209,15 +217,34 @@ def test_explicit_head_dim_matches_transformers_llama():
     """head_dim decoupled from d_model / n_heads (inner width n_heads x head_dim = 96 != 32),
     with GQA: the same logits as transformers' LlamaForCausalLM given the same weights."""
     transformers = pytest.importorskip("transformers")
-    config = ModelConfig(positional="rope", vocab_size=37, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                         head_dim=24, ffn_hidden=48, tie_embeddings=False, init_std=0.2)  # fmt: skip
+    config = ModelConfig(
+        positional="rope",
+        vocab_size=37,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=24,
+        ffn_hidden=48,
+        tie_embeddings=False,
+        init_std=0.2,
+    )
     assert config.head_size == 24 and "head_dim" in config.to_dict()
     ours = TapaLM(config).double().eval()
     hf_config = transformers.LlamaConfig(
-        vocab_size=37, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=24, rms_norm_eps=config.norm_eps, rope_theta=config.rope_base,
-        max_position_embeddings=config.max_seq_len, tie_word_embeddings=False, attention_bias=False,
-    )  # fmt: skip
+        vocab_size=37,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_base,
+        max_position_embeddings=config.max_seq_len,
+        tie_word_embeddings=False,
+        attention_bias=False,
+    )
     theirs = transformers.LlamaForCausalLM(hf_config).double().eval()
     missing, unexpected = theirs.load_state_dict(_llama_state_dict(ours), strict=False)
     assert not unexpected and all("rotary_emb" in k for k in missing)
@@ -236,15 +263,21 @@ def test_head_dim_default_is_derived_and_not_written():
     assert ModelConfig(d_model=64, n_heads=3, head_dim=16).head_size == 16
 
 
-@pytest.mark.parametrize("kw", [
-    {"positional": "rope"},
-    {"positional": "rope", "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
-     "partial_rotary_factor": 0.5},
-    {"positional": "nope", "n_kv_heads": 1},
-    {"positional": "alibi", "n_heads": 3, "n_kv_heads": 1},
-    {"positional": "tapa", "n_kv_heads": 1},
-    {"positional": "tapa", "tapa_phase": "linear", "tapa_phase_scale": 1.0},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"positional": "rope"},
+        {
+            "positional": "rope",
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+            "partial_rotary_factor": 0.5,
+        },
+        {"positional": "nope", "n_kv_heads": 1},
+        {"positional": "alibi", "n_heads": 3, "n_kv_heads": 1},
+        {"positional": "tapa", "n_kv_heads": 1},
+        {"positional": "tapa", "tapa_phase": "linear", "tapa_phase_scale": 1.0},
+    ],
+)
 def test_a_layers_score_methods_give_its_forward_pass(kw):
     """softmax(causal score_matrix) @ v through W_o equals the layer's fast forward pass (SDPA or
     the TAPA kernels), and score_pairs equals score_matrix at the sampled pairs: one statement

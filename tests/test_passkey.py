@@ -105,21 +105,60 @@ def test_passkey_cli_end_to_end(tmp_path):
     save_pretrained(TapaLM(ModelConfig(d_model=16, n_layers=1, n_heads=2, max_seq_len=200)), tmp_path / "m")
     common = ["--no-progress"]
     tuned = subprocess.run(
-        [sys.executable, "-m", "tapa.cli", "passkey-finetune", str(tmp_path / "m"), "--out", str(tmp_path / "ft"),
-         "--steps", "2", "--batch-size", "2", *common], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tapa.cli",
+            "passkey-finetune",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "ft"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert tuned.returncode == 0, tuned.stderr
     grid = ["--lengths", "200", "400", "--depths", "0", "1", "--trials", "2"]
     res = subprocess.run(
-        [sys.executable, "-m", "tapa.cli", "passkey", str(tmp_path / "ft"), *grid, "--out", str(tmp_path / "pk"),
-         *common], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tapa.cli",
+            "passkey",
+            str(tmp_path / "ft"),
+            *grid,
+            "--out",
+            str(tmp_path / "pk"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "pk" / "passkey.json").read_text())
     assert len(report["cells"]) == 4 and report["training_length"] == 200
     assert (tmp_path / "pk" / "passkey.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run(
-        [sys.executable, "-m", "tapa.cli", "passkey", str(tmp_path / "m"), "--depths", "2", "--out",
-         str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tapa.cli",
+            "passkey",
+            str(tmp_path / "m"),
+            "--depths",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "depths must be in [0, 1]" in bad.stderr and not (tmp_path / "x").exists()

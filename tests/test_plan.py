@@ -29,11 +29,27 @@ def test_paper_7b_configs_count_like_the_model(path):
     assert round(parameter_count(config)[0] / 1e9, 2) == 8.03  # Llama-3-8B's geometry (untied, vocab 128256)
 
 
-@pytest.mark.parametrize("kw", [{"qkv_bias": True}, {"attention_bias": True, "tie_embeddings": True},
-                                {"positional": "tapa", "tapa_phase": "quadratic_full", "head_dim": 24}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"qkv_bias": True},
+        {"attention_bias": True, "tie_embeddings": True},
+        {"positional": "tapa", "tapa_phase": "quadratic_full", "head_dim": 24},
+    ],
+)
 def test_small_variants_count_like_the_model(kw):
-    config = ModelConfig(**{"positional": "rope", "vocab_size": 100, "d_model": 64, "n_layers": 3, "n_heads": 4,
-                            "n_kv_heads": 2, "tie_embeddings": False, **kw})  # fmt: skip
+    config = ModelConfig(
+        **{
+            "positional": "rope",
+            "vocab_size": 100,
+            "d_model": 64,
+            "n_layers": 3,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "tie_embeddings": False,
+            **kw,
+        }
+    )
     assert parameter_count(config) == meta_count(config)
 
 

@@ -68,8 +68,9 @@ def test_repeat_queries_draws_planted_pairs_with_replacement():
     assert repeats == 300  # 6 queries of 3 pairs: every row repeats a key
     distinct = make_batch(TASK, 100, 40, g)
     assert all(len(set(r.tolist())) == TASK.n_queries for r in distinct.key_positions)
-    placed = make_batch(RecallTask(n_pairs=5, n_queries=3, repeat_queries=True), 20, 60, g,
-                        stratified_depths(20, 3, 60, TASK, g))  # fmt: skip
+    placed = make_batch(
+        RecallTask(n_pairs=5, n_queries=3, repeat_queries=True), 20, 60, g, stratified_depths(20, 3, 60, TASK, g)
+    )
     assert all(len(set(r.tolist())) == 3 for r in placed.key_positions)
 
 

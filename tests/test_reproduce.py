@@ -27,8 +27,12 @@ def table(curves: dict[str, list[float]], seeds=1, jitter=0.0) -> dict:
 
 
 def synthetic(zero_shot, finetuned, bias=None, seeds=1, far=None) -> dict:
-    return {"preset": {"seq_len": L0, "eval_lengths": LENGTHS}, "zero_shot": table(zero_shot, seeds, 0.01),
-            "finetuned": table(finetuned, seeds, 0.01), "bias": {"far": far, "methods": bias or {}}}  # fmt: skip
+    return {
+        "preset": {"seq_len": L0, "eval_lengths": LENGTHS},
+        "zero_shot": table(zero_shot, seeds, 0.01),
+        "finetuned": table(finetuned, seeds, 0.01),
+        "bias": {"far": far, "methods": bias or {}},
+    }
 
 
 def bias_seeds(*stats) -> dict:
@@ -49,12 +53,27 @@ FT_BLOWUP = [10.0, 9.8, 9.7, 9.6, 9.5, 300.0, 900.0]  # fine-tuned at 4 L0 = 128
 
 
 def test_paper_like_results_are_reproduced():
-    v = all_verdicts(synthetic({"rope": BLOWUP, "rope+pi": BLOWUP, "tapa": [10.1, 9.9, 9.8, 10.5, 11.0, 12.0, 13.0],
-                                "tapa_linear": [11.0] * 7},
-                               {"rope": FT_BLOWUP, "pi": FT_BLOWUP, "tapa": FLAT, "tapa_linear": [11.0] * 7},
-                               PAPER_BIAS, seeds=3, far=PAPER_FAR))  # fmt: skip
-    assert {k: x["verdict"] for k, x in v.items()} == {"1": REPRODUCED, "2": REPRODUCED, "3": REPRODUCED,
-                                                         "4": REPRODUCED, "5": REPRODUCED}  # fmt: skip
+    v = all_verdicts(
+        synthetic(
+            {
+                "rope": BLOWUP,
+                "rope+pi": BLOWUP,
+                "tapa": [10.1, 9.9, 9.8, 10.5, 11.0, 12.0, 13.0],
+                "tapa_linear": [11.0] * 7,
+            },
+            {"rope": FT_BLOWUP, "pi": FT_BLOWUP, "tapa": FLAT, "tapa_linear": [11.0] * 7},
+            PAPER_BIAS,
+            seeds=3,
+            far=PAPER_FAR,
+        )
+    )
+    assert {k: x["verdict"] for k, x in v.items()} == {
+        "1": REPRODUCED,
+        "2": REPRODUCED,
+        "3": REPRODUCED,
+        "4": REPRODUCED,
+        "5": REPRODUCED,
+    }
 
 
 def test_tapa_collapsing_past_the_training_length_is_not_reproduced():
@@ -66,11 +85,20 @@ def test_tapa_collapsing_past_the_training_length_is_not_reproduced():
 def test_results_within_noise_are_inconclusive():
     same = [10.0, 9.9, 9.8, 9.9, 10.0, 10.1, 10.2]
     nearly = [10.05, 9.95, 9.85, 9.95, 10.05, 10.15, 10.25]
-    off_centre = {**PAPER_BIAS, "rope": bias_seeds((0.01, 1.0, 0.0), (-0.02, 1.0, 0.0), (0.03, 1.0, 0.0)),
-                  "tapa": bias_seeds((0.5, 1.0, 0.0), (0.45, 1.0, 0.0), (0.55, 1.0, 0.0))}  # fmt: skip
-    v = all_verdicts(synthetic({"rope": same, "tapa": nearly, "tapa_linear": same},
-                               {"rope": same, "tapa": nearly, "tapa_linear": same}, off_centre, seeds=3,
-                               far=PAPER_FAR))  # fmt: skip
+    off_centre = {
+        **PAPER_BIAS,
+        "rope": bias_seeds((0.01, 1.0, 0.0), (-0.02, 1.0, 0.0), (0.03, 1.0, 0.0)),
+        "tapa": bias_seeds((0.5, 1.0, 0.0), (0.45, 1.0, 0.0), (0.55, 1.0, 0.0)),
+    }
+    v = all_verdicts(
+        synthetic(
+            {"rope": same, "tapa": nearly, "tapa_linear": same},
+            {"rope": same, "tapa": nearly, "tapa_linear": same},
+            off_centre,
+            seeds=3,
+            far=PAPER_FAR,
+        )
+    )
     assert v["2"]["verdict"] == INCONCLUSIVE and v["3"]["verdict"] == INCONCLUSIVE
     assert v["5"]["verdict"] == NOT_REPRODUCED  # TAPA's mean is half a std from zero on every seed
     assert v["1"]["verdict"] == REPRODUCED  # within a few percent at <= L0
@@ -82,9 +110,10 @@ def quadratic_vs_linear(ratios: list[float]) -> dict:
     quad = {"lengths": {str(n): {"perplexity": 10.0} for n in LENGTHS}}
     results["finetuned"] = {
         "tapa": {str(s): quad for s in range(len(ratios))},
-        "tapa_linear": {str(s): {"lengths": {str(n): {"perplexity": 10.0 * r} for n in LENGTHS}}
-                        for s, r in enumerate(ratios)},
-    }  # fmt: skip
+        "tapa_linear": {
+            str(s): {"lengths": {str(n): {"perplexity": 10.0 * r} for n in LENGTHS}} for s, r in enumerate(ratios)
+        },
+    }
     return all_verdicts(results)["4"]
 
 
@@ -114,8 +143,12 @@ def test_claim_5_needs_seeds_a_nope_control_and_the_papers_far_distance():
 
 
 def test_unknown_preset_is_a_one_line_error(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tapa.cli", "reproduce", "--preset", "huge", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "tapa.cli", "reproduce", "--preset", "huge", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "invalid choice: 'huge'" in res.stderr
     with pytest.raises(Exception, match="unknown 'huge'"):
         get_preset("huge")
@@ -123,8 +156,19 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
 
 def test_smoke_preset_resumes_after_kill_and_writes_a_complete_report(tmp_path):
     out = tmp_path / "rep"
-    command = [sys.executable, "-m", "tapa.cli", "reproduce", "--preset", "smoke", "--out", str(out), "--quiet",
-               "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tapa.cli",
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, env=env)
     deadline = time.time() + 120
@@ -151,8 +195,18 @@ def test_smoke_preset_resumes_after_kill_and_writes_a_complete_report(tmp_path):
     assert results["stage_seconds"] == pytest.approx(total)  # compute time counts cached stages too
     assert results["verdicts"] == all_verdicts(results)  # the rules, applied to exactly the numbers written
     report = (out / "report.md").read_text()
-    for section in ("## Verdicts", "## Table 2", "## Table 1", "## Table 3", "## Appendix I", "## Theory checks",
-                    "## Cost", "## Figures", "## Configuration", "Left out by this preset"):  # fmt: skip
+    for section in (
+        "## Verdicts",
+        "## Table 2",
+        "## Table 1",
+        "## Table 3",
+        "## Appendix I",
+        "## Theory checks",
+        "## Cost",
+        "## Figures",
+        "## Configuration",
+        "Left out by this preset",
+    ):
         assert section in report
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "<table>" in page
@@ -173,9 +227,20 @@ def test_grid_and_passkey_stages_run_in_a_tiny_preset(tmp_path):
 
     from tapa.reproduce.pipeline import run_reproduce
 
-    preset = replace(get_preset("smoke"), name="tiny", pretrain=("rope", "tapa"), finetune=("tapa",),
-                     zero_shot_scaling=("pi",), alpha_theta_grid=((0.5, 0.5),), passkey_steps=1, passkey_trials=1,
-                     eval_tokens=600, bias_pairs=20, theory_samples=5000, seq_len=64)  # fmt: skip
+    preset = replace(
+        get_preset("smoke"),
+        name="tiny",
+        pretrain=("rope", "tapa"),
+        finetune=("tapa",),
+        zero_shot_scaling=("pi",),
+        alpha_theta_grid=((0.5, 0.5),),
+        passkey_steps=1,
+        passkey_trials=1,
+        eval_tokens=600,
+        bias_pairs=20,
+        theory_samples=5000,
+        seq_len=64,
+    )
     results = run_reproduce(preset, tmp_path / "out", cache_dir=str(tmp_path / "cache"), verbose=False)
     assert set(results["grid"]) == {"tapa_a0.5_t0.5"}
     assert len(results["passkey"]["tapa"]["0"]["cells"]) == 2 * 3  # 2 lengths x 3 depths
@@ -246,7 +311,11 @@ def test_gpu_dry_preset_runs_the_gpu_code_paths_end_to_end(tmp_path):
     preset = get_preset("gpu-dry")
     gpu = get_preset("gpu")
     assert (preset.pretrain, preset.finetune, preset.precision, preset.compile) == (
-        gpu.pretrain, gpu.finetune, gpu.precision, gpu.compile)  # fmt: skip
+        gpu.pretrain,
+        gpu.finetune,
+        gpu.precision,
+        gpu.compile,
+    )
     results = run_reproduce(preset, tmp_path / "out", cache_dir=str(tmp_path / "cache"), verbose=False)
     for stage in ("pretrain", "finetune"):
         for method, seeds in results[stage].items():

@@ -160,8 +160,9 @@ def test_partial_rotary_factor_equals_transformers(factor):
     q_rot, k_rot = apply_rotary_pos_emb(q[..., :rot], k[..., :rot], cos, sin)
     want_q, want_k = torch.cat((q_rot, q[..., rot:]), -1), torch.cat((k_rot, k[..., rot:]), -1)
 
-    model = TapaLM(ModelConfig(d_model=4 * head_dim, n_heads=4, positional="rope", rope_base=500.0,
-                               partial_rotary_factor=factor))  # fmt: skip
+    model = TapaLM(
+        ModelConfig(d_model=4 * head_dim, n_heads=4, positional="rope", rope_base=500.0, partial_rotary_factor=factor)
+    )
     assert model.config.rotary_dim == rot
     tab_cos, tab_sin = model.rope(torch.arange(length))
     got_q = apply_rotary(q, tab_cos, tab_sin)

@@ -53,8 +53,9 @@ def bpe(corpus):
 def test_shards_equal_the_in_memory_tokenization(corpus, tmp_path, kind):
     tokenizer = Bytes() if kind == "byte" else bpe(corpus)
     # small shards and chunks: documents cross shard boundaries and long documents are chunked
-    tokenize_corpus(str(corpus), tmp_path / "shards", tokenizer, shard_tokens=700,
-                    chunk_bytes=4096 if kind == "bpe" else 512)  # fmt: skip
+    tokenize_corpus(
+        str(corpus), tmp_path / "shards", tokenizer, shard_tokens=700, chunk_bytes=4096 if kind == "bpe" else 512
+    )
     loaded_tok, arrays = load_shards(tmp_path / "shards")
     assert loaded_tok.fingerprint() == tokenizer.fingerprint()
     memory = load_corpus(str(corpus))
@@ -82,23 +83,61 @@ def test_mmap_loader_gives_the_same_batches_and_training_run(corpus, tmp_path):
             for a, b in zip(mapped.batch(idx), memory.batch(idx), strict=True):
                 assert torch.equal(a, b)
     # the same training run: identical metrics from the shard folder and from the text folder
-    common = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4",
-              "--steps", "3", "--no-progress", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    common = [
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(["train", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "b"), *common]) == 0
     assert (tmp_path / "a" / "metrics.jsonl").read_text().count("loss") == 4
-    strip = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
-             for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
-    other = [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
-             for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    strip = [
+        {k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+    other = [
+        {k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+        for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert strip == other
 
 
 def test_resume_from_shards_is_exact(corpus, tmp_path):
     tokenize_corpus(str(corpus), tmp_path / "shards", Bytes(), shard_tokens=999)
-    args = ["train", "--data", str(tmp_path / "shards"), "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
-            "--seq-len", "32", "--batch-size", "4", "--steps", "6", "--save-every", "3", "--no-progress",
-            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "shards"),
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--save-every",
+        "3",
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert main([*args, "--out", str(tmp_path / "full")]) == 0
     assert main([*args, "--out", str(tmp_path / "half"), "--steps", "6"]) == 0
     # drop everything after step 3, then resume: the same final weights, bit for bit
@@ -114,8 +153,9 @@ def test_resume_from_shards_is_exact(corpus, tmp_path):
 def test_single_text_file_gets_a_token_level_split(tmp_path):
     text = "".join(f"line {i} of one long book, ça va\n" for i in range(5000))
     (tmp_path / "book.txt").write_text(text)
-    index = tokenize_corpus(str(tmp_path / "book.txt"), tmp_path / "s", Bytes(), val_fraction=0.05,
-                            chunk_bytes=1000, shard_tokens=20_000)  # fmt: skip
+    index = tokenize_corpus(
+        str(tmp_path / "book.txt"), tmp_path / "s", Bytes(), val_fraction=0.05, chunk_bytes=1000, shard_tokens=20_000
+    )
     _, arrays = load_shards(tmp_path / "s")
     train, val = (arrays[s].tokens[np.arange(len(arrays[s].tokens))] for s in ("train", "validation"))
     assert train[-1] == val[-1] == Bytes().eos_id  # each part ends with EOS
@@ -197,9 +237,13 @@ def test_bad_tokenize_input_is_one_line_and_writes_nothing(tmp_path, capsys, set
     if setup == "notempty":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
-    names = {"MISSING": str(tmp_path / "missing"), "EMPTYDIR": str(tmp_path / "emptydir"),
-             "BADJSON": str(tmp_path / "bad.jsonl"), "ONEJSONL": str(tmp_path / "one.jsonl"),
-             "BOOK": str(tmp_path / "book.txt")}  # fmt: skip
+    names = {
+        "MISSING": str(tmp_path / "missing"),
+        "EMPTYDIR": str(tmp_path / "emptydir"),
+        "BADJSON": str(tmp_path / "bad.jsonl"),
+        "ONEJSONL": str(tmp_path / "one.jsonl"),
+        "BOOK": str(tmp_path / "book.txt"),
+    }
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code = main(["tokenize", *[names.get(a, a) for a in args], "--out", str(out)])
     err = capsys.readouterr().err
@@ -221,8 +265,27 @@ def million(tmp_path_factory):
 
 
 def train_on(shards, tmp_path, capsys):
-    code = main(["train", "--data", str(shards), "--steps", "1", "--seq-len", "16", "--batch-size", "2",
-                 "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--out", str(tmp_path / "run")])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(shards),
+            "--steps",
+            "1",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--d-model",
+            "16",
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     return code, capsys.readouterr().err
 
 

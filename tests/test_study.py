@@ -14,8 +14,12 @@ from tapa.study.ablation import LADDERS, Cell, summarise
 def smoke_ladder(tmp_path_factory):
     root = tmp_path_factory.mktemp("ladder")
     out = root / "abl"
-    assert main(["study", "ablation", "--ladder", "smoke", "--out", str(out), "--quiet",
-                 "--cache-dir", str(root / "cache")]) == 0  # fmt: skip
+    assert (
+        main(
+            ["study", "ablation", "--ladder", "smoke", "--out", str(out), "--quiet", "--cache-dir", str(root / "cache")]
+        )
+        == 0
+    )
     return root
 
 
@@ -97,13 +101,16 @@ def test_recall_subsets_share_stages_with_the_full_study(tmp_path):
     assert "key-value pairs" in (pairs / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("kw"), [
-    {"d_model": 64, "n_heads": 1, "head_dim": 64},
-    {"d_model": 48, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "tie_embeddings": False},
-    {"d_model": 32, "n_heads": 2, "qkv_bias": True},  # the biases an earlier count left out
-    {"d_model": 32, "n_heads": 2, "attention_bias": True},
-    {"d_model": 32, "n_heads": 2, "positional": "tapa", "tapa_phase": "quadratic_full"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kw"),
+    [
+        {"d_model": 64, "n_heads": 1, "head_dim": 64},
+        {"d_model": 48, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "tie_embeddings": False},
+        {"d_model": 32, "n_heads": 2, "qkv_bias": True},  # the biases an earlier count left out
+        {"d_model": 32, "n_heads": 2, "attention_bias": True},
+        {"d_model": 32, "n_heads": 2, "positional": "tapa", "tapa_phase": "quadratic_full"},
+    ],
+)
 def test_non_embedding_parameters_match_the_model(kw):
     from tapa.model import ModelConfig, TapaLM
     from tapa.study.scale import non_embedding_parameters
@@ -125,8 +132,22 @@ def test_trend_fit_closed_form():
 
 def test_scale_smoke_end_to_end(tmp_path):
     out = tmp_path / "scale"
-    assert main(["study", "scale", "--ladder", "smoke", "--out", str(out), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "scale",
+                "--ladder",
+                "smoke",
+                "--out",
+                str(out),
+                "--quiet",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert [r["size"] for r in results["rows"]] == ["S", "M", "L"]
     params = [r["non_embedding_params"] for r in results["rows"]]
@@ -154,15 +175,32 @@ def test_trend_slope_interval_matches_scipy():
 
 def test_scale_ladder_with_seeds_pairs_by_seed_and_fits_every_point(tmp_path):
     out = tmp_path / "scale"
-    assert main(["study", "scale", "--ladder", "smoke-seeds", "--out", str(out), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "scale",
+                "--ladder",
+                "smoke-seeds",
+                "--out",
+                str(out),
+                "--quiet",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["ladder"]["seeds"] == [0, 1] and results["ladder"]["methods"] == ["rope", "tapa"]
     points = []
     for row in results["rows"]:
         runs = results["runs"][row["size"]]
-        per_seed = {s: runs["tapa"][s]["perplexity"]["lengths"]["16"]["perplexity"]
-                    / runs["rope"][s]["perplexity"]["lengths"]["16"]["perplexity"] for s in ("0", "1")}  # fmt: skip
+        per_seed = {
+            s: runs["tapa"][s]["perplexity"]["lengths"]["16"]["perplexity"]
+            / runs["rope"][s]["perplexity"]["lengths"]["16"]["perplexity"]
+            for s in ("0", "1")
+        }
         assert row["seeds"] == [0, 1] and row["tapa_over_rope_interval"]["ratios"] == pytest.approx(per_seed)
         assert row["tapa_over_rope"] == pytest.approx(math.sqrt(per_seed["0"] * per_seed["1"]))  # geometric mean
         low, high = row["tapa_over_rope_interval"]["low"], row["tapa_over_rope_interval"]["high"]
@@ -181,12 +219,29 @@ def test_scale_ladder_with_seeds_pairs_by_seed_and_fits_every_point(tmp_path):
 def test_refit_reads_a_one_seed_results_file(tmp_path):
     from tapa.study.scale import refit_scale
 
-    rows = [{"size": n, "compute": c, "tapa_over_rope": r, "nope_over_rope": 1.1, "non_embedding_params": 1e5,
-             "tokens": 1e5, "extrapolation": {m: {"8": 1.0, "16": 1.0} for m in ("rope", "tapa", "nope")},
-             "perplexity": {m: {"8": 10.0, "16": 10.0} for m in ("rope", "tapa", "nope")}}
-            for n, c, r in (("S", 1e11, 1.2), ("M", 1e12, 1.3), ("L", 1e13, 1.5))]  # fmt: skip
-    ladder = {"sizes": [], "seed": 0, "seq_len": 8, "length_factors": [1, 2], "tokenizer": "bpe", "head_dim": 64,
-              "batch_size": 16, "eval_tokens": 100}  # fmt: skip
+    rows = [
+        {
+            "size": n,
+            "compute": c,
+            "tapa_over_rope": r,
+            "nope_over_rope": 1.1,
+            "non_embedding_params": 1e5,
+            "tokens": 1e5,
+            "extrapolation": {m: {"8": 1.0, "16": 1.0} for m in ("rope", "tapa", "nope")},
+            "perplexity": {m: {"8": 10.0, "16": 10.0} for m in ("rope", "tapa", "nope")},
+        }
+        for n, c, r in (("S", 1e11, 1.2), ("M", 1e12, 1.3), ("L", 1e13, 1.5))
+    ]
+    ladder = {
+        "sizes": [],
+        "seed": 0,
+        "seq_len": 8,
+        "length_factors": [1, 2],
+        "tokenizer": "bpe",
+        "head_dim": 64,
+        "batch_size": 16,
+        "eval_tokens": 100,
+    }
     (tmp_path / "results.json").write_text(json.dumps({"ladder": ladder, "rows": rows, "paper_compute": 1.6e22}))
     results = refit_scale(tmp_path)
     ys = [math.log(1.2), math.log(1.3), math.log(1.5)]

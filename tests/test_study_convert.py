@@ -18,16 +18,27 @@ from tapa.train.trainer import run_training
 def parent(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert")
     model = ModelConfig(positional="rope", d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
-    config = TrainConfig(out=str(root / "parent"), seq_len=32, batch_size=4, steps=6, eval_every=0, save_every=6,
-                         eval_segments=4, cache_dir=str(root / "cache"), model=model)  # fmt: skip
+    config = TrainConfig(
+        out=str(root / "parent"),
+        seq_len=32,
+        batch_size=4,
+        steps=6,
+        eval_every=0,
+        save_every=6,
+        eval_segments=4,
+        cache_dir=str(root / "cache"),
+        model=model,
+    )
     run_training(config, progress=False)
     return root
 
 
 def test_steps_to_within_reads_both_criteria():
     parent = {"loss": 4.0, "perplexity": math.exp(4.0)}
-    curve = [{"step": s, "loss": loss, "perplexity": math.exp(loss)} for s, loss in
-             [(0, 6.0), (50, 4.3), (100, 4.15), (150, 4.04), (200, 4.1)]]  # fmt: skip
+    curve = [
+        {"step": s, "loss": loss, "perplexity": math.exp(loss)}
+        for s, loss in [(0, 6.0), (50, 4.3), (100, 4.15), (150, 4.04), (200, 4.1)]
+    ]
     # loss: 4.15 <= 4.2 first at step 100; perplexity: exp(4.04) <= 1.05 exp(4) (4.04 < 4 + ln 1.05 = 4.0488) at 150
     assert steps_to_within(curve, parent) == {"loss": 100, "perplexity": 150}
     assert steps_to_within(curve[:2], parent) == {"loss": None, "perplexity": None}
@@ -43,8 +54,13 @@ def test_convert_study_smoke(parent, tmp_path, capsys):
     for name, tensor in source.state_dict().items():  # TAPA has no parameters of its own: every weight kept
         assert torch.equal(converted.state_dict()[name], tensor)
     assert [p["step"] for p in tapa["curve"]] == [0, 2, 4] == [p["step"] for p in yarn["curve"]]
-    ft = TrainConfig.load(out / "stages" / next(p.name for p in (out / "stages").glob("finetune_rope_yarn-*"))
-                          / "run" / "train_config.json")  # fmt: skip
+    ft = TrainConfig.load(
+        out
+        / "stages"
+        / next(p.name for p in (out / "stages").glob("finetune_rope_yarn-*"))
+        / "run"
+        / "train_config.json"
+    )
     assert ft.model.rope_scaling == {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32}
     assert ft.seq_len == 128 and ft.init_from == str((parent / "parent").resolve())
     again_lr = results["children"]["tapa_rope_lr"]

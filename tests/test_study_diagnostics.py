@@ -68,8 +68,13 @@ def test_alibi_with_blind_queries_matches_the_closed_form():
     profile = attention_profile(probs, [1, 2, 4])
     for h, s in enumerate(slopes.tolist()):
         for i, d in enumerate([1, 2, 4]):
-            expected = sum(sum(math.exp(-s * j) for j in range(1, d + 1)) / sum(math.exp(-s * j) for j in range(t + 1))
-                           for t in range(4, 32)) / 28  # fmt: skip
+            expected = (
+                sum(
+                    sum(math.exp(-s * j) for j in range(1, d + 1)) / sum(math.exp(-s * j) for j in range(t + 1))
+                    for t in range(4, 32)
+                )
+                / 28
+            )
             assert profile[h, i].item() == pytest.approx(expected, rel=1e-5)
     result = diagnose(m, ids, max_distance=16)
     # each head's scores depend on distance only (pooled over heads they would not: slopes differ)
@@ -77,8 +82,13 @@ def test_alibi_with_blind_queries_matches_the_closed_form():
     period = 10
     ind = induction_score(m, period=period)
     for h, s in enumerate(slopes.tolist()):
-        expected = sum(math.exp(-s * (period - 1)) / sum(math.exp(-s * j) for j in range(t + 1))
-                       for t in range(period, 2 * period)) / period  # fmt: skip
+        expected = (
+            sum(
+                math.exp(-s * (period - 1)) / sum(math.exp(-s * j) for j in range(t + 1))
+                for t in range(period, 2 * period)
+            )
+            / period
+        )
         assert ind[0, h].item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -98,13 +98,21 @@ def test_theorem_2_3_range_shrinks_with_the_base():
 
 
 def test_theory_cli_writes_numbers_and_figures(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "tapa.cli", "theory", "--out", str(tmp_path), "--samples", "20000"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "tapa.cli", "theory", "--out", str(tmp_path), "--samples", "20000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "theory.json").read_text())
     assert {"rope", "tapa"} <= set(report) and len(report["tapa"]["decay"]) == 4
     for name in ("rope_expected_score.png", "rope_theorems.png", "tapa_bias_variance.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "tapa.cli", "theory", "--out", str(tmp_path / "x"), "--mu0", "0"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "tapa.cli", "theory", "--out", str(tmp_path / "x"), "--mu0", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "mu0: must be non-zero" in bad.stderr

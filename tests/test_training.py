@@ -212,8 +212,20 @@ def test_finetune_scaling_options_map_to_rope_configs():
 def test_finetune_starts_from_the_checkpoint_at_4x_length(tmp_path, cache_dir):
     base = tmp_path / "base"
     run_training(tiny_config(base, cache_dir, steps=3, positional="rope"), progress=False)
-    res = cli("finetune", str(base), "--out", str(tmp_path / "ft"), "--pi", "4", "--steps", "2", "--batch-size", "2",
-              "--no-progress", cache_dir=cache_dir)  # fmt: skip
+    res = cli(
+        "finetune",
+        str(base),
+        "--out",
+        str(tmp_path / "ft"),
+        "--pi",
+        "4",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        cache_dir=cache_dir,
+    )
     assert res.returncode == 0, res.stderr
     config = TrainConfig.load(tmp_path / "ft" / "train_config.json")
     assert config.seq_len == 128 and config.model.max_seq_len == 128 and config.init_from == str(base)
@@ -237,12 +249,22 @@ def test_rope_scaling_json_reads_as_transformers_reads_it():
     rope = ModelConfig(positional="rope", max_seq_len=256, rope_base=1e4, d_model=64, n_heads=2)
     legacy = rope_scaling_changes('{"type": "yarn", "factor": 8}', rope, 256, "finetune")
     assert legacy["rope_scaling"] == scaled_model_config(rope, 2048, yarn=8).rope_scaling
-    changes = rope_scaling_changes('{"rope_type": "yarn", "factor": 4, "rope_theta": 20000, "beta_fast": 16}',
-                                   rope, 256, "finetune")  # fmt: skip
+    changes = rope_scaling_changes(
+        '{"rope_type": "yarn", "factor": 4, "rope_theta": 20000, "beta_fast": 16}', rope, 256, "finetune"
+    )
     assert changes["rope_base"] == 2e4 and changes["rope_scaling"]["original_max_position_embeddings"] == 256
-    hf = LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=1024,
-                     rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 2e4, "beta_fast": 16.0,
-                                      "original_max_position_embeddings": 256})  # fmt: skip
+    hf = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "rope_theta": 2e4,
+            "beta_fast": 16.0,
+            "original_max_position_embeddings": 256,
+        },
+    )
     hf_freq, hf_scale = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
     ours = rope.replace(max_seq_len=1024, **changes)
     params = {k: v for k, v in ours.rope_scaling.items() if k != "rope_type"}
@@ -251,8 +273,9 @@ def test_rope_scaling_json_reads_as_transformers_reads_it():
     assert scale == pytest.approx(hf_scale)
     dynamic = rope_scaling_changes('{"type": "dynamic", "factor": 2}', rope, 256, "finetune")
     assert dynamic["rope_scaling"] == {"rope_type": "dynamic", "factor": 2, "max_position_embeddings": 256}
-    partial = rope_scaling_changes('{"rope_type": "linear", "factor": 2, "partial_rotary_factor": 0.5}',
-                                   rope, 256, "train")  # fmt: skip
+    partial = rope_scaling_changes(
+        '{"rope_type": "linear", "factor": 2, "partial_rotary_factor": 0.5}', rope, 256, "train"
+    )
     assert partial["partial_rotary_factor"] == 0.5 and partial["rope_scaling"] == {"rope_type": "linear", "factor": 2}
     with pytest.raises(ConfigError, match="not valid JSON"):
         rope_scaling_changes("{yarn", rope, 256, "train")
@@ -263,22 +286,51 @@ def test_rope_scaling_json_reads_as_transformers_reads_it():
 
 
 def test_rope_scaling_flag_trains_and_finetunes(tmp_path, cache_dir):
-    res = cli("train", "--out", str(tmp_path / "base"), *TINY, "--steps", "2", "--positional", "rope",
-              "--rope-scaling", '{"type": "linear", "factor": 2, "rope_theta": 5e4}', "--no-progress",
-              cache_dir=cache_dir)  # fmt: skip
+    res = cli(
+        "train",
+        "--out",
+        str(tmp_path / "base"),
+        *TINY,
+        "--steps",
+        "2",
+        "--positional",
+        "rope",
+        "--rope-scaling",
+        '{"type": "linear", "factor": 2, "rope_theta": 5e4}',
+        "--no-progress",
+        cache_dir=cache_dir,
+    )
     assert res.returncode == 0, res.stderr
     base = load_pretrained(tmp_path / "base").config
     assert base.rope_scaling == {"rope_type": "linear", "factor": 2} and base.rope_base == 5e4
-    res = cli("finetune", str(tmp_path / "base"), "--out", str(tmp_path / "ft"), "--steps", "1", "--batch-size", "2",
-              "--rope-scaling", '{"type": "yarn", "factor": 4, "extra_key": 1}', "--no-progress",
-              cache_dir=cache_dir)  # fmt: skip
+    res = cli(
+        "finetune",
+        str(tmp_path / "base"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--rope-scaling",
+        '{"type": "yarn", "factor": 4, "extra_key": 1}',
+        "--no-progress",
+        cache_dir=cache_dir,
+    )
     assert res.returncode == 0, res.stderr
     assert "ignoring keys extra_key" in res.stderr  # unknown keys warn, as in transformers
     ft = TrainConfig.load(tmp_path / "ft" / "train_config.json").model
     assert ft.rope_scaling == {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 32}
     assert ft.rope_base == 5e4 and ft.max_seq_len == 128
-    res = cli("finetune", str(tmp_path / "base"), "--out", str(tmp_path / "ft2"), "--rope-scaling", '{"type": "yarn"}',
-              cache_dir=cache_dir)  # fmt: skip
+    res = cli(
+        "finetune",
+        str(tmp_path / "base"),
+        "--out",
+        str(tmp_path / "ft2"),
+        "--rope-scaling",
+        '{"type": "yarn"}',
+        cache_dir=cache_dir,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "factor" in res.stderr
     assert not (tmp_path / "ft2").exists()
 
@@ -296,8 +348,9 @@ def test_rope_scaling_flag_trains_and_finetunes(tmp_path, cache_dir):
 )
 def test_bad_training_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cache_dir, args, message):
     (tmp_path / "empty.txt").write_text("")
-    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "no.txt") if a == "MISSING" else a
-            for a in args]  # fmt: skip
+    args = [
+        str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "no.txt") if a == "MISSING" else a for a in args
+    ]
     res = cli("train", "--out", str(tmp_path / "run"), *args, cache_dir=cache_dir)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and message in res.stderr and "Traceback" not in res.stderr
@@ -329,10 +382,24 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(tmp_path, c
     assert single.returncode == 0, single.stderr
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     ddp = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "tapa.cli", "train", "--out", str(tmp_path / "two"),
-         *args, "--cache-dir", cache_dir],
-        capture_output=True, text=True, timeout=300, env=ONE_THREAD,
-    )  # fmt: skip
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tapa.cli",
+            "train",
+            "--out",
+            str(tmp_path / "two"),
+            *args,
+            "--cache-dir",
+            cache_dir,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ONE_THREAD,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert sorted(two) == list(range(1, 9))
@@ -525,9 +592,28 @@ def test_activation_checkpointing_flag_trains_and_is_recorded(tmp_path):
     from tapa.train.config import TrainConfig
 
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--steps", "2", "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
-            "--seq-len", "16", "--batch-size", "2", "--eval-segments", "2", "--no-progress",
-            "--activation-checkpointing", "true"]  # fmt: skip
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--d-model",
+        "32",
+        "--n-layers",
+        "1",
+        "--n-heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--eval-segments",
+        "2",
+        "--no-progress",
+        "--activation-checkpointing",
+        "true",
+    ]
     assert main(args) == 0
     assert TrainConfig.load(out / "train_config.json").activation_checkpointing is True
     assert "activation_checkpointing" not in TrainConfig().to_dict()  # the default is not written
@@ -561,8 +647,24 @@ def test_compiled_blocks_match_the_eager_step_and_train(tmp_path, cache_dir):
 def test_wandb_offline_logs_every_metric_and_a_resume_continues_the_run(tmp_path, cache_dir):
     pytest.importorskip("wandb")
     env = {**ONE_THREAD, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    args = [sys.executable, "-m", "tapa.cli", "train", *TINY, "--steps", "4", "--save-every", "2", "--no-progress",
-            "--wandb", "true", "--out", str(tmp_path / "run"), "--cache-dir", cache_dir]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "tapa.cli",
+        "train",
+        *TINY,
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--no-progress",
+        "--wandb",
+        "true",
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        cache_dir,
+    ]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     run_id = (tmp_path / "run" / "wandb_id").read_text().strip()
@@ -617,8 +719,18 @@ def test_extending_a_finished_run_follows_the_stated_schedule(tmp_path, cache_di
     for extension in ("constant", "cosine"):
         run = tmp_path / extension
         shutil.copytree(base, run)
-        res = cli("train", "--out", str(run), "--resume", "--steps", "12", "--extend", extension, "--no-progress",
-                  cache_dir=cache_dir)  # fmt: skip
+        res = cli(
+            "train",
+            "--out",
+            str(run),
+            "--resume",
+            "--steps",
+            "12",
+            "--extend",
+            extension,
+            "--no-progress",
+            cache_dir=cache_dir,
+        )
         assert res.returncode == 0, res.stderr
         metrics, lrs = read_metrics(run), _lrs(run)
         assert sorted(metrics) == list(range(1, 13))
@@ -647,11 +759,26 @@ def test_an_extension_killed_and_resumed_is_bit_identical(tmp_path, cache_dir):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     shutil.copytree(base, whole)
     shutil.copytree(base, killed)
-    extend = ["train", "--resume", "--steps", "30", "--extend", "constant", "--save-every", "2", "--no-progress",
-              "--cache-dir", cache_dir]  # fmt: skip
+    extend = [
+        "train",
+        "--resume",
+        "--steps",
+        "30",
+        "--extend",
+        "constant",
+        "--save-every",
+        "2",
+        "--no-progress",
+        "--cache-dir",
+        cache_dir,
+    ]
     assert cli(*extend[:-2], "--out", str(whole), cache_dir=cache_dir).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "tapa.cli", *extend, "--out", str(killed)], env=ONE_THREAD,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tapa.cli", *extend, "--out", str(killed)],
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         logged = read_metrics(killed) if (killed / "metrics.jsonl").is_file() else {}

@@ -52,8 +52,14 @@ def _generate(args: argparse.Namespace) -> None:
         prompt = render_chat(template, prompt, {"bos_token": "", "eos_token": ""})
     ids = torch.tensor([tok.encode(prompt)], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    out = model.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                         eos_id=eos or [tok.eos_id], generator=gen)  # fmt: skip
+    out = model.generate(
+        ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        eos_id=eos or [tok.eos_id],
+        generator=gen,
+    )
     if isinstance(tok, HFTokenizer):  # as transformers decodes: special tokens shown unless skipped
         print(tok.decode(out[0].cpu(), skip_special_tokens=args.skip_special_tokens))
     else:
@@ -92,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0: all)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    gen.add_argument("--chat", action="store_true",
-                     help="format the prompt as one user message in the model's chat template")  # fmt: skip
-    gen.add_argument("--skip-special-tokens", action="store_true",
-                     help="leave special tokens (<|im_end|>, ...) out of the printed text")  # fmt: skip
+    gen.add_argument(
+        "--chat", action="store_true", help="format the prompt as one user message in the model's chat template"
+    )
+    gen.add_argument(
+        "--skip-special-tokens",
+        action="store_true",
+        help="leave special tokens (<|im_end|>, ...) out of the printed text",
+    )
     # generation stops at the model's end-of-sequence ids (its generation_config.json, else the tokenizer's EOS)
     gen.set_defaults(func=_generate)
 
@@ -172,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a path the checks could not foresee (disk full, permissions changed)
         where = f": {err.filename}" if err.filename else ""
-        print(f"tapa {args.command}: error: {_one_line(f'{err.strerror or err}{where}')}{_after_write_failure(args)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"tapa {args.command}: error: {_one_line(f'{err.strerror or err}{where}')}{_after_write_failure(args)}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"tapa {args.command}: interrupted", file=sys.stderr)

@@ -23,8 +23,10 @@ def check_out(path: str, flag: str = "--out") -> None:
     """The folder can be created (or exists as a folder) and written, without creating it."""
     out = Path(path)
     if out.is_symlink() and not out.exists():
-        raise ConfigError(f"{flag} {path} is a symbolic link to {os.readlink(out)}, which does not exist; "
-                          "remove the link or choose another path")  # fmt: skip
+        raise ConfigError(
+            f"{flag} {path} is a symbolic link to {os.readlink(out)}, which does not exist; "
+            "remove the link or choose another path"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder; choose a folder path")
     ancestor = out
@@ -108,11 +110,13 @@ def check_not_in_a_run(path: str, command: str) -> None:
     out = Path(path).absolute()
     if out.is_dir() and command not in MODEL_WRITERS:
         if RunDir(out).holds_run():
-            raise ConfigError(f"--out {path} holds a training run; tapa {command} writes a folder of its own: "
-                              "choose another --out")  # fmt: skip
+            raise ConfigError(
+                f"--out {path} holds a training run; tapa {command} writes a folder of its own: choose another --out"
+            )
         if (out / "model.safetensors").exists() and (out / "config.json").exists():
-            raise ConfigError(f"--out {path} holds a saved model; tapa {command} writes a folder of its own: "
-                              "choose another --out")  # fmt: skip
+            raise ConfigError(
+                f"--out {path} holds a saved model; tapa {command} writes a folder of its own: choose another --out"
+            )
     owner = RunDir.owning(out)  # RUN/checkpoints and the checkpoints in it belong to the run
     if owner is not None:
         raise ConfigError(

@@ -115,8 +115,11 @@ def _load() -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=lib.parent, prefix=".build-"))
     # one line on stderr, so a first call does not look hung (stdout stays the command's own)
-    print(f"tapa: building the fused CPU attention kernel (once per machine and torch version, ~25 s) "
-          f"into {lib.parent}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"tapa: building the fused CPU attention kernel (once per machine and torch version, ~25 s) into {lib.parent}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -108,10 +108,33 @@ class _TritonTapa(torch.autograd.Function):
         dims = {"DA": _pow2(da), "DP": _pow2(dp), "DV": _pow2(dv)}
         grid = (k["triton"].cdiv(lq, block_m), b * h)
         k["fwd"][grid](
-            qa, ka, qp, qpl, kp, v, out, lse,
-            *_strides(qa), *_strides(ka), *_strides(qp), *_strides(kp), *_strides(v), *_strides(out),
-            h, h // h_kv, lq, lk, da, dp, dv, q_offset, k_offset, float(alpha), **meta, **dims,
-        )  # fmt: skip
+            qa,
+            ka,
+            qp,
+            qpl,
+            kp,
+            v,
+            out,
+            lse,
+            *_strides(qa),
+            *_strides(ka),
+            *_strides(qp),
+            *_strides(kp),
+            *_strides(v),
+            *_strides(out),
+            h,
+            h // h_kv,
+            lq,
+            lk,
+            da,
+            dp,
+            dv,
+            q_offset,
+            k_offset,
+            float(alpha),
+            **meta,
+            **dims,
+        )
         ctx.save_for_backward(qa, ka, qp, qpl, kp, v, out, lse)
         ctx.args = (alpha, q_offset, k_offset, meta, dims)
         return out
@@ -135,9 +158,26 @@ class _TritonTapa(torch.autograd.Function):
         shape = (lq, lk, da, dp, dv, q_offset, k_offset, float(alpha))
         cdiv = k["triton"].cdiv
         k["bwd_kv"][(cdiv(lk, meta["BLOCK_N"]), b * h_kv)](
-            qa, ka, qp, qpl, kp, v, d_out, lse, delta, dka, dkp, dvv,
-            *strides, h, h_kv, h // h_kv, *shape, **meta, **dims,
-        )  # fmt: skip
+            qa,
+            ka,
+            qp,
+            qpl,
+            kp,
+            v,
+            d_out,
+            lse,
+            delta,
+            dka,
+            dkp,
+            dvv,
+            *strides,
+            h,
+            h_kv,
+            h // h_kv,
+            *shape,
+            **meta,
+            **dims,
+        )
         k["bwd_q"][(cdiv(lq, meta["BLOCK_M"]), b * h)](
             qa, ka, qp, qpl, kp, v, d_out, lse, delta, dqa, dqp, *strides, h, h // h_kv, *shape, **meta, **dims
         )

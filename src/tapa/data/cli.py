@@ -11,8 +11,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tok.add_argument("--out", required=True, help="a new (or empty) folder for the shards")
     tok.add_argument("--tokenizer", default="byte", help="byte, bpe (trained on the train split), or a tokenizer file")
     tok.add_argument("--bpe-vocab-size", type=int, default=4096, help="vocabulary of a trained BPE")
-    tok.add_argument("--bpe-train-bytes", type=int, default=2**28,
-                     help="train the BPE on at most this many bytes of the train split (bounded memory)")  # fmt: skip
+    tok.add_argument(
+        "--bpe-train-bytes",
+        type=int,
+        default=2**28,
+        help="train the BPE on at most this many bytes of the train split (bounded memory)",
+    )
     tok.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
     tok.add_argument("--val-fraction", type=float, default=0.01, help="validation share of a single text file")
     tok.add_argument("--shard-tokens", type=int, default=2**26, help="tokens per shard file")
@@ -54,10 +58,20 @@ def _tokenize(args: argparse.Namespace) -> None:
         tokenizer = HFTokenizer.train_bpe(pieces, args.bpe_vocab_size)
     else:
         tokenizer = build_tokenizer(args.tokenizer)
-    index = tokenize_corpus(args.corpus, args.out, tokenizer, text_field=args.text_field,
-                            val_fraction=args.val_fraction, shard_tokens=args.shard_tokens)  # fmt: skip
+    index = tokenize_corpus(
+        args.corpus,
+        args.out,
+        tokenizer,
+        text_field=args.text_field,
+        val_fraction=args.val_fraction,
+        shard_tokens=args.shard_tokens,
+    )
     splits = index["splits"]
-    parts = ", ".join(f"{s}: {i['tokens']:,} tokens in {i['documents']:,} documents, {len(i['shards'])} shard(s)"
-                      for s, i in splits.items())  # fmt: skip
-    print(f"tokenized {args.corpus} -> {args.out} ({index['dtype']}, vocabulary {index['vocab_size']}; {parts}; "
-          f"validation: {index['validation_rule']}); train with: tapa train --data {args.out} ...")  # fmt: skip
+    parts = ", ".join(
+        f"{s}: {i['tokens']:,} tokens in {i['documents']:,} documents, {len(i['shards'])} shard(s)"
+        for s, i in splits.items()
+    )
+    print(
+        f"tokenized {args.corpus} -> {args.out} ({index['dtype']}, vocabulary {index['vocab_size']}; {parts}; "
+        f"validation: {index['validation_rule']}); train with: tapa train --data {args.out} ..."
+    )

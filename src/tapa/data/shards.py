@@ -134,21 +134,21 @@ def _hf_texts(rows: Iterable[Any], text_field: str, name: str) -> Iterator[Docum
             yield (text,)
 
 
-def split_streams(source: str, text_field: str = "text", val_fraction: float = 0.01,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[Iterator[tuple[str, Document]], str]:  # fmt: skip
+def split_streams(
+    source: str, text_field: str = "text", val_fraction: float = 0.01, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[Iterator[tuple[str, Document]], str]:
     """(split, document) pairs in corpus order, and how validation was chosen."""
     if source.startswith("hf:"):
         splits = _hf_splits(source)
         if "train" not in splits:
             raise ConfigError(f"corpus: dataset {source!r} has no 'train' split (it has {', '.join(splits)})")
         if "validation" in splits:
-            pairs = (
-                (split, doc) for split in SPLITS for doc in _hf_texts(splits[split], text_field, source)
-            )  # fmt: skip
+            pairs = ((split, doc) for split in SPLITS for doc in _hf_texts(splits[split], text_field, source))
             return pairs, "the dataset's own validation split"
         docs = _hf_texts(splits["train"], text_field, source)
-        every = ((("validation" if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "train"), d)
-                 for i, d in enumerate(docs))  # fmt: skip
+        every = (
+            (("validation" if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "train"), d) for i, d in enumerate(docs)
+        )
         return every, f"every {VALIDATION_EVERY}th document of the train split"
     path = Path(source).expanduser()
     files = source_files(path, alternatives="hf:NAME")
@@ -173,8 +173,10 @@ def _token_level(path: Path, val_fraction: float, chunk_bytes: int) -> Iterator[
         raise ConfigError(f"corpus: {path} is empty (no non-blank text)")
     cut = _line_end_after(path, int(size * (1 - val_fraction)))
     if cut >= size:
-        raise ConfigError(f"corpus: {path} has no line end in its last {val_fraction:.2%}; "
-                          "pass a larger --val-fraction or split it into files")  # fmt: skip
+        raise ConfigError(
+            f"corpus: {path} has no line end in its last {val_fraction:.2%}; "
+            "pass a larger --val-fraction or split it into files"
+        )
     return iter(
         [("train", _text_chunks(path, chunk_bytes, 0, cut)), ("validation", _text_chunks(path, chunk_bytes, cut))]
     )
@@ -231,8 +233,12 @@ class ShardWriter:
         if self.handle is not None:
             self.handle.close()
         self.offsets.close()
-        return {"tokens": self.total, "documents": self.documents, "shards": self.shards,
-                "offsets": f"{self.split}.offsets.bin"}  # fmt: skip
+        return {
+            "tokens": self.total,
+            "documents": self.documents,
+            "shards": self.shards,
+            "offsets": f"{self.split}.offsets.bin",
+        }
 
 
 def write_shards(
@@ -256,16 +262,29 @@ def write_shards(
         if info["documents"] == 0:
             raise ConfigError(f"corpus: the corpus gave no {split} document; add documents or pass --val-fraction")
     tokenizer.save(folder)
-    index = {"version": INDEX_VERSION, "dtype": dtype.str, "vocab_size": tokenizer.vocab_size,
-             "eos_id": tokenizer.eos_id, "tokenizer": tokenizer.fingerprint(), "splits": splits,
-             **(meta or {})}  # fmt: skip
+    index = {
+        "version": INDEX_VERSION,
+        "dtype": dtype.str,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "tokenizer": tokenizer.fingerprint(),
+        "splits": splits,
+        **(meta or {}),
+    }
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
 
-def tokenize_corpus(source: str, out: str | Path, tokenizer: Tokenizer, *, text_field: str = "text",
-                    val_fraction: float = 0.01, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, Any]:  # fmt: skip
+def tokenize_corpus(
+    source: str,
+    out: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    text_field: str = "text",
+    val_fraction: float = 0.01,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, Any]:
     """``tapa tokenize``: check, stream, write into a staging folder, move into ``out``."""
     from tapa.utils.publish import check_empty_out, publish
 
@@ -279,8 +298,11 @@ def tokenize_corpus(source: str, out: str | Path, tokenizer: Tokenizer, *, text_
     result: dict[str, Any] = {}
 
     def write(staging: Path) -> None:
-        result.update(write_shards(pairs, tokenizer, staging, shard_tokens=shard_tokens,
-                                   meta={"source": source, "validation_rule": rule}))  # fmt: skip
+        result.update(
+            write_shards(
+                pairs, tokenizer, staging, shard_tokens=shard_tokens, meta={"source": source, "validation_rule": rule}
+            )
+        )
 
     publish(out, write)
     return result
@@ -368,11 +390,15 @@ def check_id_range(path: Path, tokens: np.ndarray, vocab_size: int, recorded: in
     largest = int(tokens.max())
     if largest >= vocab_size:
         first = int(np.argmax(tokens >= vocab_size))
-        raise ConfigError(f"shards: {path} holds token id {int(tokens[first])} at position {first}, outside the "
-                          f"vocabulary of {vocab_size}; re-run tapa tokenize")  # fmt: skip
+        raise ConfigError(
+            f"shards: {path} holds token id {int(tokens[first])} at position {first}, outside the "
+            f"vocabulary of {vocab_size}; re-run tapa tokenize"
+        )
     if recorded is not None and recorded != largest:
-        raise ConfigError(f"shards: {path} changed since tapa tokenize (largest id {largest}, recorded {recorded}); "
-                          "re-run tapa tokenize")  # fmt: skip
+        raise ConfigError(
+            f"shards: {path} changed since tapa tokenize (largest id {largest}, recorded {recorded}); "
+            "re-run tapa tokenize"
+        )
 
 
 def load_shards(folder: str | Path) -> tuple[Tokenizer, dict[str, TokenArray]]:
@@ -398,8 +424,10 @@ def load_shards(folder: str | Path) -> tuple[Tokenizer, dict[str, TokenArray]]:
         arrays[split] = TokenArray(ShardedTokens(maps, dtype), offsets)  # type: ignore[arg-type]
     tokenizer = load_checkpoint_tokenizer(folder)
     if tokenizer.vocab_size != index["vocab_size"]:
-        raise ConfigError(f"shards: the index's vocabulary {index['vocab_size']} is not its tokenizer's "
-                          f"{tokenizer.vocab_size}; re-run tapa tokenize")  # fmt: skip
+        raise ConfigError(
+            f"shards: the index's vocabulary {index['vocab_size']} is not its tokenizer's "
+            f"{tokenizer.vocab_size}; re-run tapa tokenize"
+        )
     if tokenizer.fingerprint() != index.get("tokenizer"):
         raise ConfigError(f"shards: the tokenizer in {folder} is not the one that made its shards; re-run")
     return tokenizer, arrays

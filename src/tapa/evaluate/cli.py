@@ -227,18 +227,28 @@ def run_passkey(args: argparse.Namespace) -> dict[str, Any]:
     lengths = args.lengths or [train_len * f for f in (1, 2, 4, 8)]
     longest = max(lengths)
     note = "" if longest <= 16 * train_len else "; far past the training length, each prompt is slow: Ctrl-C stops"
-    print(f"passkey: {len(lengths) * len(args.depths) * args.trials} prompts ({len(lengths)} lengths x "
-          f"{len(args.depths)} depths x {args.trials} keys), up to {longest:,} tokens = {longest / train_len:g}x the "
-          f"training length {train_len}{note}", flush=True)  # fmt: skip
+    print(
+        f"passkey: {len(lengths) * len(args.depths) * args.trials} prompts ({len(lengths)} lengths x "
+        f"{len(args.depths)} depths x {args.trials} keys), up to {longest:,} tokens = {longest / train_len:g}x the "
+        f"training length {train_len}{note}",
+        flush=True,
+    )
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(lengths) * len(args.depths), unit="cell", desc="passkey", dynamic_ncols=True)
     cells = passkey_grid(
-        model, tokenizer, lengths, args.depths, args.trials, args.filler, args.seed, args.n_candidates,
+        model,
+        tokenizer,
+        lengths,
+        args.depths,
+        args.trials,
+        args.filler,
+        args.seed,
+        args.n_candidates,
         on_cell=(lambda cell: bar.update(1)) if bar is not None else None,
-    )  # fmt: skip
+    )
     if bar is not None:
         bar.close()
     out = Path(args.out)
@@ -268,9 +278,16 @@ def run_passkey_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out)  # an --out holding a model is refused by tapa.cli_checks before this runs
     result = passkey_finetune(
-        args.checkpoint, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, length=args.length,
-        filler=args.filler, seed=args.seed, progress=not args.no_progress,
-    )  # fmt: skip
+        args.checkpoint,
+        out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        length=args.length,
+        filler=args.filler,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(
         f"passkey fine-tune: {result['steps']} steps at length {result['length']}, final answer loss "
         f"{result['final_answer_loss']:.3f} nats/token (without retrieval: {result['no_retrieval_loss']:.3f}); "

@@ -66,8 +66,15 @@ def cloze_items(text: str, n: int, context_words: int, choice_words: int, seed: 
     return items
 
 
-def write_tasks(out: str | Path, n_cloze: int = 200, min_words: int = 60, context_words: int = 40,
-                choice_words: int = 6, seed: int = 0, max_paragraphs: int = 100) -> Path:  # fmt: skip
+def write_tasks(
+    out: str | Path,
+    n_cloze: int = 200,
+    min_words: int = 60,
+    context_words: int = 40,
+    choice_words: int = 6,
+    seed: int = 0,
+    max_paragraphs: int = 100,
+) -> Path:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (text,) = load_split("test")
@@ -97,17 +104,20 @@ def write_tasks(out: str | Path, n_cloze: int = 200, min_words: int = 60, contex
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tapa.evaluate.lm_eval_tasks",
-                                     description="write tapa's local lm-eval tasks (Persuasion)")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tapa.evaluate.lm_eval_tasks", description="write tapa's local lm-eval tasks (Persuasion)"
+    )
     parser.add_argument("out", nargs="?", default="lm_eval_tasks", help="folder for the data and task YAMLs")
     parser.add_argument("--context-words", type=int, default=40, help="words of cloze context (default: 40)")
     parser.add_argument("--choice-words", type=int, default=6, help="words per cloze continuation (default: 6)")
     args = parser.parse_args(argv)
     out = write_tasks(args.out, context_words=args.context_words, choice_words=args.choice_words)
     chars = 6 * (args.context_words + args.choice_words)
-    print(f"{out}: cloze items of {args.context_words} + {args.choice_words} words (about {chars} characters); a model "
-          "whose context is shorter than an item's tokens (a byte-level model trained at 128, say) sees its "
-          "context truncated by lm-eval: lower --context-words to fit it")  # fmt: skip
+    print(
+        f"{out}: cloze items of {args.context_words} + {args.choice_words} words (about {chars} characters); a model "
+        "whose context is shorter than an item's tokens (a byte-level model trained at 128, say) sees its "
+        "context truncated by lm-eval: lower --context-words to fit it"
+    )
 
 
 if __name__ == "__main__":

@@ -154,8 +154,13 @@ def passkey_grid(
                 prompt = make_prompt(tokenizer, length, depth, key, filler, offset=rng.randrange(0, 2000))
                 greedy += greedy_correct(model, prompt)
                 ranked += candidate_correct(model, tokenizer, prompt, rng, n_candidates)
-            cell = {"length": length, "depth": depth, "trials": trials, "greedy": greedy / trials,
-                    "candidates": ranked / trials}  # fmt: skip
+            cell = {
+                "length": length,
+                "depth": depth,
+                "trials": trials,
+                "greedy": greedy / trials,
+                "candidates": ranked / trials,
+            }
             cells.append(cell)
             if on_cell is not None:
                 on_cell(cell)
@@ -172,8 +177,9 @@ def plot_passkey(cells: list[dict], training_length: int, path, title: str, n_ca
     depths = sorted({c["depth"] for c in cells})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, metric in zip(axes, ("greedy", "candidates"), strict=True):
-        grid = np.array([[next(c[metric] for c in cells if c["length"] == n and c["depth"] == d) for n in lengths]
-                         for d in depths])  # fmt: skip
+        grid = np.array(
+            [[next(c[metric] for c in cells if c["length"] == n and c["depth"] == d) for n in lengths] for d in depths]
+        )
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(len(lengths)), [f"{n}\n({n / training_length:g}x)" for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])

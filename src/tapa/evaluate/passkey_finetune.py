@@ -88,5 +88,10 @@ def passkey_finetune(
     tail = losses[-max(1, steps // 10) :]
     # a model that knows the format but not the key pays ln(90000) nats over the answer tokens
     no_retrieval = math.log(9 * 10**4) / len(tokenizer.encode(" 12345"))
-    return {"steps": steps, "length": length, "lr": lr, "final_answer_loss": sum(tail) / len(tail),
-            "no_retrieval_loss": no_retrieval}  # fmt: skip
+    return {
+        "steps": steps,
+        "length": length,
+        "lr": lr,
+        "final_answer_loss": sum(tail) / len(tail),
+        "no_retrieval_loss": no_retrieval,
+    }

@@ -50,8 +50,9 @@ class RecallTask:
 
     def evaluation_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
         """Queried pairs spread over every depth (:func:`stratified_depths`)."""
-        return make_batch(self, batch, length, generator,
-                          stratified_depths(batch, self.n_queries, length, self, generator))  # fmt: skip
+        return make_batch(
+            self, batch, length, generator, stratified_depths(batch, self.n_queries, length, self, generator)
+        )
 
 
 @dataclass
@@ -63,8 +64,9 @@ class RecallBatch:
     query_positions: torch.Tensor  # (B, n_queries) index whose logits predict each value
 
 
-def make_batch(task: RecallTask, batch: int, length: int, generator: torch.Generator,
-               depths: torch.Tensor | None = None) -> RecallBatch:  # fmt: skip
+def make_batch(
+    task: RecallTask, batch: int, length: int, generator: torch.Generator, depths: torch.Tensor | None = None
+) -> RecallBatch:
     """``batch`` sequences of ``length`` tokens.
 
     The context is ``length - 2 * n_queries`` tokens; its last one is the separator, so a
@@ -120,8 +122,9 @@ def make_batch(task: RecallTask, batch: int, length: int, generator: torch.Gener
     return RecallBatch(ids, targets, key_pos, key_pos.double() / last, query_pos)
 
 
-def stratified_depths(batch: int, n_queries: int, length: int, task: RecallTask,
-                      generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def stratified_depths(
+    batch: int, n_queries: int, length: int, task: RecallTask, generator: torch.Generator
+) -> torch.Tensor:
     """Depths for evaluation at ``length``: the starts 0..last split into ``n_queries``
     strata (shuffled); query j starts uniformly in its stratum, leaving the stratum's last
     slot free, so every depth is covered and the requested pairs never overlap. Each depth

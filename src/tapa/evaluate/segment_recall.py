@@ -55,12 +55,14 @@ class SegmentTask:
 
     def evaluation_batch(self, batch: int, length: int, generator: torch.Generator) -> RecallBatch:
         """First copies spread over every depth (:func:`stratified_segment_depths`)."""
-        return make_segment_batch(self, batch, length, generator,
-                                  stratified_segment_depths(batch, length, self, generator))  # fmt: skip
+        return make_segment_batch(
+            self, batch, length, generator, stratified_segment_depths(batch, length, self, generator)
+        )
 
 
-def make_segment_batch(task: SegmentTask, batch: int, length: int, generator: torch.Generator,
-                       depths: torch.Tensor | None = None) -> RecallBatch:  # fmt: skip
+def make_segment_batch(
+    task: SegmentTask, batch: int, length: int, generator: torch.Generator, depths: torch.Tensor | None = None
+) -> RecallBatch:
     """``batch`` sequences of ``length`` tokens; the query copy is the last ``segment``
     tokens, the first copy starts at ``round(depth * last)`` with ``last = length - 2 *
     segment`` (``depths`` (B,) in [0, 1]; uniform starts without it). Query j (0-based)
@@ -90,8 +92,13 @@ def make_segment_batch(task: SegmentTask, batch: int, length: int, generator: to
         targets[b, context : length - 1] = tokens[1:]
     key_pos = starts[:, None] + j
     depth = starts.double() / last if last else torch.zeros(batch, dtype=torch.float64)
-    return RecallBatch(ids, targets, key_pos, depth[:, None].expand(batch, seg - 1).clone(),
-                       (context + j).expand(batch, seg - 1).clone())  # fmt: skip
+    return RecallBatch(
+        ids,
+        targets,
+        key_pos,
+        depth[:, None].expand(batch, seg - 1).clone(),
+        (context + j).expand(batch, seg - 1).clone(),
+    )
 
 
 def stratified_segment_depths(batch: int, length: int, task: SegmentTask, generator: torch.Generator) -> torch.Tensor:

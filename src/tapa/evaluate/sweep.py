@@ -45,14 +45,21 @@ def check_lengths_fit(lengths: Sequence[int], docs: Sequence[torch.Tensor], sour
     longest = max(len(d) for d in docs)
     too_long = [length for length in lengths if length > longest]
     if too_long:
-        raise ConfigError(f"eval-ppl: --lengths {too_long[0]} is longer than the longest held-out document "
-                          f"({longest} tokens within --max-tokens {max_tokens}); raise --max-tokens or drop "
-                          "that length")  # fmt: skip
+        raise ConfigError(
+            f"eval-ppl: --lengths {too_long[0]} is longer than the longest held-out document "
+            f"({longest} tokens within --max-tokens {max_tokens}); raise --max-tokens or drop "
+            "that length"
+        )
 
 
-def perplexity_sweep(model: TapaLM, docs: Sequence[torch.Tensor], tokenizer: Tokenizer,
-                     plans: Sequence[tuple[int, str, int]], batch_size: int = 4,
-                     progress: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def perplexity_sweep(
+    model: TapaLM,
+    docs: Sequence[torch.Tensor],
+    tokenizer: Tokenizer,
+    plans: Sequence[tuple[int, str, int]],
+    batch_size: int = 4,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """One row per plan: perplexity, loss and bits per byte (bytes of the scored text under
     ``tokenizer``), with a progress bar per cell when ``progress``."""
 
@@ -69,8 +76,16 @@ def perplexity_sweep(model: TapaLM, docs: Sequence[torch.Tensor], tokenizer: Tok
                 bar.set_postfix(ppl=f"{torch.tensor(nats / max(tokens, 1)).exp().item():.3f}", refresh=True)
 
         start = time.perf_counter()
-        result = evaluate_perplexity(model, docs, length, stride, batch_size=batch_size, byte_count=byte_count,
-                                     on_window=on_window, protocol=protocol)  # fmt: skip
+        result = evaluate_perplexity(
+            model,
+            docs,
+            length,
+            stride,
+            batch_size=batch_size,
+            byte_count=byte_count,
+            on_window=on_window,
+            protocol=protocol,
+        )
         result.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()

@@ -28,17 +28,26 @@ def train_in(config: TrainConfig, directory: Path) -> dict[str, Any]:
     if started and resume is None:  # killed before its first checkpoint: start over
         shutil.rmtree(run)
     result = run_training(config, resume=resume, progress=False)
-    return {"run": str(run), "val_loss": result.val_loss, "val_bpb": result.val_bpb, "tokens": result.tokens,
-            "tokens_per_second": result.tokens_per_second, "train_seconds": result.seconds}  # fmt: skip
+    return {
+        "run": str(run),
+        "val_loss": result.val_loss,
+        "val_bpb": result.val_bpb,
+        "tokens": result.tokens,
+        "tokens_per_second": result.tokens_per_second,
+        "train_seconds": result.seconds,
+    }
 
 
 def environment() -> dict[str, Any]:
     """Python, torch, CPU architecture, torch threads and the GPU (None on CPU)."""
     return {
-        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-        "processor": platform.processor(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
+    }
 
 
 def write_results(out: Path, results: dict[str, Any]) -> Path:

@@ -8,18 +8,28 @@ from tapa.positional import POSITIONAL_SCHEMES
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("export-hf", help="write a run as a transformers folder (RoPE: LlamaForCausalLM / Qwen2; "
-                         "TAPA, NoPE, ALiBi: TapaForCausalLM, trust_remote_code)")  # fmt: skip
+    exp = sub.add_parser(
+        "export-hf",
+        help="write a run as a transformers folder (RoPE: LlamaForCausalLM / Qwen2; "
+        "TAPA, NoPE, ALiBi: TapaForCausalLM, trust_remote_code)",
+    )
     exp.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
     exp.add_argument("--out", required=True, help="a new (or empty) folder for the transformers model")
     exp.set_defaults(func=_export)
     imp = sub.add_parser("import-hf", help="load a Llama/Mistral/Qwen2 transformers folder or GGUF file as a tapa run")
-    imp.add_argument("hf_dir", metavar="DIR|FILE.gguf",
-                     help="transformers folder (config.json + safetensors + tokenizer), or a llama.cpp GGUF file "
-                          "(dequantised on load; needs pip install -e '.[gguf]')")  # fmt: skip
+    imp.add_argument(
+        "hf_dir",
+        metavar="DIR|FILE.gguf",
+        help="transformers folder (config.json + safetensors + tokenizer), or a llama.cpp GGUF file "
+        "(dequantised on load; needs pip install -e '.[gguf]')",
+    )
     imp.add_argument("--out", required=True, help="a new (or empty) folder for the tapa run")
-    imp.add_argument("--positional", choices=POSITIONAL_SCHEMES, default="rope",
-                     help="keep RoPE, or switch the attention, keeping every weight (RoPE -> TAPA)")  # fmt: skip
+    imp.add_argument(
+        "--positional",
+        choices=POSITIONAL_SCHEMES,
+        default="rope",
+        help="keep RoPE, or switch the attention, keeping every weight (RoPE -> TAPA)",
+    )
     imp.set_defaults(func=_import)
     conv = sub.add_parser("convert", help="switch a run's positional scheme, keeping every weight (e.g. RoPE -> TAPA)")
     conv.add_argument("checkpoint", metavar="RUN", help="a tapa run or checkpoint folder")
@@ -51,5 +61,7 @@ def _convert(args: argparse.Namespace) -> None:
 
     out = convert_checkpoint(args.checkpoint, args.out, args.positional)
     before = load_config(args.checkpoint).positional
-    print(f"converted {args.checkpoint} ({before}) -> {out} ({args.positional}); "
-          f"continue with: tapa finetune {out} --out RUN ...")  # fmt: skip
+    print(
+        f"converted {args.checkpoint} ({before}) -> {out} ({args.positional}); "
+        f"continue with: tapa finetune {out} --out RUN ..."
+    )

@@ -21,8 +21,12 @@ from tapa.errors import ConfigError
 from tapa.model import ModelConfig
 from tapa.positional.rope_frequencies import ROPE_FUNCTIONS
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "TapaForCausalLM": "tapa"}  # fmt: skip
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "TapaForCausalLM": "tapa",
+}
 REMOTE_FILES = ("configuration_tapa.py", "modeling_tapa.py")
 AUTO_MAP = {"AutoConfig": "configuration_tapa.TapaConfig", "AutoModelForCausalLM": "modeling_tapa.TapaForCausalLM"}
 _TOP_LEVEL_LENGTHS = ("max_position_embeddings", "original_max_position_embeddings")
@@ -32,8 +36,9 @@ def rope_from_hf(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, 
     """(base, tapa ``rope_scaling`` or None, partial_rotary_factor) from a transformers config dict."""
     raw = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"rope_scaling: expected a JSON object like {{\"rope_type\": \"yarn\", \"factor\": 8}}, "
-                          f"got {raw!r}")  # fmt: skip
+        raise ConfigError(
+            f'rope_scaling: expected a JSON object like {{"rope_type": "yarn", "factor": 8}}, got {raw!r}'
+        )
     params = dict(raw)
     legacy_type = params.pop("type", None)
     rope_type = params.pop("rope_type", None) or legacy_type or "default"
@@ -48,8 +53,9 @@ def rope_from_hf(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None, 
     _finite("partial_rotary_factor", partial)
     fn = ROPE_FUNCTIONS.get(rope_type)
     if fn is None:
-        raise ConfigError(f"rope_scaling: rope_type {rope_type!r} is not one tapa implements "
-                          f"({', '.join(sorted(ROPE_FUNCTIONS))})")  # fmt: skip
+        raise ConfigError(
+            f"rope_scaling: rope_type {rope_type!r} is not one tapa implements ({', '.join(sorted(ROPE_FUNCTIONS))})"
+        )
     accepted = [p for p in inspect.signature(fn).parameters if p not in ("head_dim", "base", "seq_len")]
     for name in _TOP_LEVEL_LENGTHS:
         if name in accepted and name not in params and name in config:
@@ -78,8 +84,10 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
     architectures = config.get("architectures") or []
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES.values() and not set(architectures) & set(ARCHITECTURES):
-        raise ConfigError(f"import-hf: model_type {model_type!r} / architectures {architectures} is not a "
-                          f"Llama-architecture model tapa can load ({', '.join(ARCHITECTURES)})")  # fmt: skip
+        raise ConfigError(
+            f"import-hf: model_type {model_type!r} / architectures {architectures} is not a "
+            f"Llama-architecture model tapa can load ({', '.join(ARCHITECTURES)})"
+        )
     if config.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"import-hf: hidden_act {config['hidden_act']!r}; tapa's SwiGLU uses silu")
     if config.get("mlp_bias"):
@@ -93,12 +101,19 @@ def model_config_from_hf(config: dict[str, Any]) -> ModelConfig:
     base, scaling, partial = rope_from_hf(config)
     try:
         return ModelConfig(
-            vocab_size=config["vocab_size"], n_layers=config["num_hidden_layers"], **_shape_fields(config),
-            attention_bias=bool(config.get("attention_bias", False)), qkv_bias=model_type == "qwen2",
-            max_seq_len=config.get("max_position_embeddings", 2048), positional="rope", rope_base=base,
-            rope_scaling=scaling, partial_rotary_factor=partial, norm_eps=config.get("rms_norm_eps", 1e-6),
+            vocab_size=config["vocab_size"],
+            n_layers=config["num_hidden_layers"],
+            **_shape_fields(config),
+            attention_bias=bool(config.get("attention_bias", False)),
+            qkv_bias=model_type == "qwen2",
+            max_seq_len=config.get("max_position_embeddings", 2048),
+            positional="rope",
+            rope_base=base,
+            rope_scaling=scaling,
+            partial_rotary_factor=partial,
+            norm_eps=config.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        )  # fmt: skip
+        )
     except KeyError as missing:
         raise ConfigError(f"import-hf: config.json lacks {missing}") from None
 
@@ -132,11 +147,19 @@ def check_hf_types(config: dict[str, Any]) -> None:
 
 
 def _shape(config: ModelConfig) -> dict[str, Any]:
-    return {"vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
-            "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
-            "num_key_value_heads": config.kv_heads, "head_dim": config.head_size,
-            "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
-            "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std}  # fmt: skip
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_size,
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.init_std,
+    }
 
 
 def _shape_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -145,9 +168,13 @@ def _shape_fields(config: dict[str, Any]) -> dict[str, Any]:
     d_model, n_heads = config["hidden_size"], config["num_attention_heads"]
     kv, head_dim, ffn = config.get("num_key_value_heads"), config.get("head_dim"), config["intermediate_size"]
     derived_head = d_model // n_heads if d_model % n_heads == 0 else None
-    return {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": None if kv in (None, n_heads) else kv,
-            "head_dim": None if head_dim in (None, derived_head) else head_dim,
-            "ffn_hidden": None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn}  # fmt: skip
+    return {
+        "d_model": d_model,
+        "n_heads": n_heads,
+        "n_kv_heads": None if kv in (None, n_heads) else kv,
+        "head_dim": None if head_dim in (None, derived_head) else head_dim,
+        "ffn_hidden": None if ffn == ModelConfig(d_model=d_model, n_heads=1).ffn_dim else ffn,
+    }
 
 
 def switch_positional(config: ModelConfig, positional: str) -> ModelConfig:
@@ -162,29 +189,47 @@ def switch_positional(config: ModelConfig, positional: str) -> ModelConfig:
 def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
     """The inverse of the TapaConfig export."""
     return ModelConfig(
-        vocab_size=config["vocab_size"], n_layers=config["num_hidden_layers"], **_shape_fields(config),
-        max_seq_len=config["max_position_embeddings"], positional=config["positional"],
-        tapa_alpha=config["tapa_alpha"], tapa_theta=config["tapa_theta"], tapa_phase=config["tapa_phase"],
+        vocab_size=config["vocab_size"],
+        n_layers=config["num_hidden_layers"],
+        **_shape_fields(config),
+        max_seq_len=config["max_position_embeddings"],
+        positional=config["positional"],
+        tapa_alpha=config["tapa_alpha"],
+        tapa_theta=config["tapa_theta"],
+        tapa_phase=config["tapa_phase"],
         tapa_phase_scale=config.get("tapa_phase_scale", TWO_PI),
-        attention_bias=config.get("attention_bias", False), qkv_bias=config.get("qkv_bias", False),
-        norm_eps=config["rms_norm_eps"], tie_embeddings=config["tie_word_embeddings"],
+        attention_bias=config.get("attention_bias", False),
+        qkv_bias=config.get("qkv_bias", False),
+        norm_eps=config["rms_norm_eps"],
+        tie_embeddings=config["tie_word_embeddings"],
         init_std=config.get("initializer_range", 0.02),
-    )  # fmt: skip
+    )
 
 
 def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None = None) -> dict[str, Any]:
     """A transformers ``config.json`` (current format): Llama / Qwen2 for RoPE models, our
     remote-code TapaConfig (with ``auto_map``) for TAPA, NoPE and ALiBi models."""
     if config.positional != "rope":
-        return {"architectures": ["TapaForCausalLM"], "model_type": "tapa", "auto_map": AUTO_MAP,
-                **_shape(config), "positional": config.positional, "tapa_alpha": config.tapa_alpha,
-                "tapa_theta": config.tapa_theta, "tapa_phase": config.tapa_phase,
-                "tapa_phase_scale": config.tapa_phase_scale,
-                "attention_bias": config.attention_bias, "qkv_bias": config.qkv_bias, "dtype": "float32",
-                **(special_ids or {})}  # fmt: skip
+        return {
+            "architectures": ["TapaForCausalLM"],
+            "model_type": "tapa",
+            "auto_map": AUTO_MAP,
+            **_shape(config),
+            "positional": config.positional,
+            "tapa_alpha": config.tapa_alpha,
+            "tapa_theta": config.tapa_theta,
+            "tapa_phase": config.tapa_phase,
+            "tapa_phase_scale": config.tapa_phase_scale,
+            "attention_bias": config.attention_bias,
+            "qkv_bias": config.qkv_bias,
+            "dtype": "float32",
+            **(special_ids or {}),
+        }
     if config.rope_interleaved:
-        raise ConfigError("export-hf: interleaved RoPE (rope_interleaved = true) is not the Llama layout; "
-                          "retrain with rope_interleaved = false")  # fmt: skip
+        raise ConfigError(
+            "export-hf: interleaved RoPE (rope_interleaved = true) is not the Llama layout; "
+            "retrain with rope_interleaved = false"
+        )
     qwen = config.qkv_bias and not config.attention_bias
     rope = dict(config.rope_scaling or {"rope_type": "default"})
     rope["rope_theta"] = config.rope_base
@@ -193,13 +238,21 @@ def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None
     out: dict[str, Any] = {
         "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
         "model_type": "qwen2" if qwen else "llama",
-        "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ffn_dim,
-        "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.kv_heads, "head_dim": config.head_size, "hidden_act": "silu",
-        "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
-        "tie_word_embeddings": config.tie_embeddings, "rope_parameters": rope, "dtype": "float32",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_size,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+        "rope_parameters": rope,
+        "dtype": "float32",
         "initializer_range": config.init_std,
-    }  # fmt: skip
+    }
     if qwen:
         out.update({"use_sliding_window": False, "sliding_window": None})
     else:
@@ -222,8 +275,10 @@ def rope_scaling_changes(text: str, base: ModelConfig, original_len: int, contex
     try:
         params = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"{context}: --rope-scaling is not valid JSON ({err.msg}); "
-                          """pass e.g. '{"rope_type": "yarn", "factor": 8}'""") from None  # fmt: skip
+        raise ConfigError(
+            f"{context}: --rope-scaling is not valid JSON ({err.msg}); "
+            """pass e.g. '{"rope_type": "yarn", "factor": 8}'"""
+        ) from None
     if not isinstance(params, dict):
         raise ConfigError(f"{context}: --rope-scaling must be a JSON object, got {type(params).__name__}")
     if base.positional != "rope":
@@ -231,8 +286,13 @@ def rope_scaling_changes(text: str, base: ModelConfig, original_len: int, contex
             f"{context}: --rope-scaling rescales RoPE, but this model uses {base.positional!r}, "
             "which continues unchanged at any length; drop the option"
         )
-    hf = {"rope_scaling": params, "rope_theta": base.rope_base, "partial_rotary_factor": base.partial_rotary_factor,
-          "max_position_embeddings": original_len, "original_max_position_embeddings": original_len}  # fmt: skip
+    hf = {
+        "rope_scaling": params,
+        "rope_theta": base.rope_base,
+        "partial_rotary_factor": base.partial_rotary_factor,
+        "max_position_embeddings": original_len,
+        "original_max_position_embeddings": original_len,
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rope_base, scaling, partial = rope_from_hf(hf)

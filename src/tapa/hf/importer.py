@@ -53,8 +53,9 @@ def weight_files(directory: Path) -> list[Path]:
         return [directory / n for n in names]
     if (directory / "model.safetensors").is_file():
         return [directory / "model.safetensors"]
-    raise CheckpointError(f"import-hf: {directory} has no model.safetensors (or {INDEX_FILE}); "
-                          "convert .bin weights to safetensors first")  # fmt: skip
+    raise CheckpointError(
+        f"import-hf: {directory} has no model.safetensors (or {INDEX_FILE}); convert .bin weights to safetensors first"
+    )
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -67,15 +68,17 @@ def _gguf_transformers(path: Path):
 
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise CheckpointError(f"import-hf: reading GGUF needs the {' and '.join(missing)} package(s): "
-                              "pip install -e '.[gguf]'")  # fmt: skip
+        raise CheckpointError(
+            f"import-hf: reading GGUF needs the {' and '.join(missing)} package(s): pip install -e '.[gguf]'"
+        )
     if not path.is_file():
         raise CheckpointError(f"import-hf: no such file {path}")
     import transformers
 
     try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                               dtype=torch.float32)  # fmt: skip
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (ValueError, KeyError, OSError, TypeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -136,12 +139,14 @@ def build_model(
     missing = sorted(set(expected) - set(state))
     if missing:
         more = " ..." if len(missing) > 3 else ""
-        raise CheckpointError(f"import-hf: the weights lack {', '.join(missing[:3])}{more}; "
-                              "not a complete Llama-architecture model")  # fmt: skip
+        raise CheckpointError(
+            f"import-hf: the weights lack {', '.join(missing[:3])}{more}; not a complete Llama-architecture model"
+        )
     for name, tensor in state.items():
         if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"import-hf: {name} has shape {tuple(tensor.shape)}, config.json implies "
-                                  f"{tuple(expected[name].shape)}")  # fmt: skip
+            raise CheckpointError(
+                f"import-hf: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
+            )
     model.load_state_dict({k: v.float() for k, v in state.items() if k in expected}, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight

@@ -75,6 +75,10 @@ def export_tokenizer(tokenizer: Tokenizer, run: Path, out: Path) -> None:
         names = dict(BYTE_SPECIALS)
     else:
         raise ConfigError("export-hf: a SentencePiece tokenizer is not exported yet; export a byte or BPE run")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000_000,
-              "clean_up_tokenization_spaces": False, **{f"{k}_token": v for k, v in names.items()}}  # fmt: skip
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 1_000_000_000,
+        "clean_up_tokenization_spaces": False,
+        **{f"{k}_token": v for k, v in names.items()},
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -79,8 +79,9 @@ class Attention(nn.Module):
             out = self._sdpa(q, k, v, positions, k_start)
         return self.wo(out.transpose(1, 2).reshape(b, length, -1))
 
-    def _positioned(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                    rope: RopeTables | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _positioned(
+        self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, rope: RopeTables | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE applied at the given positions (other schemes: unchanged); keys expanded to the query heads."""
         if self.positional == "rope":
             if rope is None:
@@ -90,8 +91,9 @@ class Attention(nn.Module):
             k = apply_rotary(k, *rope(k_pos), interleaved)
         return q, expand_heads(k, self.n_heads)
 
-    def score_matrix(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                     rope: RopeTables | None = None) -> torch.Tensor:  # fmt: skip
+    def score_matrix(
+        self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, rope: RopeTables | None = None
+    ) -> torch.Tensor:
         """Pre-softmax scores (B, H, Lq, Lk) of projected queries q (B, H, Lq, D) at ``q_pos``
         against keys k (B, H_kv, Lk, D) at ``k_pos`` (before any rotation), no mask:
 
@@ -110,8 +112,9 @@ class Attention(nn.Module):
             scores = scores + alibi_bias(self.slopes, q_pos, k_pos).to(scores.dtype)
         return scores
 
-    def score_pairs(self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                    rope: RopeTables | None = None) -> torch.Tensor:  # fmt: skip
+    def score_pairs(
+        self, q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, rope: RopeTables | None = None
+    ) -> torch.Tensor:
         """:meth:`score_matrix`'s scores for P pairs only, without the (Lq, Lk) matrix: q (B, H, P, D)
         holds the queries at positions ``q_pos`` (P,), k (B, H_kv, P, D) the keys at ``k_pos`` (P,);
         the result is (B, H, P)."""

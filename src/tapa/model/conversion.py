@@ -87,8 +87,9 @@ def convert_to_tapa(
         raise ConfigError(f"conversion: unknown {conversion!r}; choose one of {', '.join(CONVERSIONS)}")
     if model.config.partial_rotary_factor != 1:
         raise ConfigError("convert: partial RoPE models are not supported (their unrotated part has no frequency)")
-    config = model.config.replace(positional="tapa", rope_scaling=None, tapa_theta=theta, tapa_alpha=alpha,
-                                  tapa_phase_scale=phase_scale)  # fmt: skip
+    config = model.config.replace(
+        positional="tapa", rope_scaling=None, tapa_theta=theta, tapa_alpha=alpha, tapa_phase_scale=phase_scale
+    )
     if conversion == "naive":
         return with_config(model, config)
     order, d_a = lowfreq_order(model.config, theta)

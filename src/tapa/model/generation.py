@@ -56,7 +56,8 @@ def render_chat(template: str, prompt: str, special: dict[str, str]) -> str:
 
     try:
         env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(template).render(messages=[{"role": "user", "content": prompt}],
-                                                add_generation_prompt=True, **special)  # fmt: skip
+        return env.from_string(template).render(
+            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, **special
+        )
     except jinja2.TemplateError as err:
         raise ConfigError(f"--chat: the model's chat template does not render ({err})") from None

@@ -13,9 +13,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--out", required=True, help="output directory (re-running it skips finished stages)")
     rep.add_argument("--cache-dir", help="token cache directory")
     rep.add_argument("--quiet", action="store_true")
-    rep.add_argument("--rejudge", action="store_true",
-                     help="recompute the verdicts (current rules) and the report of a finished --out from its "
-                          "results.json, without running any stage")  # fmt: skip
+    rep.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="recompute the verdicts (current rules) and the report of a finished --out from its "
+        "results.json, without running any stage",
+    )
     rep.set_defaults(func=_reproduce)
 
 
@@ -30,5 +33,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     for key, v in results["verdicts"].items():
         print(f"claim {key}: {v['verdict']} ({v['evidence']})")
     now, total = results.get("wall_seconds", 0.0) / 60, results.get("stage_seconds", 0.0) / 60
-    print(f"report: {args.out}/report.md, {args.out}/report.html, {args.out}/results.json "
-          f"({now:.1f} min now, {total:.1f} min of stages in all)")  # fmt: skip
+    print(
+        f"report: {args.out}/report.md, {args.out}/report.html, {args.out}/results.json "
+        f"({now:.1f} min now, {total:.1f} min of stages in all)"
+    )

@@ -34,8 +34,13 @@ def passkey_stage(rep, method: str, seed: int, run: str) -> dict[str, Any]:
         random.seed(seed)
         return {"cells": cells}
 
-    return run_stage(rep.out, f"passkey_{method}_s{seed}", {"run": run, "steps": p.passkey_steps,
-                     "trials": p.passkey_trials}, work, rep.log)  # fmt: skip
+    return run_stage(
+        rep.out,
+        f"passkey_{method}_s{seed}",
+        {"run": run, "steps": p.passkey_steps, "trials": p.passkey_trials},
+        work,
+        rep.log,
+    )
 
 
 def bias_stage(rep, runs: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -68,8 +73,10 @@ def bias_stage(rep, runs: dict[str, dict[str, str]]) -> dict[str, Any]:
 def theory_stage(rep) -> dict[str, Any]:
     def work(_directory: Path) -> dict[str, Any]:
         report = run_theory(rep.out / "figures", samples=rep.preset.theory_samples)
-        slopes = [{k: r[k] for k in ("D", "theta", "alpha", "fitted_slope", "predicted_slope")}
-                  for r in report["tapa"]["decay"]]  # fmt: skip
+        slopes = [
+            {k: r[k] for k in ("D", "theta", "alpha", "fitted_slope", "predicted_slope")}
+            for r in report["tapa"]["decay"]
+        ]
         check = report["tapa"]["monte_carlo_vs_closed_form"]
         return {
             "theorem_2_2_at_paper_base": report["rope"]["theorem_2_2_at_paper_base"],
@@ -93,8 +100,10 @@ def positions_stage(rep, runs: dict[str, str]) -> dict[str, Any]:
         figures.mkdir(exist_ok=True)
         title = f"Loss by position in windows of {length} tokens (pretrained at {rep.preset.seq_len})"
         plot_position_losses(curves, rep.preset.seq_len, figures / "positions.png", title)
-        return {"length": length, "methods": {m: {"buckets": c.buckets(), "windows": int(c.counts[0])}
-                                              for m, c in curves.items()}}  # fmt: skip
+        return {
+            "length": length,
+            "methods": {m: {"buckets": c.buckets(), "windows": int(c.counts[0])} for m, c in curves.items()},
+        }
 
     return run_stage(rep.out, "positions", {"runs": runs, "length": length}, work, rep.log)
 
@@ -120,8 +129,15 @@ def plot_perplexity(results: dict[str, Any], path: Path) -> None:
         for i, (method, seeds) in enumerate(results[key].items()):
             lengths = preset["eval_lengths"]
             values = [statistics.fmean(s["lengths"][str(n)]["perplexity"] for s in seeds.values()) for n in lengths]
-            ax.plot(lengths, values, ls=LINE_STYLES[i % len(LINE_STYLES)], marker=MARKERS[i % len(MARKERS)],
-                    ms=5, mfc="none", label=method)  # fmt: skip
+            ax.plot(
+                lengths,
+                values,
+                ls=LINE_STYLES[i % len(LINE_STYLES)],
+                marker=MARKERS[i % len(MARKERS)],
+                ms=5,
+                mfc="none",
+                label=method,
+            )
         ax.axvline(preset["seq_len"], color="grey", ls="--", lw=0.8, label="L0")
         if key == "finetuned":
             ax.axvline(preset["finetune_len"], color="grey", ls=":", lw=0.8, label="fine-tuning length")

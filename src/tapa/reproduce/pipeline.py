@@ -29,11 +29,17 @@ ROPE_BASE = 1e4
 BIG_BASE_FACTOR = 400  # the paper's 2e8 / 5e5
 SCALE_FACTOR = 8  # PI and YaRN factor, as in the paper
 FINETUNE_SOURCES = {
-    "rope": ("rope", {}), "rope_big_base": ("rope", {"rope_base": ROPE_BASE * BIG_BASE_FACTOR}),
-    "pi": ("rope", {"pi": SCALE_FACTOR}), "yarn": ("rope", {"yarn": SCALE_FACTOR}), "tapa": ("tapa", {}),
-    "tapa_linear": ("tapa_linear", {}), "nope": ("nope", {}), "alibi": ("alibi", {}),
-    "rope_partial": ("rope_partial", {}), "tapa_full": ("tapa_full", {}),
-}  # fmt: skip
+    "rope": ("rope", {}),
+    "rope_big_base": ("rope", {"rope_base": ROPE_BASE * BIG_BASE_FACTOR}),
+    "pi": ("rope", {"pi": SCALE_FACTOR}),
+    "yarn": ("rope", {"yarn": SCALE_FACTOR}),
+    "tapa": ("tapa", {}),
+    "tapa_linear": ("tapa_linear", {}),
+    "nope": ("nope", {}),
+    "alibi": ("alibi", {}),
+    "rope_partial": ("rope_partial", {}),
+    "tapa_full": ("tapa_full", {}),
+}
 PARTIAL_ROTARY_FACTOR = 0.5  # the rope_partial control: RoPE on half of each head, no position on the rest
 # TAPA at other phase scales s (cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)); the paper's is 2 pi):
 # 1 as in the public forward-only code, 0 = the phase switched off (NoPE on the amplitude half)
@@ -41,8 +47,13 @@ PHASE_SCALE_METHODS = {"tapa_unscaled": 1.0, "tapa_phase_off": 0.0}
 
 
 def model_config(method: str, preset: Preset) -> ModelConfig:
-    kwargs: dict[str, Any] = {"d_model": preset.d_model, "n_layers": preset.n_layers, "n_heads": preset.n_heads,
-                              "max_seq_len": preset.seq_len, "rope_base": ROPE_BASE}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "d_model": preset.d_model,
+        "n_layers": preset.n_layers,
+        "n_heads": preset.n_heads,
+        "max_seq_len": preset.seq_len,
+        "rope_base": ROPE_BASE,
+    }
     if preset.head_dim is not None:
         kwargs["head_dim"] = preset.head_dim
     if method.startswith("tapa_a"):  # grid point tapa_a{alpha}_t{theta}
@@ -62,10 +73,21 @@ def model_config(method: str, preset: Preset) -> ModelConfig:
 def pretrain_config(preset: Preset, method: str, seed: int, tokenizer_spec: str, cache_dir: str | None) -> TrainConfig:
     """The pretraining run of ``method`` at ``seed`` (its stage key is derived from it)."""
     p = preset
-    return TrainConfig(seq_len=p.seq_len, batch_size=p.batch_size, steps=p.pretrain_steps, seed=seed, eval_every=0,
-                       save_every=max(1, p.pretrain_steps // 4), eval_segments=32, cache_dir=cache_dir,
-                       model=model_config(method, p), tokenizer=tokenizer_spec, lr=p.peak_lr(method),
-                       precision=p.precision, compile=p.compile)  # fmt: skip
+    return TrainConfig(
+        seq_len=p.seq_len,
+        batch_size=p.batch_size,
+        steps=p.pretrain_steps,
+        seed=seed,
+        eval_every=0,
+        save_every=max(1, p.pretrain_steps // 4),
+        eval_segments=32,
+        cache_dir=cache_dir,
+        model=model_config(method, p),
+        tokenizer=tokenizer_spec,
+        lr=p.peak_lr(method),
+        precision=p.precision,
+        compile=p.compile,
+    )
 
 
 class Reproduction:
@@ -78,20 +100,41 @@ class Reproduction:
     # -- stages -------------------------------------------------------------------------------
     def pretrain(self, method: str, seed: int) -> dict[str, Any]:
         config = pretrain_config(self.preset, method, seed, self.tokenizer_spec, self.cache_dir)
-        return run_stage(self.out, f"pretrain_{method}_s{seed}", {"train": config.to_dict()},
-                         lambda d: self._train(config, d), self.log)  # fmt: skip
+        return run_stage(
+            self.out,
+            f"pretrain_{method}_s{seed}",
+            {"train": config.to_dict()},
+            lambda d: self._train(config, d),
+            self.log,
+        )
 
     def finetune(self, method: str, seed: int, base_run: str) -> dict[str, Any]:
         p = self.preset
         source, scaling = FINETUNE_SOURCES[method]
         base = load_pretrained(base_run).config
         model = scaled_model_config(base, p.finetune_len, **scaling)
-        config = TrainConfig(seq_len=p.finetune_len, batch_size=max(1, p.batch_size // 4), steps=p.finetune_steps,
-                             seed=seed, eval_every=0, save_every=max(1, p.finetune_steps // 2), eval_segments=8,
-                             init_from=base_run, tokenizer=base_run, cache_dir=self.cache_dir, model=model,
-                             precision=p.precision, compile=p.compile)  # fmt: skip
-        return run_stage(self.out, f"finetune_{method}_s{seed}", {"train": config.to_dict(), "from": source},
-                         lambda d: self._train(config, d), self.log)  # fmt: skip
+        config = TrainConfig(
+            seq_len=p.finetune_len,
+            batch_size=max(1, p.batch_size // 4),
+            steps=p.finetune_steps,
+            seed=seed,
+            eval_every=0,
+            save_every=max(1, p.finetune_steps // 2),
+            eval_segments=8,
+            init_from=base_run,
+            tokenizer=base_run,
+            cache_dir=self.cache_dir,
+            model=model,
+            precision=p.precision,
+            compile=p.compile,
+        )
+        return run_stage(
+            self.out,
+            f"finetune_{method}_s{seed}",
+            {"train": config.to_dict(), "from": source},
+            lambda d: self._train(config, d),
+            self.log,
+        )
 
     def _train(self, config: TrainConfig, directory: Path) -> dict[str, Any]:
         return train_in(config, directory)
@@ -110,13 +153,19 @@ class Reproduction:
                     ((kind, cap),) = scaling.items()
                     factor = max(1.0, min(cap, length / trained.config.max_seq_len))
                     if factor > 1:
-                        config = scaled_model_config(trained.config, trained.config.max_seq_len, **{kind: factor},
-                                                     context="reproduce")  # fmt: skip
+                        config = scaled_model_config(
+                            trained.config, trained.config.max_seq_len, **{kind: factor}, context="reproduce"
+                        )
                         model = with_config(trained, config)
                 start = time.perf_counter()
                 r = evaluate_perplexity(model.eval(), self.docs, length, max(1, length // 4), batch_size=4)
-                rows[str(length)] = {"perplexity": r.perplexity, "tokens": r.tokens, "windows": r.windows,
-                                     "seconds": time.perf_counter() - start, "scale_factor": factor}  # fmt: skip
+                rows[str(length)] = {
+                    "perplexity": r.perplexity,
+                    "tokens": r.tokens,
+                    "windows": r.windows,
+                    "seconds": time.perf_counter() - start,
+                    "scale_factor": factor,
+                }
             return {"lengths": rows}
 
         key = {"run": run, "lengths": lengths, "scaling": scaling, "eval_tokens": self.preset.eval_tokens}
@@ -162,8 +211,16 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
     started = time.perf_counter()
     rep = Reproduction(preset, out, cache_dir, verbose)
     lengths = preset.eval_lengths
-    results: dict[str, Any] = {"preset": preset.to_dict(), "environment": environment(), "pretrain": {},
-                               "zero_shot": {}, "finetune": {}, "finetuned": {}, "grid": {}, "passkey": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "preset": preset.to_dict(),
+        "environment": environment(),
+        "pretrain": {},
+        "zero_shot": {},
+        "finetune": {},
+        "finetuned": {},
+        "grid": {},
+        "passkey": {},
+    }
     grid_methods = [f"tapa_a{a:g}_t{t:g}" for a, t in preset.alpha_theta_grid]
     for seed in preset.seeds:
         rep.log(f"seed {seed}: pretraining at {preset.seq_len} tokens")
@@ -177,8 +234,12 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
             target.setdefault(method, {})[str(seed)] = rep.perplexity(f"ppl_{method}_s{seed}", res["run"], lengths)
         if "rope" in preset.pretrain:
             for name in preset.zero_shot_scaling:
-                ppl = rep.perplexity(f"ppl_rope_{name}_s{seed}", results["pretrain"]["rope"][str(seed)]["run"],
-                                     lengths, {name: SCALE_FACTOR})  # fmt: skip
+                ppl = rep.perplexity(
+                    f"ppl_rope_{name}_s{seed}",
+                    results["pretrain"]["rope"][str(seed)]["run"],
+                    lengths,
+                    {name: SCALE_FACTOR},
+                )
                 results["zero_shot"].setdefault(f"rope+{name}", {})[str(seed)] = ppl
         rep.log(f"seed {seed}: fine-tuning at {preset.finetune_len} tokens")
         for method in preset.finetune:
@@ -194,8 +255,14 @@ def run_reproduce(preset: Preset, out: str | Path, cache_dir: str | None = None,
             if preset.passkey_steps and first:
                 results["passkey"].setdefault(method, {})[str(seed)] = passkey_stage(rep, method, seed, res["run"])
     seed0 = str(preset.seeds[0])
-    results["bias"] = bias_stage(rep, {m: {seed: r["run"] for seed, r in results["pretrain"][m].items()}
-                                       for m in ("rope", "tapa", "nope") if m in results["pretrain"]})  # fmt: skip
+    results["bias"] = bias_stage(
+        rep,
+        {
+            m: {seed: r["run"] for seed, r in results["pretrain"][m].items()}
+            for m in ("rope", "tapa", "nope")
+            if m in results["pretrain"]
+        },
+    )
     results["positions"] = positions_stage(rep, {m: results["pretrain"][m][seed0]["run"] for m in preset.pretrain})
     results["theory"] = theory_stage(rep)
     (out / "figures").mkdir(exist_ok=True)

@@ -32,8 +32,11 @@ def _caption(stem: str) -> str:
 
 
 def _tokens(p: dict) -> str:
-    return f"BPE tokens (vocabulary {p['bpe_vocab']}, trained on the training books)" if p.get(
-        "tokenizer") == "bpe" else "byte-level tokens"  # fmt: skip
+    return (
+        f"BPE tokens (vocabulary {p['bpe_vocab']}, trained on the training books)"
+        if p.get("tokenizer") == "bpe"
+        else "byte-level tokens"
+    )
 
 
 def _unit(p: dict) -> str:
@@ -75,10 +78,15 @@ def _cost(results: dict) -> list[str]:
     for stage in ("pretrain", "finetune"):
         for method, seeds in results[stage].items():
             for seed, r in seeds.items():
-                lines.append(f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {_mib(r)} | "
-                             f"{r['tokens_per_second']:,.0f} | {r['val_bpb']:.3f} |")  # fmt: skip
-    lines += ["", "| evaluation | method | seed | wall s, all lengths | s at the longest | peak memory MiB |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+                lines.append(
+                    f"| {stage} | {method} | {seed} | {r['seconds']:.1f} | {_mib(r)} | "
+                    f"{r['tokens_per_second']:,.0f} | {r['val_bpb']:.3f} |"
+                )
+    lines += [
+        "",
+        "| evaluation | method | seed | wall s, all lengths | s at the longest | peak memory MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for stage in ("zero_shot", "finetuned"):
         for method, seeds in results[stage].items():
             for seed, r in seeds.items():
@@ -129,8 +137,11 @@ def _header(results: dict[str, Any]) -> list[str]:
     p, env = results["preset"], results["environment"]
     md = [f"# TAPA reproduction, preset `{p['name']}`", ""]
     if p.get("toy"):
-        md += ["**A smoke-scale preset: its models are far too small and too briefly trained for any verdict below "
-               "to mean anything. It checks that the pipeline runs end to end.**", ""]  # fmt: skip
+        md += [
+            "**A smoke-scale preset: its models are far too small and too briefly trained for any verdict below "
+            "to mean anything. It checks that the pipeline runs end to end.**",
+            "",
+        ]
     if p.get("untested"):
         md += ["**This preset has not been run by the maintainers (untested).**", ""]
     md += [
@@ -169,9 +180,12 @@ def _tables(results: dict[str, Any]) -> list[str]:
     md = ["", "## Table 2: zero-shot perplexity by length (no fine-tuning)", ""]
     md += _ppl_table(results["zero_shot"], lengths, L0)
     if any("+" in m for m in results["zero_shot"]):
-        md += ["", "rope+pi / rope+yarn / rope+ntk: the pretrained RoPE model with inference-time scaling of factor "
-               "min(8, L / L0) at length L, so none at or below L0 (as in the paper, where these rows equal RoPE "
-               "there) and the paper's factor 8 from 8x on."]  # fmt: skip
+        md += [
+            "",
+            "rope+pi / rope+yarn / rope+ntk: the pretrained RoPE model with inference-time scaling of factor "
+            "min(8, L / L0) at length L, so none at or below L0 (as in the paper, where these rows equal RoPE "
+            "there) and the paper's factor 8 from 8x on.",
+        ]
     md += ["", "Paper (pretrained at 8K, PG19; columns 1/8x .. 4x):", "", *_paper(PAPER_TABLE_2, PAPER_LENGTHS_2)]
     md += ["", f"## Table 1: after fine-tuning at {p['finetune_len']} (4x)", ""]
     md += _ppl_table(results["finetuned"], lengths, L0)
@@ -183,12 +197,17 @@ def _tables(results: dict[str, Any]) -> list[str]:
 
 def _passkey_section(results: dict[str, Any]) -> list[str]:
     p = results["preset"]
-    md = ["", "## Beyond the paper: passkey (candidates accuracy, averaged over depths)", "",
-          f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
-          f"{p['passkey_steps']} steps; a prompt counts as correct when the true {KEY_DIGITS}-digit key "
-          f"scores best among {N_CANDIDATES} candidates (chance {1 / N_CANDIDATES:.0%}); "
-          f"{p['passkey_trials']} keys per length and depth. Greedy exact-match accuracy and the "
-          "per-depth cells are in results.json and the heatmaps.", ""]  # fmt: skip
+    md = [
+        "",
+        "## Beyond the paper: passkey (candidates accuracy, averaged over depths)",
+        "",
+        f"Each fine-tuned model is first tuned on passkey prompts at its training length for "
+        f"{p['passkey_steps']} steps; a prompt counts as correct when the true {KEY_DIGITS}-digit key "
+        f"scores best among {N_CANDIDATES} candidates (chance {1 / N_CANDIDATES:.0%}); "
+        f"{p['passkey_trials']} keys per length and depth. Greedy exact-match accuracy and the "
+        "per-depth cells are in results.json and the heatmaps.",
+        "",
+    ]
     cells = [c for s in results["passkey"].values() for r in s.values() for c in r["cells"]]
     passkey_lengths = sorted({c["length"] for c in cells})
     md += ["| method | seed | " + " | ".join(str(n) for n in passkey_lengths) + " |"]
@@ -205,14 +224,21 @@ def _passkey_section(results: dict[str, Any]) -> list[str]:
 
 
 def _bias_section(bias: dict[str, Any]) -> list[str]:
-    md = ["", f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
-          f"{bias['far'] + bias['near']}])", "", "| model | seed | mean | std | skewness | paper mean | paper std |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    md = [
+        "",
+        f"## Appendix I: distance bias (near [0, {bias['near']}] minus far [{bias['far']}, "
+        f"{bias['far'] + bias['near']}])",
+        "",
+        "| model | seed | mean | std | skewness | paper mean | paper std |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method, r in bias["methods"].items():
         paper = PAPER_STATS.get(method, {"mean": "-", "std": "-"})
         for seed, s in r.get("seeds", {"0": r["pooled"]}).items():
-            md.append(f"| {method} | {seed} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
-                      f"{paper['mean']} | {paper['std']} |")  # fmt: skip
+            md.append(
+                f"| {method} | {seed} | {s['mean']:.3f} | {s['std']:.3f} | {s['skewness']:.2f} | "
+                f"{paper['mean']} | {paper['std']} |"
+            )
     return md
 
 
@@ -224,13 +250,15 @@ def _theory_section(th: dict[str, Any]) -> list[str]:
         for s in th["decay_slopes"]
     )
     return [
-        "", "## Theory checks", "",
+        "",
+        "## Theory checks",
+        "",
         f"- Theorem 2.2 at base 5e5: {fraction:.1%} of near/far pairs beat |mu0|/8.",
         f"- Theorem 2.3, range of E score over 0..8192 by base: {ranges}.",
         f"- Theorem 3.2 slopes: {slopes}.",
         f"- Theorem 3.3: Monte Carlo inside the 95% CI of the closed form at {th['mc_inside_ci']['mean']:.0%} "
         f"(mean) and {th['mc_inside_ci']['var']:.0%} (variance) of the distances.",
-    ]  # fmt: skip
+    ]
 
 
 def markdown_to_html(md: str, root: Path) -> str:

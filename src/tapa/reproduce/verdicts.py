@@ -104,8 +104,10 @@ def claim_3(results: dict, train_len: int) -> dict[str, str]:
 
 
 def _per_seed(table: dict, method: str, lengths: list[int]) -> dict[str, dict[int, float]]:
-    return {seed: {n: r["lengths"][str(n)]["perplexity"] for n in lengths if str(n) in r.get("lengths", {})}
-            for seed, r in table.get(method, {}).items()}  # fmt: skip
+    return {
+        seed: {n: r["lengths"][str(n)]["perplexity"] for n in lengths if str(n) in r.get("lengths", {})}
+        for seed, r in table.get(method, {}).items()
+    }
 
 
 def claim_4(results: dict, train_len: int) -> dict[str, str]:
@@ -123,11 +125,16 @@ def claim_4(results: dict, train_len: int) -> dict[str, str]:
         return _verdict(INCONCLUSIVE, "no linear-phase results")
     ratios = ", ".join(f"seed {s}: {math.exp(v):.3f}" for s, v in per_seed.items())
     if len(per_seed) < MIN_SEEDS:
-        return _verdict(INCONCLUSIVE, f"linear/quadratic perplexity, seed-matched: {ratios}; needs >= {MIN_SEEDS} "
-                                      f"seeds with both phases, has {len(per_seed)}")  # fmt: skip
+        return _verdict(
+            INCONCLUSIVE,
+            f"linear/quadratic perplexity, seed-matched: {ratios}; needs >= {MIN_SEEDS} "
+            f"seeds with both phases, has {len(per_seed)}",
+        )
     stats = mean_interval(list(per_seed.values()))
-    text = (f"linear/quadratic perplexity {math.exp(stats['mean']):.3f} (95% CI {math.exp(stats['low']):.3f}-"
-            f"{math.exp(stats['high']):.3f}, {stats['n']} seeds; {ratios})")  # fmt: skip
+    text = (
+        f"linear/quadratic perplexity {math.exp(stats['mean']):.3f} (95% CI {math.exp(stats['low']):.3f}-"
+        f"{math.exp(stats['high']):.3f}, {stats['n']} seeds; {ratios})"
+    )
     if stats["low"] > 0:
         return _verdict(REPRODUCED, text)
     if stats["high"] < 0:
@@ -156,8 +163,10 @@ def claim_5(results: dict, train_len: int) -> dict[str, str]:
     if not seeds["rope"] or not seeds["tapa"]:
         return _verdict(INCONCLUSIVE, "bias not measured for both RoPE and TAPA")
     r0, t0 = seeds["rope"][0], seeds["tapa"][0]
-    text = (f"RoPE mean {r0['mean']:.3f} (std {r0['std']:.3f}, skew {r0['skewness']:.2f}); "
-            f"TAPA mean {t0['mean']:.3f} (std {t0['std']:.3f}, skew {t0['skewness']:.2f})")  # fmt: skip
+    text = (
+        f"RoPE mean {r0['mean']:.3f} (std {r0['std']:.3f}, skew {r0['skewness']:.2f}); "
+        f"TAPA mean {t0['mean']:.3f} (std {t0['std']:.3f}, skew {t0['skewness']:.2f})"
+    )
     far = bias.get("far")
     missing = []
     if far is None or not FAR_RANGE[0] <= far / train_len <= FAR_RANGE[1]:
@@ -169,16 +178,19 @@ def claim_5(results: dict, train_len: int) -> dict[str, str]:
     if thin:
         missing.append(f"{', '.join(thin)}: fewer than {MIN_SEEDS} seeds")
     if missing:
-        return _verdict(INCONCLUSIVE, f"{text} (seed {'0' if len(seeds['rope']) == 1 else 'first'}); " +
-                        "; ".join(missing))  # fmt: skip
+        return _verdict(
+            INCONCLUSIVE, f"{text} (seed {'0' if len(seeds['rope']) == 1 else 'first'}); " + "; ".join(missing)
+        )
     rope_mean = mean_interval([s["mean"] for s in seeds["rope"]])
     rope_skew = statistics.fmean(s["skewness"] for s in seeds["rope"])
     tapa_z = mean_interval([s["mean"] / s["std"] for s in seeds["tapa"]])
     spread = {m: mean_interval([s["std"] for s in v]) for m, v in seeds.items()}
-    text = (f"RoPE mean {rope_mean['mean']:.3f} (95% CI {rope_mean['low']:.3f}-{rope_mean['high']:.3f}), skew "
-            f"{rope_skew:.2f}; TAPA mean/std {tapa_z['mean']:.3f} ({tapa_z['low']:.3f}-{tapa_z['high']:.3f}); std "
-            + ", ".join(f"{m} {v['mean']:.3f}" for m, v in spread.items())
-            + f"; {len(seeds['tapa'])} seeds")  # fmt: skip
+    text = (
+        f"RoPE mean {rope_mean['mean']:.3f} (95% CI {rope_mean['low']:.3f}-{rope_mean['high']:.3f}), skew "
+        f"{rope_skew:.2f}; TAPA mean/std {tapa_z['mean']:.3f} ({tapa_z['low']:.3f}-{tapa_z['high']:.3f}); std "
+        + ", ".join(f"{m} {v['mean']:.3f}" for m, v in spread.items())
+        + f"; {len(seeds['tapa'])} seeds"
+    )
     rope_skewed = rope_mean["low"] > 0 and rope_skew > 0
     tapa_centred = tapa_z["low"] > -CENTRED and tapa_z["high"] < CENTRED
     tapa_broad = spread["tapa"]["low"] > spread["rope"]["high"] and spread["tapa"]["low"] > spread["nope"]["high"]
@@ -191,30 +203,48 @@ def claim_5(results: dict, train_len: int) -> dict[str, str]:
     return _verdict(INCONCLUSIVE, text)
 
 
-_EXTRAPOLATION_RULE = (f"reproduced if TAPA's perplexity grows <= {GRACEFUL:g}x while the worst rival's grows "
-                       f">= {BLOWUP:g}x; not reproduced if TAPA's grows >= {BLOWUP:g}x, or as much as collapsing "
-                       f"rivals', or > {GRACEFUL:g}x and more than the worst rival's beyond noise")  # fmt: skip
+_EXTRAPOLATION_RULE = (
+    f"reproduced if TAPA's perplexity grows <= {GRACEFUL:g}x while the worst rival's grows "
+    f">= {BLOWUP:g}x; not reproduced if TAPA's grows >= {BLOWUP:g}x, or as much as collapsing "
+    f"rivals', or > {GRACEFUL:g}x and more than the worst rival's beyond noise"
+)
 CLAIMS = {
-    "1": ("At and below the training length all methods are within a few percent", claim_1,
-          f"reproduced if best/worst <= 1.05 + noise, not reproduced if > 1.10 + 2 x noise "
-          f"(noise = max({NOISE_FLOOR:.0%}, seed spread))"),
-    "2": ("Past the training length RoPE/PI/YaRN blow up while TAPA degrades gracefully", claim_2,
-          "from L0 to 16 x L0: " + _EXTRAPOLATION_RULE),
-    "3": ("After fine-tuning at 4x, TAPA stays flat to 8x while the others collapse", claim_3,
-          "from 4 x L0 to 8 x L0: " + _EXTRAPOLATION_RULE),
-    "4": ("Quadratic phase beats linear phase", claim_4,
-          f"paired by seed, >= {MIN_SEEDS} seeds with both phases: reproduced if the 95% t-interval of the per-seed "
-          "linear/quadratic ratio (geometric mean over lengths) lies above 1, not reproduced if below 1"),
-    "5": ("RoPE's near-minus-far score difference is skewed positive, TAPA's centred on zero", claim_5,
-          f">= {MIN_SEEDS} seeds of RoPE, TAPA and NoPE, far distance {FAR_RANGE[0]:g}-{FAR_RANGE[1]:g} x L0: "
-          f"reproduced if RoPE's mean difference is above 0 (95% t-interval) with positive skew, TAPA's mean/std "
-          f"interval within +-{CENTRED:g} and TAPA's std above RoPE's and NoPE's (the paper: "
-          f"{PAPER_STATS['tapa']['std']} vs {PAPER_STATS['rope']['std']}); not "
-          f"reproduced if RoPE's mean is below 0 or TAPA's mean/std interval lies outside +-{CENTRED:g}"),
-}  # fmt: skip
+    "1": (
+        "At and below the training length all methods are within a few percent",
+        claim_1,
+        f"reproduced if best/worst <= 1.05 + noise, not reproduced if > 1.10 + 2 x noise "
+        f"(noise = max({NOISE_FLOOR:.0%}, seed spread))",
+    ),
+    "2": (
+        "Past the training length RoPE/PI/YaRN blow up while TAPA degrades gracefully",
+        claim_2,
+        "from L0 to 16 x L0: " + _EXTRAPOLATION_RULE,
+    ),
+    "3": (
+        "After fine-tuning at 4x, TAPA stays flat to 8x while the others collapse",
+        claim_3,
+        "from 4 x L0 to 8 x L0: " + _EXTRAPOLATION_RULE,
+    ),
+    "4": (
+        "Quadratic phase beats linear phase",
+        claim_4,
+        f"paired by seed, >= {MIN_SEEDS} seeds with both phases: reproduced if the 95% t-interval of the per-seed "
+        "linear/quadratic ratio (geometric mean over lengths) lies above 1, not reproduced if below 1",
+    ),
+    "5": (
+        "RoPE's near-minus-far score difference is skewed positive, TAPA's centred on zero",
+        claim_5,
+        f">= {MIN_SEEDS} seeds of RoPE, TAPA and NoPE, far distance {FAR_RANGE[0]:g}-{FAR_RANGE[1]:g} x L0: "
+        f"reproduced if RoPE's mean difference is above 0 (95% t-interval) with positive skew, TAPA's mean/std "
+        f"interval within +-{CENTRED:g} and TAPA's std above RoPE's and NoPE's (the paper: "
+        f"{PAPER_STATS['tapa']['std']} vs {PAPER_STATS['rope']['std']}); not "
+        f"reproduced if RoPE's mean is below 0 or TAPA's mean/std interval lies outside +-{CENTRED:g}",
+    ),
+}
 
 
 def all_verdicts(results: dict[str, Any]) -> dict[str, dict[str, str]]:
     train_len = results["preset"]["seq_len"]
-    return {key: {"claim": text, **fn(results, train_len), "threshold": rule}
-            for key, (text, fn, rule) in CLAIMS.items()}  # fmt: skip
+    return {
+        key: {"claim": text, **fn(results, train_len), "threshold": rule} for key, (text, fn, rule) in CLAIMS.items()
+    }

@@ -89,24 +89,51 @@ LADDER_CELLS = (
     Cell("byte-hd24-4x", "byte", 24, steps=1600),
 )
 LADDERS = {
-    "default": Ladder(cells=LADDER_CELLS, seeded_cells=("bpe-hd128",), extra_seeds=(1, 2),
-                      seeds_after="bpe-hd128-4x", seeded_methods=("rope", "tapa")),
-    "smoke": Ladder(d_model=32, n_layers=1, seq_len=32, batch_size=4, eval_segments=8,
-                    cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
-                    seeded_cells=("byte-hd16",), extra_seeds=(1,)),
-}  # fmt: skip
+    "default": Ladder(
+        cells=LADDER_CELLS,
+        seeded_cells=("bpe-hd128",),
+        extra_seeds=(1, 2),
+        seeds_after="bpe-hd128-4x",
+        seeded_methods=("rope", "tapa"),
+    ),
+    "smoke": Ladder(
+        d_model=32,
+        n_layers=1,
+        seq_len=32,
+        batch_size=4,
+        eval_segments=8,
+        cells=(Cell("byte-hd16", "byte", 16, steps=6), Cell("bpe-hd32", "bpe", 32, steps=6)),
+        seeded_cells=("byte-hd16",),
+        extra_seeds=(1,),
+    ),
+}
 
 
 def train_config(ladder: Ladder, cell: Cell, method: str, seed: int, cache_dir: str | None) -> TrainConfig:
-    model = ModelConfig(positional=method, d_model=ladder.d_model, n_layers=ladder.n_layers,
-                        n_heads=cell.n_heads(ladder.d_model), head_dim=cell.head_dim,
-                        max_seq_len=ladder.seq_len)  # fmt: skip
+    model = ModelConfig(
+        positional=method,
+        d_model=ladder.d_model,
+        n_layers=ladder.n_layers,
+        n_heads=cell.n_heads(ladder.d_model),
+        head_dim=cell.head_dim,
+        max_seq_len=ladder.seq_len,
+    )
     if method == "tapa" and cell.alpha != ModelConfig.tapa_alpha:
         model = model.replace(tapa_alpha=cell.alpha)
-    return TrainConfig(tokenizer=cell.tokenizer, bpe_vocab_size=BPE_VOCAB, seq_len=ladder.seq_len,
-                       batch_size=ladder.batch_size, steps=cell.steps, lr=cell.lr(method), seed=seed, eval_every=0,
-                       save_every=max(1, cell.steps // 4), eval_segments=ladder.eval_segments, cache_dir=cache_dir,
-                       model=model)  # fmt: skip
+    return TrainConfig(
+        tokenizer=cell.tokenizer,
+        bpe_vocab_size=BPE_VOCAB,
+        seq_len=ladder.seq_len,
+        batch_size=ladder.batch_size,
+        steps=cell.steps,
+        lr=cell.lr(method),
+        seed=seed,
+        eval_every=0,
+        save_every=max(1, cell.steps // 4),
+        eval_segments=ladder.eval_segments,
+        cache_dir=cache_dir,
+        model=model,
+    )
 
 
 def train_stage(out: Path, config: TrainConfig, name: str, log) -> dict[str, Any]:
@@ -123,8 +150,7 @@ def diagnose_stage(out: Path, run: str, cache_dir: str | None, log) -> dict[str,
         full = diagnose_run(run, cache_dir=cache_dir)
         steps = {}
         for checkpoint in RunDir(run).checkpoints():
-            steps[str(checkpoint_step(checkpoint))] = summary(diagnose_run(str(checkpoint),
-                                                                                     cache_dir=cache_dir))  # fmt: skip
+            steps[str(checkpoint_step(checkpoint))] = summary(diagnose_run(str(checkpoint), cache_dir=cache_dir))
         return {"summary": summary(full), "full": full, "checkpoints": steps}
 
     return run_stage(out, "diagnose", {"run": run, "checkpoints": True}, work, log)
@@ -149,8 +175,13 @@ def summarise(
             if not seeds:
                 continue
             losses = [r["val_loss"] for r in seeds.values()]
-            row[method] = {"val_loss": sum(losses) / len(losses), "val_bpb": sum(r["val_bpb"] for r in seeds.values())
-                           / len(seeds), "seeds": sorted(seeds), "losses": losses, "lr": cell.lr(method)}  # fmt: skip
+            row[method] = {
+                "val_loss": sum(losses) / len(losses),
+                "val_bpb": sum(r["val_bpb"] for r in seeds.values()) / len(seeds),
+                "seeds": sorted(seeds),
+                "losses": losses,
+                "lr": cell.lr(method),
+            }
         if "rope" in row:
             for method in ("tapa", "nope"):
                 if method in row:

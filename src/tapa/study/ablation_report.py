@@ -38,8 +38,11 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
 def mechanism_table(results: dict[str, Any]) -> str:
     from tapa.study.diagnostics_report import diagnostics_table
 
-    summaries = {f"{cell} {method}": d["summary"] for cell, methods in results.get("diagnostics", {}).items()
-                 for method, d in methods.items()}  # fmt: skip
+    summaries = {
+        f"{cell} {method}": d["summary"]
+        for cell, methods in results.get("diagnostics", {}).items()
+        for method, d in methods.items()
+    }
     return diagnostics_table(summaries)
 
 
@@ -66,11 +69,15 @@ def write_ablation_report(results: dict[str, Any], out: Path) -> None:
             name = f"figures/diagnostics_{cell}.png"
             full = {method: d["full"] for method, d in methods.items()}
             plot_phase_and_mass(full, out / name, f"cell {cell}: seed {ladder['seeds'][0]} models")
-            figures += [f"![diagnostics of cell {cell}]({name})", "",
-                        f"*Figure: cell {cell}. Left: TAPA's median abs(phase) against distance, one line per layer "
-                        "(flat lines: the phase hardly changes with distance). Right: attention mass on the last d "
-                        "tokens for the most local head of the last layer, per method; dotted: uniform attention "
-                        "over the history.*", ""]  # fmt: skip
+            figures += [
+                f"![diagnostics of cell {cell}]({name})",
+                "",
+                f"*Figure: cell {cell}. Left: TAPA's median abs(phase) against distance, one line per layer "
+                "(flat lines: the phase hardly changes with distance). Right: attention mass on the last d "
+                "tokens for the most local head of the last layer, per method; dotted: uniform attention "
+                "over the history.*",
+                "",
+            ]
     text = [
         "# Ablation ladder: why does TAPA lag RoPE at the training length?",
         "",

@@ -21,8 +21,16 @@ def _staged(verbs: argparse._SubParsersAction, name: str, help_text: str, func, 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("study", help="studies beyond the paper: ablation ladder, retrieval, diagnostics")
     verbs = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    for add in (_add_ablation, _add_recall, _add_scale, _add_convert, _add_lr, _add_phase_scale, _add_real_convert,
-                _add_diagnose):  # fmt: skip
+    for add in (
+        _add_ablation,
+        _add_recall,
+        _add_scale,
+        _add_convert,
+        _add_lr,
+        _add_phase_scale,
+        _add_real_convert,
+        _add_diagnose,
+    ):
         add(verbs)
 
 
@@ -38,8 +46,9 @@ def _add_ablation(verbs: argparse._SubParsersAction) -> None:
 def _add_recall(verbs: argparse._SubParsersAction) -> None:
     from tapa.study.recall import STUDIES
 
-    rec = _staged(verbs, "recall", "associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)", _recall,
-                  cache=False)  # fmt: skip
+    rec = _staged(
+        verbs, "recall", "associative recall: train at L0, test at 1x..16x L0 (accuracy by depth)", _recall, cache=False
+    )
     rec.add_argument("--study", choices=list(STUDIES), default="default", help="which recall study")
     rec.add_argument("--methods", nargs="+", metavar="METHOD", help="run only these of the study's methods")
     rec.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="run only these of the study's seeds")
@@ -51,8 +60,11 @@ def _add_scale(verbs: argparse._SubParsersAction) -> None:
 
     scale = _staged(verbs, "scale", "RoPE, TAPA and NoPE at 3 sizes: the L0 gap and extrapolation vs compute", _scale)
     scale.add_argument("--ladder", choices=list(SCALES), default="default", help="which size ladder")
-    scale.add_argument("--refit", action="store_true",
-                       help="recompute the trend and prediction interval of a finished --out, no training")  # fmt: skip
+    scale.add_argument(
+        "--refit",
+        action="store_true",
+        help="recompute the trend and prediction interval of a finished --out, no training",
+    )
 
 
 def _add_convert(verbs: argparse._SubParsersAction) -> None:
@@ -61,8 +73,13 @@ def _add_convert(verbs: argparse._SubParsersAction) -> None:
     conv = _staged(verbs, "convert", "RoPE -> TAPA conversion vs RoPE + YaRN, fine-tuned from one RoPE run", _convert)
     conv.add_argument("parent", metavar="RUN", help="a trained RoPE run (config, weights, tokenizer)")
     conv.add_argument("--study", choices=list(STUDIES), default="default", help="which conversion study")
-    conv.add_argument("--compare", nargs="*", default=[], metavar="RUN",
-                      help="other runs scored the same way (e.g. TAPA trained from scratch)")  # fmt: skip
+    conv.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="RUN",
+        help="other runs scored the same way (e.g. TAPA trained from scratch)",
+    )
 
 
 def _add_lr(verbs: argparse._SubParsersAction) -> None:
@@ -76,16 +93,24 @@ def _add_lr(verbs: argparse._SubParsersAction) -> None:
 def _add_phase_scale(verbs: argparse._SubParsersAction) -> None:
     from tapa.study.phase_scale import STUDIES
 
-    ps = _staged(verbs, "phase-scale", "TAPA's phase scale s (2 pi, 1, off): LR sweep, seeds at each best LR, "
-                 "gap to RoPE", _phase_scale)  # fmt: skip
+    ps = _staged(
+        verbs,
+        "phase-scale",
+        "TAPA's phase scale s (2 pi, 1, off): LR sweep, seeds at each best LR, gap to RoPE",
+        _phase_scale,
+    )
     ps.add_argument("--study", choices=list(STUDIES), default="default", help="default: paper-cpu; smoke: toy")
 
 
 def _add_real_convert(verbs: argparse._SubParsersAction) -> None:
     from tapa.study.real_model import STUDIES
 
-    real = _staged(verbs, "real-convert", "a real RoPE model (GGUF, transformers folder or run) -> TAPA, "
-                   "continually pretrained", _real_convert)  # fmt: skip
+    real = _staged(
+        verbs,
+        "real-convert",
+        "a real RoPE model (GGUF, transformers folder or run) -> TAPA, continually pretrained",
+        _real_convert,
+    )
     real.add_argument("source", metavar="SOURCE", help="a .gguf file, a transformers folder or a tapa RoPE run")
     real.add_argument("--study", choices=list(STUDIES), default="default", help="default: 2K tokens; smoke: toy")
     real.add_argument("--train-minutes", type=float, help="minutes of training per arm (default: the study's)")
@@ -156,8 +181,9 @@ def _convert(args: argparse.Namespace) -> None:
     from tapa.study.convert import STUDIES, run_convert
     from tapa.study.convert_report import convert_table
 
-    results = run_convert(STUDIES[args.study], args.parent, args.out, args.cache_dir, tuple(args.compare),
-                          verbose=not args.quiet)  # fmt: skip
+    results = run_convert(
+        STUDIES[args.study], args.parent, args.out, args.cache_dir, tuple(args.compare), verbose=not args.quiet
+    )
     print(convert_table(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")
 

@@ -68,19 +68,33 @@ def _convert_stage(out: Path, parent: str, log) -> dict[str, Any]:
     return run_stage(out, "convert_tapa", {"parent": parent, "positional": "tapa"}, work, log)
 
 
-def child_config(study: ConvertStudy, start: str, base_len: int, yarn: bool, cache_dir: str | None,
-                 lr: float | None = None) -> TrainConfig:  # fmt: skip
+def child_config(
+    study: ConvertStudy, start: str, base_len: int, yarn: bool, cache_dir: str | None, lr: float | None = None
+) -> TrainConfig:
     from tapa.model import load_config
     from tapa.model.scaling import scaled_model_config
 
     seq_len = study.length_factor * base_len
-    model = scaled_model_config(load_config(start), seq_len, yarn=study.yarn_factor if yarn else None,
-                                context="study convert")  # fmt: skip
+    model = scaled_model_config(
+        load_config(start), seq_len, yarn=study.yarn_factor if yarn else None, context="study convert"
+    )
     if yarn:  # the original length is the parent's L0 (scaled_model_config reads it from the start's config)
         assert model.rope_scaling["original_max_position_embeddings"] == base_len
-    return TrainConfig(seq_len=seq_len, batch_size=study.batch_size, steps=study.steps, seed=study.seed, eval_every=0,
-                       save_every=study.save_every, keep_last=study.steps // study.save_every + 1, eval_segments=8,
-                       init_from=start, tokenizer=start, cache_dir=cache_dir, model=model, lr=lr)  # fmt: skip
+    return TrainConfig(
+        seq_len=seq_len,
+        batch_size=study.batch_size,
+        steps=study.steps,
+        seed=study.seed,
+        eval_every=0,
+        save_every=study.save_every,
+        keep_last=study.steps // study.save_every + 1,
+        eval_segments=8,
+        init_from=start,
+        tokenizer=start,
+        cache_dir=cache_dir,
+        model=model,
+        lr=lr,
+    )
 
 
 def steps_to_within(curve: list[dict[str, Any]], parent: dict[str, float], tolerance: float = TOLERANCE):
@@ -91,8 +105,14 @@ def steps_to_within(curve: list[dict[str, Any]], parent: dict[str, float], toler
     return {"loss": by_loss, "perplexity": by_ppl}
 
 
-def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: str | None = None,
-                compare: tuple[str, ...] = (), verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_convert(
+    study: ConvertStudy,
+    parent: str,
+    out: str | Path,
+    cache_dir: str | None = None,
+    compare: tuple[str, ...] = (),
+    verbose: bool = True,
+) -> dict[str, Any]:
     from tapa.model import load_config
     from tapa.study.convert_report import write_convert_report
     from tapa.train.run_dir import RunDir, checkpoint_step
@@ -125,12 +145,18 @@ def run_convert(study: ConvertStudy, parent: str, out: str | Path, cache_dir: st
             r = _perplexity_stage(out, f"ppl_{name}_step{step}", run, [l0], study, cache_dir, log)["lengths"][str(l0)]
             curve.append({"step": step, "loss": r["loss"], "perplexity": r["perplexity"]})
         final = _perplexity_stage(out, f"ppl_{name}_final", trained["run"], lengths, study, cache_dir, log)
-        results["children"][name] = {"train": trained, "lr": config.peak_lr, "curve": curve, "final": final,
-                                     "within": steps_to_within(curve, parent_l0)}  # fmt: skip
+        results["children"][name] = {
+            "train": trained,
+            "lr": config.peak_lr,
+            "curve": curve,
+            "final": final,
+            "within": steps_to_within(curve, parent_l0),
+        }
     for run in compare:
         label = Path(run).parent.name if Path(run).name == "run" else Path(run).name
-        results["compare"][label] = _perplexity_stage(out, f"ppl_compare_{label}", str(Path(run).resolve()), lengths,
-                                                      study, cache_dir, log)  # fmt: skip
+        results["compare"][label] = _perplexity_stage(
+            out, f"ppl_compare_{label}", str(Path(run).resolve()), lengths, study, cache_dir, log
+        )
     results["wall_seconds"] = time.perf_counter() - started
     write_results(out, results)
     write_convert_report(results, out)

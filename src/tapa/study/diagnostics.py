@@ -123,8 +123,12 @@ def diagnose(model: TapaLM, input_ids: torch.Tensor, max_distance: int | None = 
     max_distance = max_distance or length // 2
     m, n, d = distance_pairs(length, max_distance)
     distances = powers_of_two(max_distance)
-    result: dict[str, Any] = {"positional": model.config.positional, "length": length, "distances": distances,
-                              "layers": []}  # fmt: skip
+    result: dict[str, Any] = {
+        "positional": model.config.positional,
+        "length": length,
+        "distances": distances,
+        "layers": [],
+    }
     for entry in layer_scores(model.eval(), input_ids):
         probs = entry["probs"]
         layer: dict[str, Any] = {
@@ -139,8 +143,11 @@ def diagnose(model: TapaLM, input_ids: torch.Tensor, max_distance: int | None = 
             by = {}
             for dist in distances:
                 ph = phase[..., d == dist].abs().flatten().double()
-                by[str(dist)] = {"median_abs": ph.median().item(), "p90_abs": ph.quantile(0.9).item(),
-                                 "mean_cos": torch.cos(phase[..., d == dist]).double().mean().item()}  # fmt: skip
+                by[str(dist)] = {
+                    "median_abs": ph.median().item(),
+                    "p90_abs": ph.quantile(0.9).item(),
+                    "mean_cos": torch.cos(phase[..., d == dist]).double().mean().item(),
+                }
             layer["phase"] = by
         result["layers"].append(layer)
     result["induction"] = induction_score(model, period=max(8, length // 4)).tolist()
@@ -181,10 +188,12 @@ def check_score_memory(model: TapaLM, batch: int, length: int, share: float = 0.
     need = 3 * c.n_layers * c.n_heads * batch * length**2 * 4
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > share * total:
-        raise ConfigError(f"study diagnose: a segment length of {length} needs about {need / 2**30:.1f} GiB for the "
-                          f"score matrices ({c.n_layers} layers x {c.n_heads} heads x {batch} segments x {length}^2), "
-                          f"more than half of this machine's {total / 2**30:.1f} GiB; use a shorter "
-                          "--segment-length or fewer --segments")  # fmt: skip
+        raise ConfigError(
+            f"study diagnose: a segment length of {length} needs about {need / 2**30:.1f} GiB for the "
+            f"score matrices ({c.n_layers} layers x {c.n_heads} heads x {batch} segments x {length}^2), "
+            f"more than half of this machine's {total / 2**30:.1f} GiB; use a shorter "
+            "--segment-length or fewer --segments"
+        )
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -42,8 +42,14 @@ def plot_phase_and_mass(diagnostics: dict[str, dict[str, Any]], path: Path, titl
             if "phase" not in layer:
                 continue
             xs = [int(d) for d in layer["phase"]]
-            left.plot(xs, [layer["phase"][str(d)]["median_abs"] for d in xs], ls=styles[li % 4],
-                      marker=markers[i % 7], ms=4, label=f"{name} layer {li}")  # fmt: skip
+            left.plot(
+                xs,
+                [layer["phase"][str(d)]["median_abs"] for d in xs],
+                ls=styles[li % 4],
+                marker=markers[i % 7],
+                ms=4,
+                label=f"{name} layer {li}",
+            )
         i += 1
     left.set_xscale("log", base=2)
     left.set_xlabel("distance m - n (log scale)")

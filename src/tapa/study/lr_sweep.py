@@ -23,8 +23,13 @@ GRIDS = {
 SMOKE_GRIDS = {"rope": (1e-3, 2e-3), "tapa": (4e-4, 1e-3)}
 
 
-def run_lr_sweep(preset: Preset, out: str | Path, grids: dict[str, tuple[float, ...]] = GRIDS,
-                 cache_dir: str | None = None, verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_lr_sweep(
+    preset: Preset,
+    out: str | Path,
+    grids: dict[str, tuple[float, ...]] = GRIDS,
+    cache_dir: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     from tapa.reproduce.pipeline import Reproduction
 
     out = Path(out)
@@ -38,8 +43,12 @@ def run_lr_sweep(preset: Preset, out: str | Path, grids: dict[str, tuple[float, 
             rep.log(f"{method} at peak LR {lr:g}")
             res = rep.pretrain(method, seed)
             results["runs"].setdefault(method, {})[f"{lr:g}"] = {
-                "lr": lr, "val_loss": res["val_loss"], "val_ppl": math.exp(res["val_loss"]), "run": res["run"],
-                "seconds": res["seconds"]}  # fmt: skip
+                "lr": lr,
+                "val_loss": res["val_loss"],
+                "val_ppl": math.exp(res["val_loss"]),
+                "run": res["run"],
+                "seconds": res["seconds"],
+            }
         runs = results["runs"][method]
         results["best"][method] = min(runs.values(), key=lambda r: r["val_loss"])["lr"]
     results["wall_seconds"] = time.perf_counter() - started
@@ -62,12 +71,18 @@ def lr_table(results: dict[str, Any]) -> str:
 
 def lr_report(results: dict[str, Any], preset: Preset) -> str:
     paper = DEFAULT_LR["rope"] / 5
-    return "\n".join([
-        f"# Learning-rate sweep at the `{preset.name}` geometry", "",
-        f"Each run is `tapa reproduce --preset {preset.name}`'s pretraining stage of its method (seed "
-        f"{results['seed']}, {preset.pretrain_steps} steps of {preset.batch_size} x {preset.seq_len} tokens) at the "
-        f"peak LR given; read by the validation book's loss. TAPA at {paper:g} is the paper's ratio (RoPE's default "
-        f"{DEFAULT_LR['rope']:g} / 5).", "",
-        lr_table(results), "",
-        f"Wall time of this call: {results['wall_seconds'] / 60:.1f} min.", "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# Learning-rate sweep at the `{preset.name}` geometry",
+            "",
+            f"Each run is `tapa reproduce --preset {preset.name}`'s pretraining stage of its method (seed "
+            f"{results['seed']}, {preset.pretrain_steps} steps of {preset.batch_size} x {preset.seq_len} tokens) "
+            f"at the peak LR given; read by the validation book's loss. TAPA at {paper:g} is the paper's ratio "
+            f"(RoPE's default {DEFAULT_LR['rope']:g} / 5).",
+            "",
+            lr_table(results),
+            "",
+            f"Wall time of this call: {results['wall_seconds'] / 60:.1f} min.",
+            "",
+        ]
+    )

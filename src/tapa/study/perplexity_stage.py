@@ -9,8 +9,9 @@ from typing import Any
 from tapa.experiment.stages import run_stage
 
 
-def perplexity_stage(out: Path, name: str, run: str, lengths: list[int], eval_tokens: int, cache_dir: str | None,
-                     log) -> dict[str, Any]:  # fmt: skip
+def perplexity_stage(
+    out: Path, name: str, run: str, lengths: list[int], eval_tokens: int, cache_dir: str | None, log
+) -> dict[str, Any]:
     """``{"lengths": {L: {"perplexity", "loss", "tokens"}}}`` on the first ``eval_tokens``
     tokens of the test book, tokenized by the run's own tokenizer."""
 

@@ -44,21 +44,30 @@ class PhaseScaleStudy:
 
 STUDIES = {
     "default": PhaseScaleStudy(
-        "default", "paper-cpu",
-        sweeps=(("rope", (2e-3, 4e-3)), ("tapa", (1e-3, 2e-3)), ("tapa_unscaled", (1e-3, 2e-3, 3e-3, 4e-3)),
-                ("tapa_phase_off", (2e-3, 4e-3)), ("nope", (2e-3, 4e-3))),
+        "default",
+        "paper-cpu",
+        sweeps=(
+            ("rope", (2e-3, 4e-3)),
+            ("tapa", (1e-3, 2e-3)),
+            ("tapa_unscaled", (1e-3, 2e-3, 3e-3, 4e-3)),
+            ("tapa_phase_off", (2e-3, 4e-3)),
+            ("nope", (2e-3, 4e-3)),
+        ),
         seeds=(0, 1, 2),
     ),
     # the same steps at toy sizes, for the tests
     "smoke": PhaseScaleStudy(
-        "smoke", "smoke", sweeps=(("rope", (2e-3,)), ("tapa", (1e-3,)), ("tapa_unscaled", (1e-3, 2e-3)),
-                                  ("tapa_phase_off", (2e-3,))), seeds=(0, 1),
+        "smoke",
+        "smoke",
+        sweeps=(("rope", (2e-3,)), ("tapa", (1e-3,)), ("tapa_unscaled", (1e-3, 2e-3)), ("tapa_phase_off", (2e-3,))),
+        seeds=(0, 1),
     ),
-}  # fmt: skip
+}
 
 
-def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | None = None,
-                    verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_phase_scale(
+    study: PhaseScaleStudy, out: str | Path, cache_dir: str | None = None, verbose: bool = True
+) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results also written to results.json."""
     from tapa.experiment.runs import environment
     from tapa.reproduce.pipeline import Reproduction
@@ -68,9 +77,17 @@ def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | No
     started = time.perf_counter()
     preset = get_preset(study.preset)
     first, rest = study.seeds[0], study.seeds[1:]
-    results: dict[str, Any] = {"study": study.name, "preset": preset.name, "seeds": list(study.seeds),
-                               "environment": environment(), "sweep": {}, "best_lr": {}, "seeded": {},
-                               "seeded_by_lr": {}, "perplexity": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "study": study.name,
+        "preset": preset.name,
+        "seeds": list(study.seeds),
+        "environment": environment(),
+        "sweep": {},
+        "best_lr": {},
+        "seeded": {},
+        "seeded_by_lr": {},
+        "perplexity": {},
+    }
 
     def reproduction(method: str, lr: float) -> Reproduction:
         return Reproduction(replace(preset, lr=((method, lr),)), out, cache_dir, verbose)
@@ -122,16 +139,25 @@ def run_phase_scale(study: PhaseScaleStudy, out: str | Path, cache_dir: str | No
 
 
 def _row(res: dict[str, Any], lr: float) -> dict[str, Any]:
-    return {"lr": lr, "val_loss": res["val_loss"], "val_ppl": math.exp(res["val_loss"]), "run": res["run"],
-            "seconds": res["seconds"]}  # fmt: skip
+    return {
+        "lr": lr,
+        "val_loss": res["val_loss"],
+        "val_ppl": math.exp(res["val_loss"]),
+        "run": res["run"],
+        "seconds": res["seconds"],
+    }
 
 
 def _interval_ppl(by_seed: dict[str, float]) -> dict[str, Any]:
     stats = mean_interval(list(by_seed.values()))
-    return {"n": stats["n"], "val_ppl": math.exp(stats["mean"]), "level": stats["level"],
-            "low": math.exp(stats["low"]) if stats["low"] is not None else None,
-            "high": math.exp(stats["high"]) if stats["high"] is not None else None,
-            "per_seed": {s: math.exp(v) for s, v in by_seed.items()}}  # fmt: skip
+    return {
+        "n": stats["n"],
+        "val_ppl": math.exp(stats["mean"]),
+        "level": stats["level"],
+        "low": math.exp(stats["low"]) if stats["low"] is not None else None,
+        "high": math.exp(stats["high"]) if stats["high"] is not None else None,
+        "per_seed": {s: math.exp(v) for s, v in by_seed.items()},
+    }
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -141,8 +167,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     losses = {m: {s: r["val_loss"] for s, r in rows.items()} for m, rows in results["seeded"].items()}
     out: dict[str, Any] = {"methods": {}, "ratios": {}, "by_lr": {}}
     for method, by_lr in results.get("seeded_by_lr", {}).items():
-        out["by_lr"][method] = {lr: _interval_ppl({s: r["val_loss"] for s, r in rows.items()})
-                                for lr, rows in by_lr.items()}  # fmt: skip
+        out["by_lr"][method] = {
+            lr: _interval_ppl({s: r["val_loss"] for s, r in rows.items()}) for lr, rows in by_lr.items()
+        }
     for method, by_seed in losses.items():
         out["methods"][method] = {"lr": results["best_lr"][method], **_interval_ppl(by_seed)}
     pairs = [(m, "rope") for m in losses if m != "rope" and "rope" in losses]

@@ -38,8 +38,12 @@ def sweep_table(results: dict[str, Any]) -> str:
     rows = []
     for method, sweep in results["sweep"].items():
         by_lr = {r["lr"]: r for r in sweep.values()}
-        cells = [f"**{by_lr[lr]['val_ppl']:.1f}**" if lr == results["best_lr"][method] else
-                 (f"{by_lr[lr]['val_ppl']:.1f}" if lr in by_lr else "") for lr in lrs]  # fmt: skip
+        cells = [
+            f"**{by_lr[lr]['val_ppl']:.1f}**"
+            if lr == results["best_lr"][method]
+            else (f"{by_lr[lr]['val_ppl']:.1f}" if lr in by_lr else "")
+            for lr in lrs
+        ]
         rows.append([_label(method), *cells])
     return markdown_table(["method", *(f"LR {lr:g}" for lr in lrs)], rows)
 
@@ -63,11 +67,20 @@ def seeded_table(results: dict[str, Any]) -> str:
         per_seed = ", ".join(f"{v:.1f}" for v in m["per_seed"].values())
         interval = f"{m['low']:.1f}-{m['high']:.1f}" if m["low"] is not None else "(1 seed)"
         ratio = summary["ratios"].get(f"{method}/rope")
-        rows.append([_label(method), f"{m['lr']:g}", per_seed, f"{m['val_ppl']:.1f}", interval,
-                     interval_text(ratio) if ratio else "1 (reference)"])  # fmt: skip
+        rows.append(
+            [
+                _label(method),
+                f"{m['lr']:g}",
+                per_seed,
+                f"{m['val_ppl']:.1f}",
+                interval,
+                interval_text(ratio) if ratio else "1 (reference)",
+            ]
+        )
     pct = round(100 * next(iter(summary["methods"].values()))["level"])
-    return markdown_table(["method", "LR (best seed mean)", "per seed", "mean", f"{pct}% interval",
-                           "/ RoPE, paired by seed"], rows)  # fmt: skip
+    return markdown_table(
+        ["method", "LR (best seed mean)", "per seed", "mean", f"{pct}% interval", "/ RoPE, paired by seed"], rows
+    )
 
 
 def length_table(results: dict[str, Any], preset: Preset) -> str:
@@ -87,14 +100,18 @@ def findings(results: dict[str, Any]) -> list[str]:
     ratios, lines = summary["ratios"], []
     if "tapa" in best and "tapa_unscaled" in best:
         moved = "moves up" if best["tapa_unscaled"] > best["tapa"] else "does not move up"
-        lines.append(f"- The LR chosen by the seed mean {moved}: TAPA with s = 2 pi at {best['tapa']:g}, with s = 1 "
-                     f"at {best['tapa_unscaled']:g}.")  # fmt: skip
+        lines.append(
+            f"- The LR chosen by the seed mean {moved}: TAPA with s = 2 pi at {best['tapa']:g}, with s = 1 "
+            f"at {best['tapa_unscaled']:g}."
+        )
         for method in ("tapa", "tapa_unscaled", "rope"):
             for lr, m in results["summary"].get("by_lr", {}).get(method, {}).items():
                 worst = max(m["per_seed"].values())
                 if worst > 2 * min(m["per_seed"].values()):
-                    lines.append(f"- {_label(method)} at LR {lr} diverged on a seed (perplexity {worst:.1f} against "
-                                 f"{min(m['per_seed'].values()):.1f} on the best seed).")  # fmt: skip
+                    lines.append(
+                        f"- {_label(method)} at LR {lr} diverged on a seed (perplexity {worst:.1f} against "
+                        f"{min(m['per_seed'].values()):.1f} on the best seed)."
+                    )
         sweep2pi = {r["lr"]: r["val_ppl"] for r in results["sweep"]["tapa"].values()}
         sweep1 = {r["lr"]: r["val_ppl"] for r in results["sweep"]["tapa_unscaled"].values()}
         shared = sorted(set(sweep2pi) & set(sweep1))
@@ -104,11 +121,15 @@ def findings(results: dict[str, Any]) -> list[str]:
     for key in ("tapa/rope", "tapa_unscaled/rope", "tapa_phase_off/rope", "nope/rope"):
         if key in ratios:
             a = key.split("/")[0]
-            lines.append(f"- {_label(a)} / RoPE at each one's best LR: {interval_text(ratios[key])}: "
-                         f"{ratio_reading(ratios[key])}.")  # fmt: skip
-    for key, what in (("tapa/tapa_unscaled", "s = 2 pi vs s = 1"),
-                      ("tapa_unscaled/tapa_phase_off", "s = 1 vs the phase switched off"),
-                      ("tapa/tapa_phase_off", "s = 2 pi vs the phase switched off")):  # fmt: skip
+            lines.append(
+                f"- {_label(a)} / RoPE at each one's best LR: {interval_text(ratios[key])}: "
+                f"{ratio_reading(ratios[key])}."
+            )
+    for key, what in (
+        ("tapa/tapa_unscaled", "s = 2 pi vs s = 1"),
+        ("tapa_unscaled/tapa_phase_off", "s = 1 vs the phase switched off"),
+        ("tapa/tapa_phase_off", "s = 2 pi vs the phase switched off"),
+    ):
         if key in ratios:
             lines.append(f"- {what}: {interval_text(ratios[key])}: {ratio_reading(ratios[key])}.")
     return lines
@@ -117,34 +138,49 @@ def findings(results: dict[str, Any]) -> list[str]:
 def write_report(results: dict[str, Any], preset: Preset, out: Path) -> None:
     seeds = ", ".join(map(str, results["seeds"]))
     text = [
-        f"# Phase scale: TAPA with s = 2 pi, s = 1 and the phase off (`{preset.name}` geometry)", "",
+        f"# Phase scale: TAPA with s = 2 pi, s = 1 and the phase off (`{preset.name}` geometry)",
+        "",
         "TAPA's score is (q_A.k_A / sqrt(D_A)) cos(s |m-n|^alpha q_P.k_P / sqrt(D_P)). The paper's Eq. 12 has "
         "s = 2 pi; the public forward-only code has s = 1; s = 0 switches the phase off (cos = 1: NoPE on the "
-        "amplitude half of each head, the phase half unused by the scores).", "",
+        "amplitude half of each head, the phase half unused by the scores).",
+        "",
         f"Every run is `tapa reproduce --preset {preset.name}`'s pretraining stage of its method "
         f"({preset.pretrain_steps} steps of {preset.batch_size} x {preset.seq_len} tokens, d_model {preset.d_model}, "
         f"{preset.n_layers} layers, head_dim {preset.head_dim or preset.d_model // preset.n_heads}), read by the "
-        "validation book's perplexity (never the test book).", "",
-        "## 1. Peak-LR sweep (seed 0, validation perplexity; best in bold)", "",
-        sweep_table(results), "",
-        f"## 2. The two best seed-0 LRs of each method on seeds {seeds}", "",
-        by_lr_table(results), "",
-        "## 3. Each method at the LR with the best seed mean", "",
-        seeded_table(results), "",
+        "validation book's perplexity (never the test book).",
+        "",
+        "## 1. Peak-LR sweep (seed 0, validation perplexity; best in bold)",
+        "",
+        sweep_table(results),
+        "",
+        f"## 2. The two best seed-0 LRs of each method on seeds {seeds}",
+        "",
+        by_lr_table(results),
+        "",
+        "## 3. Each method at the LR with the best seed mean",
+        "",
+        seeded_table(results),
+        "",
         "Intervals: Student t over seeds of the mean validation loss (exponentiated); ratios are paired by seed "
         "(t-interval of the per-seed loss differences). Seed 0 shortlisted the LRs and counts in the mean, so a "
-        "method swept over more LRs is slightly favoured.", "",
-        "## Findings (derived from the numbers above by fixed rules)", "",
-        *findings(results), "",
-        "## 4. Test-book perplexity by evaluation length, chosen LRs (trained at "
-        f"{preset.seq_len} tokens)", "",
-        length_table(results, preset), "",
-        "![validation perplexity by peak LR](phase_scale.png)", "",
+        "method swept over more LRs is slightly favoured.",
+        "",
+        "## Findings (derived from the numbers above by fixed rules)",
+        "",
+        *findings(results),
+        "",
+        f"## 4. Test-book perplexity by evaluation length, chosen LRs (trained at {preset.seq_len} tokens)",
+        "",
+        length_table(results, preset),
+        "",
+        "![validation perplexity by peak LR](phase_scale.png)",
+        "",
         f"Command: `tapa study phase-scale --study {results['study']} --out DIR`. Machine: "
         f"{results['environment']['processor'] or results['environment']['machine']}, "
         f"{results['environment']['threads']} threads, torch {results['environment']['torch']}. "
-        f"Training time of all stages: {results['stage_seconds'] / 60:.1f} min.", "",
-    ]  # fmt: skip
+        f"Training time of all stages: {results['stage_seconds'] / 60:.1f} min.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(text))
 
 
@@ -156,8 +192,16 @@ def plot_phase_scale(results: dict[str, Any], path: Path) -> None:
         (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=_label(method))
         m = results["summary"]["methods"][method]
         if m["low"] is not None:
-            ax.errorbar([m["lr"]], [m["val_ppl"]], yerr=[[m["val_ppl"] - m["low"]], [m["high"] - m["val_ppl"]]],
-                        color=line.get_color(), capsize=4, marker="s", markersize=7, alpha=0.6)  # fmt: skip
+            ax.errorbar(
+                [m["lr"]],
+                [m["val_ppl"]],
+                yerr=[[m["val_ppl"] - m["low"]], [m["high"] - m["val_ppl"]]],
+                color=line.get_color(),
+                capsize=4,
+                marker="s",
+                markersize=7,
+                alpha=0.6,
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("peak LR")

@@ -63,13 +63,24 @@ class RealModelStudy:
 STUDIES = {
     "default": RealModelStudy("default"),
     # toy sizes, for the tests
-    "smoke": RealModelStudy("smoke", train_len=32, batch_size=2, steps=4, eval_lengths=(32, 64, 256), eval_tokens=256,
-                            naive_lengths=(32,), eval_every=2, eval_segments=2, warmup_steps=1),
-}  # fmt: skip
+    "smoke": RealModelStudy(
+        "smoke",
+        train_len=32,
+        batch_size=2,
+        steps=4,
+        eval_lengths=(32, 64, 256),
+        eval_tokens=256,
+        naive_lengths=(32,),
+        eval_every=2,
+        eval_segments=2,
+        warmup_steps=1,
+    ),
+}
 
 
-def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, cache_dir: str | None = None,
-                   verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_real_model(
+    study: RealModelStudy, source: str | Path, out: str | Path, cache_dir: str | None = None, verbose: bool = True
+) -> dict[str, Any]:
     from tapa.experiment.runs import train_in
     from tapa.experiment.stages import printer, run_stage
 
@@ -80,8 +91,7 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
     base = _base_run(Path(source), out, log)
     runs = {"original": base}
     for conversion in CONVERSIONS:
-        key = {"base": base, "conversion": conversion, "phase_scale": study.phase_scale,
-               "phase_init": study.phase_init}  # fmt: skip
+        key = {"base": base, "conversion": conversion, "phase_scale": study.phase_scale, "phase_init": study.phase_init}
         res = run_stage(out, f"convert_{conversion}", key, lambda d, c=conversion: _convert(base, c, study, d), log)
         runs[f"{conversion}_zero_shot"] = res["run"]
     steps, speed = _plan_steps(study, base, out, cache_dir, log)
@@ -96,14 +106,23 @@ def run_real_model(study: RealModelStudy, source: str | Path, out: str | Path, c
         lengths = study.naive_lengths if name.startswith("naive") else study.eval_lengths
         perplexity[name] = _perplexity_stage(study, out, name, run, lengths, None, cache_dir, log)
         if name in ("original", "rope_trained"):
-            perplexity[f"{name}+yarn"] = _perplexity_stage(study, out, f"{name}+yarn", run, lengths, "yarn",
-                                                           cache_dir, log)  # fmt: skip
+            perplexity[f"{name}+yarn"] = _perplexity_stage(
+                study, out, f"{name}+yarn", run, lengths, "yarn", cache_dir, log
+            )
     results = {
-        "study": asdict(study), "source": str(source), "model": _describe(base), "runs": runs, "speed": speed,
-        "steps": steps, "tokens_per_arm": steps * study.batch_size * study.train_len, "train": train,
-        "perplexity": perplexity, "machine": environment(),
-        "date": time.strftime("%Y-%m-%d"), "wall_seconds": time.perf_counter() - started,
-    }  # fmt: skip
+        "study": asdict(study),
+        "source": str(source),
+        "model": _describe(base),
+        "runs": runs,
+        "speed": speed,
+        "steps": steps,
+        "tokens_per_arm": steps * study.batch_size * study.train_len,
+        "train": train,
+        "perplexity": perplexity,
+        "machine": environment(),
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_seconds": time.perf_counter() - started,
+    }
     from tapa.experiment.stages import finished_seconds
 
     results["stage_seconds"] = finished_seconds(out)
@@ -125,8 +144,10 @@ def check_source(source: str | Path) -> None:
         with path.open("rb") as f:
             magic = f.read(4)
         if magic != b"GGUF":
-            raise ConfigError(f"real-convert: {path} is not a GGUF file (it does not start with 'GGUF'); "
-                              "pass a .gguf file, a transformers folder or a tapa RoPE run")  # fmt: skip
+            raise ConfigError(
+                f"real-convert: {path} is not a GGUF file (it does not start with 'GGUF'); "
+                "pass a .gguf file, a transformers folder or a tapa RoPE run"
+            )
         return
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ConfigError(f"real-convert: {path} is neither a GGUF file nor a folder with a config.json")
@@ -163,8 +184,9 @@ def _convert(base: str, conversion: str, study: RealModelStudy, directory: Path)
     from tapa.model import load_pretrained
     from tapa.model.conversion import convert_to_tapa
 
-    model = convert_to_tapa(load_pretrained(base), conversion, phase_scale=study.phase_scale,
-                            phase_init=study.phase_init)  # fmt: skip
+    model = convert_to_tapa(
+        load_pretrained(base), conversion, phase_scale=study.phase_scale, phase_init=study.phase_init
+    )
     run = directory / "run"
     shutil.rmtree(run, ignore_errors=True)
     save_with_tokenizer(model, base, run)
@@ -194,10 +216,22 @@ def _train_config(study: RealModelStudy, init: str, steps: int, cache_dir: str |
     from tapa.train.config import TrainConfig
 
     model = load_pretrained(init).config
-    return TrainConfig(seq_len=study.train_len, batch_size=study.batch_size, steps=steps, lr=study.lr,
-                       warmup_steps=min(study.warmup_steps, steps), seed=study.seed, eval_every=study.eval_every,
-                       eval_segments=study.eval_segments, save_every=max(1, study.eval_every), init_from=init,
-                       tokenizer=init, cache_dir=cache_dir, model=model, train_only=list(study.train_only))  # fmt: skip
+    return TrainConfig(
+        seq_len=study.train_len,
+        batch_size=study.batch_size,
+        steps=steps,
+        lr=study.lr,
+        warmup_steps=min(study.warmup_steps, steps),
+        seed=study.seed,
+        eval_every=study.eval_every,
+        eval_segments=study.eval_segments,
+        save_every=max(1, study.eval_every),
+        init_from=init,
+        tokenizer=init,
+        cache_dir=cache_dir,
+        model=model,
+        train_only=list(study.train_only),
+    )
 
 
 def _plan_steps(study: RealModelStudy, base: str, out: Path, cache_dir: str | None, log) -> tuple[int, dict]:
@@ -232,16 +266,23 @@ def long_half_perplexity(model, doc: torch.Tensor, length: int, tokens: int) -> 
     if len(doc) < span + 1:
         raise ConfigError(f"real-convert: the test text has {len(doc)} tokens; length {length} needs {span + 1}")
     device = next(model.parameters()).device
-    losses = [float(window_losses(model, doc.long(), [Window(start, start + length, length // 2)], device)[0].mean())
-              for start in range(0, span - length + 1, length)]  # one window at a time: memory of one  # fmt: skip
+    losses = [
+        float(window_losses(model, doc.long(), [Window(start, start + length, length // 2)], device)[0].mean())
+        for start in range(0, span - length + 1, length)
+    ]  # one window at a time: memory of one
     stats = mean_interval(losses)
-    return {"perplexity": math.exp(stats["mean"]), "windows": len(losses), "scored_tokens": len(losses) * (length // 2),
-            "low": math.exp(stats["low"]) if stats["low"] is not None else None,
-            "high": math.exp(stats["high"]) if stats["high"] is not None else None}  # fmt: skip
+    return {
+        "perplexity": math.exp(stats["mean"]),
+        "windows": len(losses),
+        "scored_tokens": len(losses) * (length // 2),
+        "low": math.exp(stats["low"]) if stats["low"] is not None else None,
+        "high": math.exp(stats["high"]) if stats["high"] is not None else None,
+    }
 
 
-def _perplexity_stage(study: RealModelStudy, out: Path, name: str, run: str, lengths, scaling: str | None,
-                      cache_dir: str | None, log) -> dict[str, Any]:  # fmt: skip
+def _perplexity_stage(
+    study: RealModelStudy, out: Path, name: str, run: str, lengths, scaling: str | None, cache_dir: str | None, log
+) -> dict[str, Any]:
     from tapa.experiment.stages import run_stage
 
     def work(_directory: Path) -> dict[str, Any]:
@@ -263,8 +304,11 @@ def _perplexity_stage(study: RealModelStudy, out: Path, name: str, run: str, len
                 config = scaled_model_config(trained.config, trained.config.max_seq_len, yarn=factor, context="study")
                 model = with_config(trained, config).eval()
             start = time.perf_counter()
-            rows[str(length)] = {**long_half_perplexity(model, doc, length, study.eval_tokens),
-                                 "seconds": time.perf_counter() - start, "scale_factor": factor}  # fmt: skip
+            rows[str(length)] = {
+                **long_half_perplexity(model, doc, length, study.eval_tokens),
+                "seconds": time.perf_counter() - start,
+                "scale_factor": factor,
+            }
         return {"lengths": rows}
 
     key = {"run": run, "lengths": list(lengths), "scaling": scaling, "eval_tokens": study.eval_tokens}
@@ -275,6 +319,13 @@ def _describe(run: str) -> dict[str, Any]:
     from tapa.model import ModelConfig
 
     c = ModelConfig.load(Path(run) / "config.json")
-    return {"layers": c.n_layers, "d_model": c.d_model, "heads": c.n_heads, "kv_heads": c.kv_heads,
-            "head_dim": c.head_size, "vocab": c.vocab_size, "max_seq_len": c.max_seq_len,
-            "rope_base": c.rope_base}  # fmt: skip
+    return {
+        "layers": c.n_layers,
+        "d_model": c.d_model,
+        "heads": c.n_heads,
+        "kv_heads": c.kv_heads,
+        "head_dim": c.head_size,
+        "vocab": c.vocab_size,
+        "max_seq_len": c.max_seq_len,
+        "rope_base": c.rope_base,
+    }

@@ -56,13 +56,33 @@ STUDIES = {
     "steps-4000": RecallStudy(steps=4000, methods=("rope", "tapa")),
     # the first recall study (2026-12-01): no method got past the no-association shortcuts
     "pairs": RecallStudy(task=PAIRS, batch_size=32),
-    "smoke": RecallStudy(task=SegmentTask(n_tokens=12, n_filler=4, segment=4), d_model=16, n_layers=1,
-                         seq_len=12, batch_size=4, steps=5, warmup=2, eval_sequences=8, length_factors=(1, 2),
-                         methods=("rope", "tapa"), seeds=(0,)),
-    "smoke-pairs": RecallStudy(task=RecallTask(n_keys=8, n_values=8, n_filler=8, n_pairs=3, n_queries=2),
-                               d_model=16, n_layers=1, seq_len=24, batch_size=4, steps=5, warmup=2,
-                               eval_sequences=8, length_factors=(1, 2), methods=("rope", "tapa"), seeds=(0,)),
-}  # fmt: skip
+    "smoke": RecallStudy(
+        task=SegmentTask(n_tokens=12, n_filler=4, segment=4),
+        d_model=16,
+        n_layers=1,
+        seq_len=12,
+        batch_size=4,
+        steps=5,
+        warmup=2,
+        eval_sequences=8,
+        length_factors=(1, 2),
+        methods=("rope", "tapa"),
+        seeds=(0,),
+    ),
+    "smoke-pairs": RecallStudy(
+        task=RecallTask(n_keys=8, n_values=8, n_filler=8, n_pairs=3, n_queries=2),
+        d_model=16,
+        n_layers=1,
+        seq_len=24,
+        batch_size=4,
+        steps=5,
+        warmup=2,
+        eval_sequences=8,
+        length_factors=(1, 2),
+        methods=("rope", "tapa"),
+        seeds=(0,),
+    ),
+}
 
 
 def stage_key(study: RecallStudy, method: str, seed: int) -> dict[str, Any]:
@@ -72,12 +92,23 @@ def stage_key(study: RecallStudy, method: str, seed: int) -> dict[str, Any]:
 
 
 def model_config(study: RecallStudy, method: str) -> ModelConfig:
-    return ModelConfig(positional=method, vocab_size=study.task.vocab_size, d_model=study.d_model,
-                       n_layers=study.n_layers, n_heads=study.n_heads, max_seq_len=study.seq_len)  # fmt: skip
+    return ModelConfig(
+        positional=method,
+        vocab_size=study.task.vocab_size,
+        d_model=study.d_model,
+        n_layers=study.n_layers,
+        n_heads=study.n_heads,
+        max_seq_len=study.seq_len,
+    )
 
 
-def train_recall(study: RecallStudy, method: str, seed: int, lr: float | None = None,
-                 on_step: Callable[[int, float], None] | None = None) -> tuple[TapaLM, list[float]]:  # fmt: skip
+def train_recall(
+    study: RecallStudy,
+    method: str,
+    seed: int,
+    lr: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[TapaLM, list[float]]:
     """AdamW (0.9, 0.95, no weight decay), warmup + cosine, peak LR ``lr`` (the method's
     default when None); batch i is drawn from a generator seeded by (seed, i); loss on the
     query values only. ``on_step(step, loss)`` is called after every step."""

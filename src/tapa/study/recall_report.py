@@ -80,8 +80,16 @@ def plot_recall(results: dict[str, Any], path: Path) -> None:
         xs = [int(n) for n in rows]
         ys = [rows[n][0] for n in rows]
         err = [rows[n][1] for n in rows]
-        ax.errorbar(xs, ys, yerr=err, ls=STYLES[i % len(STYLES)], marker=MARKERS[i % len(MARKERS)], ms=5,
-                    capsize=3, label=method)  # fmt: skip
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=err,
+            ls=STYLES[i % len(STYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            ms=5,
+            capsize=3,
+            label=method,
+        )
     ax.axhline(results["chance"], color="grey", lw=0.8, ls=":", label="chance (1/V)")
     ax.axvline(results["study"]["seq_len"], color="grey", lw=0.8, ls="--", label="training length L0")
     ax.set_xscale("log", base=2)

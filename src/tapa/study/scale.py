@@ -67,17 +67,45 @@ SCALES = {
     # TAPA at the paper's ratio to RoPE's LR (2e-3 / 5): RoPE and NoPE are the default ladder's stages
     "tapa-lr-paper": ScaleLadder(sizes=SIZES, lr=(("tapa", 4e-4),)),
     # Three seeds per size, TAPA's best setting from the phase-scale study (no 2 pi, LR 2e-3 = RoPE's), to 32 x L0
-    "seeds": ScaleLadder(sizes=SIZES, seeds=(0, 1, 2), methods=("rope", "tapa"), lr=(("tapa", 2e-3),),
-                         tapa_phase_scale=1.0, length_factors=(1, 8, 16, 32)),
+    "seeds": ScaleLadder(
+        sizes=SIZES,
+        seeds=(0, 1, 2),
+        methods=("rope", "tapa"),
+        lr=(("tapa", 2e-3),),
+        tapa_phase_scale=1.0,
+        length_factors=(1, 8, 16, 32),
+    ),
     # The same with one larger size (d_model 256, 4 layers, 4 heads)
-    "seeds-xl": ScaleLadder(sizes=(*SIZES, Size("XL", 256, 4, 4, 1600)), seeds=(0, 1, 2), methods=("rope", "tapa"),
-                            lr=(("tapa", 2e-3),), tapa_phase_scale=1.0, length_factors=(1, 8, 16, 32)),
-    "smoke": ScaleLadder(sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4), Size("L", 48, 2, 3, 5)), head_dim=16,
-                         seq_len=16, batch_size=4, eval_tokens=600, length_factors=(1, 2), tokenizer="byte"),
-    "smoke-seeds": ScaleLadder(sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4)), head_dim=16, seq_len=16,
-                               batch_size=4, eval_tokens=600, length_factors=(1, 2), tokenizer="byte", seeds=(0, 1),
-                               methods=("rope", "tapa"), tapa_phase_scale=1.0),
-}  # fmt: skip
+    "seeds-xl": ScaleLadder(
+        sizes=(*SIZES, Size("XL", 256, 4, 4, 1600)),
+        seeds=(0, 1, 2),
+        methods=("rope", "tapa"),
+        lr=(("tapa", 2e-3),),
+        tapa_phase_scale=1.0,
+        length_factors=(1, 8, 16, 32),
+    ),
+    "smoke": ScaleLadder(
+        sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4), Size("L", 48, 2, 3, 5)),
+        head_dim=16,
+        seq_len=16,
+        batch_size=4,
+        eval_tokens=600,
+        length_factors=(1, 2),
+        tokenizer="byte",
+    ),
+    "smoke-seeds": ScaleLadder(
+        sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4)),
+        head_dim=16,
+        seq_len=16,
+        batch_size=4,
+        eval_tokens=600,
+        length_factors=(1, 2),
+        tokenizer="byte",
+        seeds=(0, 1),
+        methods=("rope", "tapa"),
+        tapa_phase_scale=1.0,
+    ),
+}
 
 
 def non_embedding_parameters(config: ModelConfig) -> int:
@@ -87,12 +115,29 @@ def non_embedding_parameters(config: ModelConfig) -> int:
 
 def size_config(ladder: ScaleLadder, size: Size, method: str, cache_dir: str | None, seed: int = 0) -> TrainConfig:
     extra = {"tapa_phase_scale": ladder.tapa_phase_scale} if method == "tapa" and ladder.tapa_phase_scale else {}
-    model = ModelConfig(positional=method, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
-                        head_dim=ladder.head_dim, max_seq_len=ladder.seq_len, **extra)  # fmt: skip
-    return TrainConfig(tokenizer=ladder.tokenizer, bpe_vocab_size=BPE_VOCAB, seq_len=ladder.seq_len,
-                       batch_size=ladder.batch_size, steps=size.steps, seed=seed, eval_every=0,
-                       save_every=max(1, size.steps // 4), eval_segments=64, cache_dir=cache_dir,
-                       model=model, lr=dict(ladder.lr).get(method))  # fmt: skip
+    model = ModelConfig(
+        positional=method,
+        d_model=size.d_model,
+        n_layers=size.n_layers,
+        n_heads=size.n_heads,
+        head_dim=ladder.head_dim,
+        max_seq_len=ladder.seq_len,
+        **extra,
+    )
+    return TrainConfig(
+        tokenizer=ladder.tokenizer,
+        bpe_vocab_size=BPE_VOCAB,
+        seq_len=ladder.seq_len,
+        batch_size=ladder.batch_size,
+        steps=size.steps,
+        seed=seed,
+        eval_every=0,
+        save_every=max(1, size.steps // 4),
+        eval_segments=64,
+        cache_dir=cache_dir,
+        model=model,
+        lr=dict(ladder.lr).get(method),
+    )
 
 
 def stage_name(size: Size, method: str, seed: int) -> str:
@@ -119,8 +164,15 @@ def trend(points: list[tuple[float, float]]) -> dict[str, float] | None:
     resid = sum((y - a - b * x) ** 2 for x, y in points)
     se = math.sqrt(resid / (n - 2) / sxx) if n > 2 else float("nan")
     half = t_quantile(0.975, n - 2) * se if n > 2 else float("nan")
-    return {"intercept": a, "slope": b, "slope_se": se, "slope_low": b - half, "slope_high": b + half, "n": n,
-            "zero_at": -a / b if b * (my) < 0 else None}  # fmt: skip
+    return {
+        "intercept": a,
+        "slope": b,
+        "slope_se": se,
+        "slope_low": b - half,
+        "slope_high": b + half,
+        "n": n,
+        "zero_at": -a / b if b * (my) < 0 else None,
+    }
 
 
 def _geomean(values: list[float]) -> float:
@@ -133,20 +185,27 @@ def size_row(size: Size, runs: dict[str, dict[str, Any]], methods: tuple[str, ..
     seeds = sorted(set.intersection(*(set(runs.get(m, {})) for m in methods)), key=int)
     if not seeds:
         return None
-    ppl = {m: {s: {n: v["perplexity"] for n, v in runs[m][s]["perplexity"]["lengths"].items()} for s in seeds}
-           for m in methods}  # fmt: skip
+    ppl = {
+        m: {s: {n: v["perplexity"] for n, v in runs[m][s]["perplexity"]["lengths"].items()} for s in seeds}
+        for m in methods
+    }
     lengths = list(ppl["rope"][seeds[0]])
     first = runs["rope"][seeds[0]]
-    row: dict[str, Any] = {"size": size.name, "seeds": [int(s) for s in seeds],
-                           "non_embedding_params": first["non_embedding_params"], "tokens": first["tokens"],
-                           "compute": first["compute"]}  # fmt: skip
+    row: dict[str, Any] = {
+        "size": size.name,
+        "seeds": [int(s) for s in seeds],
+        "non_embedding_params": first["non_embedding_params"],
+        "tokens": first["tokens"],
+        "compute": first["compute"],
+    }
     loss = {m: {s: math.log(ppl[m][s][l0]) for s in seeds} for m in methods}
     for m in methods[1:]:
         paired = paired_ratio(loss[m], loss["rope"])
         row[f"{m}_over_rope"] = paired["ratio"]
         row[f"{m}_over_rope_interval"] = paired
-    row["extrapolation"] = {m: {n: _geomean([ppl[m][s][n] / ppl[m][s][l0] for s in seeds]) for n in lengths}
-                            for m in methods}  # fmt: skip
+    row["extrapolation"] = {
+        m: {n: _geomean([ppl[m][s][n] / ppl[m][s][l0] for s in seeds]) for n in lengths} for m in methods
+    }
     row["perplexity"] = {m: {n: _geomean([ppl[m][s][n] for s in seeds]) for n in lengths} for m in methods}
     return row
 
@@ -179,8 +238,12 @@ def paper_prediction(points: list[tuple[float, float]], fit: dict[str, float] | 
     prediction: dict[str, Any] = {"log10_compute": x, "log_ratio": centre, "ratio": math.exp(centre)}
     if len(points) > 2:
         pi = prediction_interval(line_fit([p[0] for p in points], [p[1] for p in points]), x)
-        prediction.update(ratio_low=math.exp(pi["low"]), ratio_high=math.exp(pi["high"]), df=pi["df"],
-                          interval="95% prediction interval, t with n - 2 degrees of freedom")  # fmt: skip
+        prediction.update(
+            ratio_low=math.exp(pi["low"]),
+            ratio_high=math.exp(pi["high"]),
+            df=pi["df"],
+            interval="95% prediction interval, t with n - 2 degrees of freedom",
+        )
     return prediction
 
 
@@ -224,9 +287,12 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
                 params = non_embedding_parameters(load_pretrained(trained["run"]).config)
                 tokens = config.steps * config.batch_size * config.seq_len  # all of it, also when a stage was resumed
                 results["runs"].setdefault(size.name, {}).setdefault(method, {})[str(seed)] = {
-                    "train": trained, "non_embedding_params": params, "tokens": tokens, "compute": 6 * params * tokens,
+                    "train": trained,
+                    "non_embedding_params": params,
+                    "tokens": tokens,
+                    "compute": 6 * params * tokens,
                     "perplexity": perplexity_stage(out, trained["run"], ladder, cache_dir, log),
-                }  # fmt: skip
+                }
             results.update(summarise_scale(results, ladder))
             results["wall_seconds"] = time.perf_counter() - started
             results["stage_seconds"] = finished_seconds(out)

@@ -34,14 +34,18 @@ def scale_table(results: dict[str, Any]) -> str:
     l0 = ladder["seq_len"]
     head = " | ".join(f"{NAMES[m]} {f}x/1x" for f in factors for m in methods)
     ratios = " | ".join(f"**{NAMES[m]}/RoPE at L0**" for m in others)
-    lines = [f"| size | seeds | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | {ratios} | {head} |",
-             "|---|---|---|---|---|---|" + "---|" * (len(others) + len(methods) * len(factors))]  # fmt: skip
+    lines = [
+        f"| size | seeds | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | {ratios} | {head} |",
+        "|---|---|---|---|---|---|" + "---|" * (len(others) + len(methods) * len(factors)),
+    ]
     for r in results.get("rows", []):
         ext = " | ".join(f"{r['extrapolation'][m][str(l0 * f)]:.2f}" for f in factors for m in methods)
         cells = " | ".join(f"**{_ratio(r, m)}**" for m in others)
         seeds = len(r.get("seeds", [0]))
-        lines.append(f"| {r['size']} | {seeds} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
-                     f"{r['compute']:.2e} | {r['perplexity']['rope'][str(l0)]:.2f} | {cells} | {ext} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']} | {seeds} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
+            f"{r['compute']:.2e} | {r['perplexity']['rope'][str(l0)]:.2f} | {cells} | {ext} |"
+        )
     return "\n".join(lines)
 
 
@@ -50,21 +54,29 @@ def trend_text(results: dict[str, Any]) -> str:
     if not fit or not pred:
         return "Fewer than two sizes finished: no trend."
     points = fit.get("n", len(results["rows"]))
-    text = (f"Fit over {len(results['rows'])} sizes ({points} points, one per size and seed): log(TAPA/RoPE) = "
-            f"{fit['intercept']:.3f} + {fit['slope']:.3f} x log10(compute), slope standard error "
-            f"{fit['slope_se']:.3f}")  # fmt: skip
+    text = (
+        f"Fit over {len(results['rows'])} sizes ({points} points, one per size and seed): log(TAPA/RoPE) = "
+        f"{fit['intercept']:.3f} + {fit['slope']:.3f} x log10(compute), slope standard error "
+        f"{fit['slope_se']:.3f}"
+    )
     if "slope_low" in fit and fit["slope_low"] == fit["slope_low"]:
         text += f" (95% interval {fit['slope_low']:.3f} to {fit['slope_high']:.3f})"
-    text += (f". Taken at face value at the paper's compute ({results['paper_compute']:.1e} FLOPs) it gives a ratio "
-             f"of {pred['ratio']:.3f}")  # fmt: skip
+    text += (
+        f". Taken at face value at the paper's compute ({results['paper_compute']:.1e} FLOPs) it gives a ratio "
+        f"of {pred['ratio']:.3f}"
+    )
     if "ratio_low" in pred:
-        text += (f" with a 95% prediction interval of {pred['ratio_low']:.2f} to {pred['ratio_high']:.3g} (t with "
-                 f"{pred['df']} residual degree(s) of freedom)")  # fmt: skip
+        text += (
+            f" with a 95% prediction interval of {pred['ratio_low']:.2f} to {pred['ratio_high']:.3g} (t with "
+            f"{pred['df']} residual degree(s) of freedom)"
+        )
     n_seeds = len(_seeds(results["ladder"]))
     seeds = "one seed per size" if n_seeds == 1 else f"{n_seeds} seeds per size"
-    text += (f". This is an extrapolation over many orders of magnitude from a handful of small models, {seeds}: a "
-             "hint of direction at most, not a forecast; an interval that contains 1 does not rule out parity, "
-             "and a slope interval that contains 0 does not show a trend.")  # fmt: skip
+    text += (
+        f". This is an extrapolation over many orders of magnitude from a handful of small models, {seeds}: a "
+        "hint of direction at most, not a forecast; an interval that contains 1 does not rule out parity, "
+        "and a slope interval that contains 0 does not show a trend."
+    )
     return text
 
 
@@ -90,8 +102,13 @@ def plot_scale(results: dict[str, Any], path: Path) -> None:
     left.set_ylabel("perplexity ratio at L0 (line: paired mean; dots: seeds)")
     for i, method in enumerate(methods):
         for j, f in enumerate(ladder["length_factors"][1:]):
-            right.plot(xs, [r["extrapolation"][method][str(l0 * f)] for r in rows], ls=STYLES[j % 4],
-                       marker=MARKERS[i], label=f"{method} {f}x / 1x")  # fmt: skip
+            right.plot(
+                xs,
+                [r["extrapolation"][method][str(l0 * f)] for r in rows],
+                ls=STYLES[j % 4],
+                marker=MARKERS[i],
+                label=f"{method} {f}x / 1x",
+            )
     right.set_yscale("log")
     right.set_ylabel("perplexity at k x L0 / at L0 (log scale)")
     for ax in (left, right):
@@ -108,8 +125,10 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
     ladder = results["ladder"]
     (out / "figures").mkdir(exist_ok=True)
     plot_scale(results, out / "figures" / "scale.png")
-    sizes = "; ".join(f"{s['name']}: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, "
-                      f"{s['steps']} steps" for s in ladder["sizes"])  # fmt: skip
+    sizes = "; ".join(
+        f"{s['name']}: d_model {s['d_model']}, {s['n_layers']} layers, {s['n_heads']} heads, {s['steps']} steps"
+        for s in ladder["sizes"]
+    )
     seeds = ", ".join(str(s) for s in _seeds(ladder))
     lrs = ", ".join(f"{NAMES[m]} {lr:g}" for m, lr in ladder.get("lr", ()))
     lrs = f"the library defaults, except {lrs}" if lrs else "the library defaults"

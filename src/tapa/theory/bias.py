@@ -46,8 +46,13 @@ class BiasSample:
     def summary(self) -> dict:
         layers, heads, _ = self.deltas.shape
         per_head = [{"layer": i, "head": h, **moments(self.deltas[i, h])} for i in range(layers) for h in range(heads)]
-        return {"near": [0, self.near], "far": [self.far, self.far + self.near], "windows": self.windows,
-                "pooled": moments(self.deltas.ravel()), "per_head": per_head}  # fmt: skip
+        return {
+            "near": [0, self.near],
+            "far": [self.far, self.far + self.near],
+            "windows": self.windows,
+            "pooled": moments(self.deltas.ravel()),
+            "per_head": per_head,
+        }
 
 
 @torch.no_grad()
@@ -78,8 +83,9 @@ def sample_bias(
     return BiasSample(np.concatenate(chunks, axis=-1), near, far, int((per_row > 0).sum()))
 
 
-def checkpoint_bias(model: TapaLM, docs: list[torch.Tensor], pairs: int, near: int | None = None,
-                    far: int | None = None, seed: int = 0) -> tuple[BiasSample, dict]:  # fmt: skip
+def checkpoint_bias(
+    model: TapaLM, docs: list[torch.Tensor], pairs: int, near: int | None = None, far: int | None = None, seed: int = 0
+) -> tuple[BiasSample, dict]:
     """Appendix I for one model: the sample and its summary (with near and far; by default the paper's
     distances scaled to the model's training length, :func:`default_distances`)."""
     default_near, default_far = default_distances(model.config.max_seq_len)
@@ -146,12 +152,18 @@ def assumption_2_1(model: TapaLM, documents: list[torch.Tensor], pairs: int = 20
         se = a.std(1) / math.sqrt(pairs)
         for h in range(q.shape[1]):
             spread = float(ea[h].std())
-            rows.append({
-                "layer": layer, "head": h, "mu0": float(ea[h].mean()), "nu0": float(eb[h].mean()),
-                "std_of_E_A_d_over_d": spread, "std_of_E_B_d_over_d": float(eb[h].std()),
-                "mean_standard_error": float(se[h].mean()),
-                "constant_across_d": bool(spread < 0.25 * max(abs(float(ea[h].mean())), float(se[h].mean()) * 4)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": h,
+                    "mu0": float(ea[h].mean()),
+                    "nu0": float(eb[h].mean()),
+                    "std_of_E_A_d_over_d": spread,
+                    "std_of_E_B_d_over_d": float(eb[h].std()),
+                    "mean_standard_error": float(se[h].mean()),
+                    "constant_across_d": bool(spread < 0.25 * max(abs(float(ea[h].mean())), float(se[h].mean()) * 4)),
+                }
+            )
         per_d[layer] = {"E_A_d": ea.tolist(), "E_B_d": eb.tolist()}
     return {"window": length, "pairs": pairs, "heads": rows, "per_d": per_d}
 

@@ -81,12 +81,26 @@ def tapa_section(out: Path, samples: int) -> dict[str, Any]:
         exact = tp.closed_form(lam, dim, theta, alpha, 1.0, 1.0)["mean"]
         slope = tp.fit_slope(lam, estimate)
         expected = -alpha * (1 - theta) * dim
-        rows.append({"D": dim, "theta": theta, "alpha": alpha, "distances": [float(lam[0]), float(lam[-1])],
-                     "fitted_slope": slope, "predicted_slope": expected, "relative_error": abs(slope / expected - 1),
-                     "max_relative_gap_to_closed_form": float(np.abs(estimate / exact - 1).max())})  # fmt: skip
+        rows.append(
+            {
+                "D": dim,
+                "theta": theta,
+                "alpha": alpha,
+                "distances": [float(lam[0]), float(lam[-1])],
+                "fitted_slope": slope,
+                "predicted_slope": expected,
+                "relative_error": abs(slope / expected - 1),
+                "max_relative_gap_to_closed_form": float(np.abs(estimate / exact - 1).max()),
+            }
+        )
         line = axes[0].loglog(lam, estimate, "o", ms=3)[0]
-        axes[0].loglog(lam, exact, "-", color=line.get_color(), label=f"D={dim}, theta={theta}, alpha={alpha}: "
-                       f"slope {slope:.2f} (theory {expected:g})")  # fmt: skip
+        axes[0].loglog(
+            lam,
+            exact,
+            "-",
+            color=line.get_color(),
+            label=f"D={dim}, theta={theta}, alpha={alpha}: slope {slope:.2f} (theory {expected:g})",
+        )
     axes[0].set_xlabel("distance |m - n| (log scale)")
     axes[0].set_ylabel("E score (amplitude mean 1)")
     axes[0].set_title("Theorem 3.2: bias decays as |m-n|^(-alpha(1-theta)D)\n(dots: Monte Carlo, lines: closed form)")
@@ -122,8 +136,14 @@ def tapa_section(out: Path, samples: int) -> dict[str, Any]:
     return {"decay": rows, "monte_carlo_vs_closed_form": check}
 
 
-def run_theory(out: str | Path, head_dim: int = 128, mu0: float = 1.0, nu0: float = 0.5,
-               convention: str = "radians", samples: int = 400_000) -> dict[str, Any]:  # fmt: skip
+def run_theory(
+    out: str | Path,
+    head_dim: int = 128,
+    mu0: float = 1.0,
+    nu0: float = 0.5,
+    convention: str = "radians",
+    samples: int = 400_000,
+) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"rope": rope_section(out, head_dim, mu0, nu0, convention), "tapa": tapa_section(out, samples)}

@@ -40,9 +40,16 @@ def expected_score(
 
 
 def coverage(
-    head_dim: int, base: float, mu0: float, nu0: float, start: float, stop: float, samples: int = 200_000,
-    convention: str = "radians", seed: int = 0,
-) -> dict:  # fmt: skip
+    head_dim: int,
+    base: float,
+    mu0: float,
+    nu0: float,
+    start: float,
+    stop: float,
+    samples: int = 200_000,
+    convention: str = "radians",
+    seed: int = 0,
+) -> dict:
     """Theorem 2.1: how densely (2/sqrt(D)) E score(lambda), lambda uniform in [start, stop],
     covers [-R, R], R = sqrt(mu_0^2 + nu_0^2). Reports the largest gap between sorted values
     (as a fraction of 2R, including the gaps to the ends) and the range reached."""
@@ -62,8 +69,9 @@ def coverage(
     }
 
 
-def near_far_gap(near: np.ndarray, far: np.ndarray, head_dim: int, base: float, mu0: float, nu0: float,
-                 convention: str = "cycles") -> np.ndarray:  # fmt: skip
+def near_far_gap(
+    near: np.ndarray, far: np.ndarray, head_dim: int, base: float, mu0: float, nu0: float, convention: str = "cycles"
+) -> np.ndarray:
     """Theorem 2.2's quantity sgn(mu_0)/sqrt(D) * (E score(near) - E score(far)) for every
     (near, far) pair: shape (len(near), len(far))."""
     e_near = expected_score(near, head_dim, base, mu0, nu0, convention)
@@ -72,9 +80,14 @@ def near_far_gap(near: np.ndarray, far: np.ndarray, head_dim: int, base: float, 
 
 
 def theorem_2_2(
-    head_dim: int, base: float, mu0: float, nu0: float, far_samples: int = 2000, convention: str = "cycles",
+    head_dim: int,
+    base: float,
+    mu0: float,
+    nu0: float,
+    far_samples: int = 2000,
+    convention: str = "cycles",
     seed: int = 0,
-) -> dict:  # fmt: skip
+) -> dict:
     """Near pairs 1 < lambda < theta_0^(-1/4)/8 (integers), far pairs lambda' > 1/theta_0
     (``far_samples`` log-uniform in [1/theta_0, 1000/theta_0]): the fraction of pairs whose
     gap exceeds |mu_0|/8, and the smallest gap."""
@@ -97,8 +110,9 @@ def theorem_2_2(
     }
 
 
-def bias_range(head_dim: int, base: float, mu0: float, nu0: float, max_distance: int,
-               convention: str = "radians") -> float:  # fmt: skip
+def bias_range(
+    head_dim: int, base: float, mu0: float, nu0: float, max_distance: int, convention: str = "radians"
+) -> float:
     """Theorem 2.3: max - min of E score over distances 0 .. max_distance (shrinks as base grows)."""
     values = expected_score(np.arange(max_distance + 1), head_dim, base, mu0, nu0, convention)
     return float(values.max() - values.min())

@@ -142,8 +142,10 @@ def _resumed(out: str, train: dict[str, Any], model: dict[str, Any], extend: str
 
             atomic_write_text(path, saved.to_json())  # the run's plan is now the extended one
     elif "steps" in train and train["steps"] > saved.steps:
-        raise ConfigError(f"resume: --steps {train['steps']} is more than the run's {saved.steps}; add --extend "
-                          "constant (keep the final LR) or --extend cosine (stretch the cosine)")  # fmt: skip
+        raise ConfigError(
+            f"resume: --steps {train['steps']} is more than the run's {saved.steps}; add --extend "
+            "constant (keep the final LR) or --extend cosine (stretch the cosine)"
+        )
     for name, value in train.items():
         if name not in FREE_ON_RESUME and getattr(saved, name) != value:
             raise ConfigError(
@@ -165,8 +167,10 @@ def _verify_final_model(out: Path) -> None:
     try:
         load_pretrained(out)
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; the run's final model is damaged: delete {out / 'model.safetensors'} and "
-                              "resume again to rewrite it from the last checkpoint") from None  # fmt: skip
+        raise CheckpointError(
+            f"{err}; the run's final model is damaged: delete {out / 'model.safetensors'} and "
+            "resume again to rewrite it from the last checkpoint"
+        ) from None
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> None:

@@ -37,8 +37,9 @@ DCP_DIR = "dcp"
 FORMAT = "fsdp-dcp"
 
 
-def build_sharded(config: ModelConfig, seed: int, device: torch.device, precision: str, init_from: str | None,
-                  rank: int) -> TapaLM:  # fmt: skip
+def build_sharded(
+    config: ModelConfig, seed: int, device: torch.device, precision: str, init_from: str | None, rank: int
+) -> TapaLM:
     """The model, sharded over the default process group, its weights materialised."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -130,8 +131,9 @@ def full_model(model: TapaLM) -> TapaLM | None:
     return plain
 
 
-def save_sharded(run_dir: Path, step: int, model: TapaLM, optimizer, save_tokenizer, state: dict[str, Any],
-                 keep_last: int, rank: int) -> None:  # fmt: skip
+def save_sharded(
+    run_dir: Path, step: int, model: TapaLM, optimizer, save_tokenizer, state: dict[str, Any], keep_last: int, rank: int
+) -> None:
     """Write checkpoint ``step`` (every rank calls this)."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -170,8 +172,10 @@ def load_sharded(path: Path, model: TapaLM, optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if not is_sharded_checkpoint(path):
-        raise CheckpointError(f"resume: {path} is not a sharded (--parallel fsdp) checkpoint; resume with "
-                              "the --parallel it was written with")  # fmt: skip
+        raise CheckpointError(
+            f"resume: {path} is not a sharded (--parallel fsdp) checkpoint; resume with "
+            "the --parallel it was written with"
+        )
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path / DCP_DIR))
@@ -190,8 +194,10 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not is_sharded_checkpoint(checkpoint):
-        raise CheckpointError(f"consolidate: {checkpoint} holds no sharded checkpoint ({DCP_DIR}/.metadata); "
-                              "pass a checkpoints/step_N folder of a --parallel fsdp run")  # fmt: skip
+        raise CheckpointError(
+            f"consolidate: {checkpoint} holds no sharded checkpoint ({DCP_DIR}/.metadata); "
+            "pass a checkpoints/step_N folder of a --parallel fsdp run"
+        )
     verify_checkpoint(checkpoint)
     check_empty_out(out)
     model = TapaLM(load_config(checkpoint))

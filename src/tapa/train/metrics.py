@@ -82,8 +82,14 @@ def start_wandb(run_dir: Path, config: dict):
     id_file = run_dir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
     id_file.write_text(run_id + "\n")
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "tapa"), name=run_dir.name, id=run_id, resume="allow",
-                      dir=str(run_dir), config=config)  # fmt: skip
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "tapa"),
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        dir=str(run_dir),
+        config=config,
+    )
 
 
 def tensorboard_tag(key: str) -> str:

@@ -67,11 +67,20 @@ class Single:
     def load_optimizer(self, checkpoint: Path, state: dict, model: TapaLM, optimizer) -> None:
         optimizer.load_state_dict(state["optimizer"])
 
-    def save(self, out: Path, step: int, model: TapaLM, optimizer, save_tokenizer, trainer_state: dict[str, Any],
-             keep_last: int) -> None:  # fmt: skip
+    def save(
+        self,
+        out: Path,
+        step: int,
+        model: TapaLM,
+        optimizer,
+        save_tokenizer,
+        trainer_state: dict[str, Any],
+        keep_last: int,
+    ) -> None:
         if self.env.is_main:
-            save_checkpoint(out, step, model, save_tokenizer, {**trainer_state, "optimizer": optimizer.state_dict()},
-                            keep_last)  # fmt: skip
+            save_checkpoint(
+                out, step, model, save_tokenizer, {**trainer_state, "optimizer": optimizer.state_dict()}, keep_last
+            )
         barrier(self.env)
 
     def full_model(self, model: TapaLM) -> TapaLM | None:
@@ -111,8 +120,7 @@ class Sharded(Single):
             )
         config = self.config
         init = config.init_from if state is None else None
-        return sharding.build_sharded(config.model, config.seed, self.env.device, config.precision, init,
-                                      self.env.rank)  # fmt: skip
+        return sharding.build_sharded(config.model, config.seed, self.env.device, config.precision, init, self.env.rank)
 
     def autocast(self):
         return nullcontext()  # the mixed-precision policy casts
@@ -126,12 +134,28 @@ class Sharded(Single):
 
         sharding.load_sharded(checkpoint, model, optimizer)
 
-    def save(self, out: Path, step: int, model: TapaLM, optimizer, save_tokenizer, trainer_state: dict[str, Any],
-             keep_last: int) -> None:  # fmt: skip
+    def save(
+        self,
+        out: Path,
+        step: int,
+        model: TapaLM,
+        optimizer,
+        save_tokenizer,
+        trainer_state: dict[str, Any],
+        keep_last: int,
+    ) -> None:
         from tapa.train import fsdp as sharding
 
-        sharding.save_sharded(out, step, model, optimizer, save_tokenizer, {**trainer_state, "world": self.env.world},
-                              keep_last, self.env.rank)  # fmt: skip
+        sharding.save_sharded(
+            out,
+            step,
+            model,
+            optimizer,
+            save_tokenizer,
+            {**trainer_state, "world": self.env.world},
+            keep_last,
+            self.env.rank,
+        )
 
     def full_model(self, model: TapaLM) -> TapaLM | None:
         from tapa.train import fsdp as sharding
@@ -145,8 +169,10 @@ class Sharded(Single):
 def check_launch(config: TrainConfig, under_torchrun: bool) -> None:
     """FSDP needs a process group, so it runs under torchrun even on one process."""
     if config.parallel == "fsdp" and not under_torchrun:
-        raise ConfigError("parallel: fsdp runs under torchrun (torchrun --nproc-per-node N -m tapa.cli train ...); "
-                          "drop --parallel fsdp for one process")  # fmt: skip
+        raise ConfigError(
+            "parallel: fsdp runs under torchrun (torchrun --nproc-per-node N -m tapa.cli train ...); "
+            "drop --parallel fsdp for one process"
+        )
 
 
 def needs_group(config: TrainConfig) -> bool:

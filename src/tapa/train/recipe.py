@@ -21,14 +21,21 @@ BETAS = (0.9, 0.95)
 EPS = 1e-8
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, *, betas: tuple[float, float] = BETAS,
-                   eps: float = EPS, weight_decay: float = 0.0) -> torch.optim.AdamW:  # fmt: skip
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    *,
+    betas: tuple[float, float] = BETAS,
+    eps: float = EPS,
+    weight_decay: float = 0.0,
+) -> torch.optim.AdamW:
     """AdamW over ``params`` at peak LR ``lr``."""
     return torch.optim.AdamW(list(params), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int,
-                  min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def make_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LR multiplier (i + 1) / warmup for i < warmup, then min_ratio + (1 - min_ratio) (1 + cos(pi p)) / 2
     with p the progress from warmup to ``total`` (clamped at 1: min_ratio after ``total``)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, min_ratio))
@@ -44,8 +51,12 @@ def set_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, warmup: int, tota
         group["lr"] = base * schedule(scheduler.last_epoch)
 
 
-def update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler | None, clip: float = 1.0) -> torch.Tensor:  # fmt: skip
+def update(
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    clip: float = 1.0,
+) -> torch.Tensor:
     """One optimizer update after the backward pass(es): clip the global gradient norm to
     ``clip`` (0 disables), step the optimizer and the schedule, clear the gradients. Returns
     the gradient norm before clipping (a DTensor under FSDP: the caller gathers it)."""

@@ -243,8 +243,16 @@ def _train(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
         t0 = time.perf_counter()
         loss_value, lr, grad_norm = _step(run, step)
         dt = time.perf_counter() - t0
-        log.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                 "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / dt})  # fmt: skip
+        log.log(
+            {
+                "step": step,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": step * tokens_per_step,
+                "tokens_per_s": tokens_per_step / dt,
+            }
+        )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_step / dt:,.0f}")
@@ -291,8 +299,9 @@ def _start(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     _place(model, config, env)
     wrapped = parallel.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps,
-                               weight_decay=config.weight_decay)  # fmt: skip
+    optimizer = make_optimizer(
+        params, config.peak_lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay
+    )
     scheduler = make_schedule(optimizer, config.effective_warmup, config.cosine_steps, config.min_lr_ratio)
     start_step = 0
     if state is not None:
@@ -385,14 +394,26 @@ def _step(run: _Run, step: int) -> tuple[float, float, torch.Tensor]:
 
 
 def _evaluate(run: _Run, eval_idx: np.ndarray) -> tuple[float, float, int]:
-    return evaluate_segments(run.model, run.data.validation, eval_idx, run.data.tokenizer,
-                             run.micro * run.config.grad_accum, run.env.device, run.parallel.autocast)  # fmt: skip
+    return evaluate_segments(
+        run.model,
+        run.data.validation,
+        eval_idx,
+        run.data.tokenizer,
+        run.micro * run.config.grad_accum,
+        run.env.device,
+        run.parallel.autocast,
+    )
 
 
 def _save(run: _Run, step: int) -> None:
     """A checkpoint at ``step``: model, optimizer, schedule, RNG and sampler position."""
     config = run.config
-    trainer_state = {"step": step, "sequences_seen": step * config.batch_size, "epoch": run.sampler.epoch(step),
-                     "scheduler": run.scheduler.state_dict(), "rng": _rng_state(),
-                     "train_config": config.to_json()}  # fmt: skip
+    trainer_state = {
+        "step": step,
+        "sequences_seen": step * config.batch_size,
+        "epoch": run.sampler.epoch(step),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": _rng_state(),
+        "train_config": config.to_json(),
+    }
     run.parallel.save(run.out, step, run.model, run.optimizer, run.data.tokenizer.save, trainer_state, config.keep_last)

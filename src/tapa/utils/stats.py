@@ -103,8 +103,15 @@ def paired_ratio(loss_a: dict[str, float], loss_b: dict[str, float], level: floa
     diffs = [loss_a[s] - loss_b[s] for s in seeds]
     stats = mean_interval(diffs, level)
     expo = {k: (math.exp(stats[k]) if stats[k] is not None else None) for k in ("mean", "low", "high")}
-    return {"seeds": seeds, "n": stats["n"], "ratio": expo["mean"], "low": expo["low"], "high": expo["high"],
-            "ratios": {str(s): math.exp(d) for s, d in zip(seeds, diffs, strict=True)}, "level": level}  # fmt: skip
+    return {
+        "seeds": seeds,
+        "n": stats["n"],
+        "ratio": expo["mean"],
+        "low": expo["low"],
+        "high": expo["high"],
+        "ratios": {str(s): math.exp(d) for s, d in zip(seeds, diffs, strict=True)},
+        "level": level,
+    }
 
 
 def interval_text(stats: dict[str, Any], digits: int = 3) -> str:
