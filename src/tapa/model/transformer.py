@@ -37,6 +37,14 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+def weight_std(config: ModelConfig, module_name: str) -> float:
+    """The init standard deviation of a Linear / Embedding weight: ``init_std``, divided by
+    sqrt(2 n_layers) for the residual output projections (attention ``wo``, MLP ``down``).
+    The one statement of the rule: :meth:`TapaLM.reset_parameters` and the sharded init use it."""
+    scale = 1 / math.sqrt(2 * config.n_layers) if module_name.endswith(("wo", "down")) else 1.0
+    return config.init_std * scale
+
+
 class TapaLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -72,11 +80,9 @@ class TapaLM(nn.Module):
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights, zero biases; residual output projections scaled by 1/sqrt(2 n_layers)."""
-        std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo", "down")) else 1.0
-                nn.init.normal_(module.weight, std=std * scale)
+                nn.init.normal_(module.weight, std=weight_std(self.config, name))
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 

@@ -31,6 +31,7 @@ from torch import nn
 from tapa.errors import CheckpointError, ConfigError
 from tapa.model import ModelConfig, TapaLM
 from tapa.model.layers import RMSNorm
+from tapa.model.transformer import weight_std
 from tapa.utils.files import write_file
 
 DCP_DIR = "dcp"
@@ -75,9 +76,8 @@ def initial_value(model: TapaLM, name: str, shape: torch.Size, seed: int) -> tor
     owner_name, _, leaf = name.rpartition(".")
     owner = model.get_submodule(owner_name)
     if isinstance(owner, (nn.Linear, nn.Embedding)) and leaf == "weight":
-        scale = 1 / (2 * model.config.n_layers) ** 0.5 if owner_name.endswith(("wo", "down")) else 1.0
         generator = torch.Generator().manual_seed(_param_seed(seed, name))
-        return torch.empty(shape).normal_(0.0, model.config.init_std * scale, generator=generator)
+        return torch.empty(shape).normal_(0.0, weight_std(model.config, owner_name), generator=generator)
     if leaf == "bias":
         return torch.zeros(shape)
     if isinstance(owner, RMSNorm):
