@@ -24,6 +24,8 @@ GRACEFUL = 2.0  # "degrades gracefully": at most 2x
 MIN_SEEDS = 3  # seeds a two-method comparison needs before it can be called either way
 FAR_RANGE = (1.0, 2.0)  # the far distance in training lengths: the paper's is 10000 / 8192 = 1.2
 CENTRED = 0.1  # "centred on zero": the interval of mean / std lies within +-0.1
+WITHIN = 1.05  # "within a few percent": best / worst perplexity at most this (plus noise)
+APART = 1.10  # clearly not within a few percent: above this (plus twice the noise)
 
 
 def _ppl(table: dict, method: str, length: int) -> tuple[float, float] | None:
@@ -57,9 +59,9 @@ def claim_1(results: dict, train_len: int) -> dict[str, str]:
         return _verdict(INCONCLUSIVE, "no perplexities at or below the training length")
     worst, noise = max(ratios), max([NOISE_FLOOR, *spreads])
     text = f"largest best-to-worst ratio at <= L0: {worst:.3f} (noise {noise:.1%})"
-    if worst <= 1.05 + noise:
+    if worst <= WITHIN + noise:
         return _verdict(REPRODUCED, text)
-    if worst > 1.10 + 2 * noise:
+    if worst > APART + 2 * noise:
         return _verdict(NOT_REPRODUCED, text)
     return _verdict(INCONCLUSIVE, text)
 
@@ -212,7 +214,7 @@ CLAIMS = {
     "1": (
         "At and below the training length all methods are within a few percent",
         claim_1,
-        f"reproduced if best/worst <= 1.05 + noise, not reproduced if > 1.10 + 2 x noise "
+        f"reproduced if best/worst <= {WITHIN:.2f} + noise, not reproduced if > {APART:.2f} + 2 x noise "
         f"(noise = max({NOISE_FLOOR:.0%}, seed spread))",
     ),
     "2": (
