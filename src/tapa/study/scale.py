@@ -75,9 +75,9 @@ SCALES = {
         tapa_phase_scale=1.0,
         length_factors=(1, 8, 16, 32),
     ),
-    # The same with one larger size (d_model 256, 4 layers, 4 heads)
+    # The same with one larger size (d_model 256, 4 layers, 4 heads; 1.5x L's tokens, what fits a 2-core session)
     "seeds-xl": ScaleLadder(
-        sizes=(*SIZES, Size("XL", 256, 4, 4, 1600)),
+        sizes=(*SIZES, Size("XL", 256, 4, 4, 1200)),
         seeds=(0, 1, 2),
         methods=("rope", "tapa"),
         lr=(("tapa", 2e-3),),
