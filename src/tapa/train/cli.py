@@ -193,15 +193,22 @@ def _run(config: TrainConfig, args: argparse.Namespace) -> None:
         )
 
 
-def _train(args: argparse.Namespace) -> None:
-    train, model = _given(args)
+def _resumed_from_args(args: argparse.Namespace, train: dict[str, Any], model: dict[str, Any]) -> TrainConfig | None:
+    """With --resume, the saved run's config (flags checked against it); without, None
+    (and no --extend, which only extends an existing run)."""
     if args.resume:
         if args.rope_scaling is not None:
             raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
-        config = _resumed(args.out, train, model, args.extend)
-    else:
-        if args.extend is not None:
-            raise ConfigError("--extend: only with --resume (it extends an existing run)")
+        return _resumed(args.out, train, model, args.extend)
+    if args.extend is not None:
+        raise ConfigError("--extend: only with --resume (it extends an existing run)")
+    return None
+
+
+def _train(args: argparse.Namespace) -> None:
+    train, model = _given(args)
+    config = _resumed_from_args(args, train, model)
+    if config is None:
         base = TrainConfig.load(args.config) if args.config else TrainConfig()
         if "seq_len" in train and "max_seq_len" not in model:
             model["max_seq_len"] = train["seq_len"]
@@ -239,13 +246,8 @@ def _finetune(args: argparse.Namespace) -> None:
     from tapa.model.scaling import scaled_model_config
 
     train, model = _given(args)
-    if args.resume:
-        if args.rope_scaling is not None:
-            raise ConfigError("resume: --rope-scaling is fixed when a run starts; drop it to resume")
-        config = _resumed(args.out, train, model, args.extend)
-    else:
-        if args.extend is not None:
-            raise ConfigError("--extend: only with --resume (it extends an existing run)")
+    config = _resumed_from_args(args, train, model)
+    if config is None:
         base_model = load_config(args.checkpoint)
         seq_len = train.pop("seq_len", 4 * base_model.max_seq_len)
         model_config = scaled_model_config(
