@@ -209,6 +209,14 @@ def test_scale_ladder_with_seeds_pairs_by_seed_and_fits_every_point(tmp_path):
         for s in ("0", "1"):  # TAPA ran with the ladder's phase scale
             config = json.loads((Path(runs["tapa"][s]["train"]["run"]) / "config.json").read_text())
             assert config["tapa_phase_scale"] == 1.0
+        from tapa.train.metrics import read_metrics
+
+        def late_max(run: str) -> float:  # the second half of training
+            norms = [v for _, v in sorted(read_metrics(run, "grad_norm").items())]
+            return max(norms[len(norms) // 2 :])
+
+        late = {m: max(late_max(runs[m][s]["train"]["run"]) for s in ("0", "1")) for m in ("rope", "tapa")}
+        assert row["late_grad_norm"] == pytest.approx(late)
     assert results["fit"]["n"] == 4 and results["prediction"]["df"] == 2
     from tapa.study.scale import trend
 

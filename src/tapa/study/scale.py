@@ -145,6 +145,16 @@ def stage_name(size: Size, method: str, seed: int) -> str:
     return f"train_{size.name}_{method}" + (f"_s{seed}" if seed else "")
 
 
+def gradient_norms(run: str) -> dict[str, float]:
+    """The run's pre-clipping gradient norm: median, maximum, and maximum over the second half
+    of training (a late rise is the instability the earlier ladder saw in TAPA at size L)."""
+    from tapa.train.metrics import read_metrics
+
+    norms = [v for _, v in sorted(read_metrics(run, "grad_norm").items())]
+    late = norms[len(norms) // 2 :]
+    return {"median": sorted(norms)[len(norms) // 2], "max": max(norms), "max_second_half": max(late)}
+
+
 def perplexity_stage(out: Path, run: str, ladder: ScaleLadder, cache_dir: str | None, log) -> dict[str, Any]:
     lengths = [ladder.seq_len * f for f in ladder.length_factors]
     return heldout_perplexity(out, "perplexity", run, lengths, ladder.eval_tokens, cache_dir, log)
@@ -207,6 +217,8 @@ def size_row(size: Size, runs: dict[str, dict[str, Any]], methods: tuple[str, ..
         m: {n: _geomean([ppl[m][s][n] / ppl[m][s][l0] for s in seeds]) for n in lengths} for m in methods
     }
     row["perplexity"] = {m: {n: _geomean([ppl[m][s][n] for s in seeds]) for n in lengths} for m in methods}
+    if all("grad_norm" in runs[m][s] for m in methods for s in seeds):  # largest over the seeds
+        row["late_grad_norm"] = {m: max(runs[m][s]["grad_norm"]["max_second_half"] for s in seeds) for m in methods}
     return row
 
 
@@ -292,6 +304,7 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
                     "tokens": tokens,
                     "compute": 6 * params * tokens,
                     "perplexity": perplexity_stage(out, trained["run"], ladder, cache_dir, log),
+                    "grad_norm": gradient_norms(trained["run"]),
                 }
             results.update(summarise_scale(results, ladder))
             results["wall_seconds"] = time.perf_counter() - started

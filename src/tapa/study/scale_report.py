@@ -34,9 +34,12 @@ def scale_table(results: dict[str, Any]) -> str:
     l0 = ladder["seq_len"]
     head = " | ".join(f"{NAMES[m]} {f}x/1x" for f in factors for m in methods)
     ratios = " | ".join(f"**{NAMES[m]}/RoPE at L0**" for m in others)
+    grads = all("late_grad_norm" in r for r in results.get("rows", []))
+    grad_head = " | late max grad norm " + " / ".join(NAMES[m] for m in methods) if grads else ""
     lines = [
-        f"| size | seeds | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | {ratios} | {head} |",
-        "|---|---|---|---|---|---|" + "---|" * (len(others) + len(methods) * len(factors)),
+        "| size | seeds | non-embedding params | tokens | compute (FLOPs) | RoPE ppl at L0 | "
+        f"{ratios} | {head}{grad_head} |",
+        "|---|---|---|---|---|---|" + "---|" * (len(others) + len(methods) * len(factors) + int(grads)),
     ]
     for r in results.get("rows", []):
         ext = " | ".join(f"{r['extrapolation'][m][str(l0 * f)]:.2f}" for f in factors for m in methods)
@@ -45,6 +48,7 @@ def scale_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {r['size']} | {seeds} | {r['non_embedding_params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.2f}M | "
             f"{r['compute']:.2e} | {r['perplexity']['rope'][str(l0)]:.2f} | {cells} | {ext} |"
+            + (" " + " / ".join(f"{r['late_grad_norm'][m]:.1f}" for m in methods) + " |" if grads else "")
         )
     return "\n".join(lines)
 
@@ -151,7 +155,9 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "![L0 gap and extrapolation ratios against compute](figures/scale.png)",
         "",
         "*Figure: left, perplexity ratio to RoPE at the training length against training compute (log scale); "
-        "right, each method's perplexity at k x L0 divided by its own at L0.*",
+        "right, each method's perplexity at k x L0 divided by its own at L0. Late max grad norm: the largest "
+        "pre-clipping gradient norm in the second half of training, over the seeds (clipped to 1 in training; "
+        "a rise to 10-10^4 marked the unstable runs of the earlier ladder).*",
         "",
         f"Compute: {results.get('stage_seconds', finished_seconds(out)) / 60:.1f} min of stages in all (this "
         "invocation "
