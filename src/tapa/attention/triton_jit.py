@@ -2,6 +2,10 @@
 
 Triton resolves the helpers a kernel calls by their module-level names, hence this module;
 :mod:`tapa.attention.triton_kernel` holds the launch code, the autograd wrapper and the math.
+
+The three kernels (forward, dQ, dK/dV) repeat their argument lists (pointers, strides,
+shapes, offsets): a Triton kernel takes flat scalars, so a shared signature cannot be
+factored out; the per-tile math they share lives in the ``@triton.jit`` helpers below.
 """
 
 import triton

@@ -1,10 +1,12 @@
 """The training loop behind ``tapa train`` and ``tapa finetune``.
 
 One function, :func:`run_training`: validate everything, prepare data (tokenized once and
-cached), build or load the model, then step AdamW with warmup + cosine, gradient
-accumulation, clipping and optional bf16 autocast; log, evaluate and checkpoint. Under
-``torchrun`` each rank takes its slice of every global batch and DDP averages gradients,
-so N processes follow the single-process loss curve.
+cached), build or load the model, then step the recipe (:mod:`tapa.train.recipe`: AdamW,
+warmup + cosine, clipping) with gradient accumulation and optional bf16 autocast; log,
+evaluate and checkpoint. How the run spreads over processes (one process, DDP, FSDP) is
+its :mod:`tapa.train.parallel` strategy's business: under ``torchrun`` each rank takes its
+slice of every global batch, so N processes follow the single-process loss curve. The run
+folder's layout is :class:`tapa.train.run_dir.RunDir`'s.
 """
 
 from __future__ import annotations

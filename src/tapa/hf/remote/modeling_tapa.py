@@ -9,7 +9,9 @@ with the phase scale s = ``tapa_phase_scale`` (2 pi in the paper; an export with
 field means 2 pi), then a causal softmax; no RoPE anywhere. Also the linear phase (Eq. 16), the learnable
 M / N of Eq. 9 (``quadratic_full``), NoPE and ALiBi. Scores are materialised (L x L per
 head) in float32: clear rather than fast; tapa's own kernels are the fast path.
-Written by ``tapa export-hf``; needs only torch and transformers.
+Written by ``tapa export-hf``; needs only torch and transformers. It therefore restates
+what tapa's own modules define (RMSNorm, the ALiBi slopes, the TAPA phase parts): a
+deliberate copy, held equal to tapa's model by the export round-trip tests.
 """
 
 import math
