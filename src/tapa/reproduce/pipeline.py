@@ -8,7 +8,6 @@ grid -> passkey -> Appendix I bias -> theory -> verdicts -> report.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from tapa.model import ModelConfig, load_pretrained
 from tapa.model.scaling import scaled_model_config, with_config
 from tapa.reproduce.presets import Preset
 from tapa.train.config import TrainConfig
+from tapa.utils.jsonfile import read_json_object
 
 ROPE_BASE = 1e4
 BIG_BASE_FACTOR = 400  # the paper's 2e8 / 5e5
@@ -286,10 +286,10 @@ def rejudge(out: str | Path) -> dict:
     path = out / "results.json"
     if not path.is_file():
         raise ConfigError(f"--rejudge: {out} has no results.json; run tapa reproduce --out {out} first")
+    results = read_json_object(path, "--rejudge")
     try:
-        results = json.loads(path.read_text())
         results["verdicts"] = all_verdicts(results)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise ConfigError(f"--rejudge: {path} is not a reproduce results file ({type(err).__name__}: {err})") from None
     write_results(out, results)
     write_report(results, out)

@@ -17,7 +17,6 @@ value reaches parity. With few sizes the uncertainty is large, and the report sa
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -263,13 +262,14 @@ def refit_scale(out: str | Path) -> dict[str, Any]:
     """Recompute the trend and prediction of a finished ladder from its results.json (no stage runs)."""
     from tapa.errors import ConfigError
     from tapa.study.scale_report import write_scale_report
+    from tapa.utils.jsonfile import read_json_object
 
     out = Path(out)
+    results = read_json_object(out / "results.json", "--refit")
     try:
-        results = json.loads((out / "results.json").read_text())
         points = trend_points(results["rows"])
         fit = trend(points)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"--refit: {out} holds no scale-ladder results.json ({type(err).__name__})") from None
     results.update(fit=fit, prediction=paper_prediction(points, fit))
     write_results(out, results)
