@@ -83,6 +83,15 @@ SCALES = {
         tapa_phase_scale=1.0,
         length_factors=(1, 8, 16, 32),
     ),
+    # Size L of "seeds" with TAPA one LR notch lower (1e-3): does the gap at L come from a fixed LR?
+    "seeds-l-tapa-lr-1e-3": ScaleLadder(
+        sizes=(SIZES[2],),
+        seeds=(0, 1, 2),
+        methods=("rope", "tapa"),
+        lr=(("tapa", 1e-3),),
+        tapa_phase_scale=1.0,
+        length_factors=(1, 8, 16, 32),
+    ),
     "smoke": ScaleLadder(
         sizes=(Size("S", 16, 1, 1, 3), Size("M", 32, 1, 2, 4), Size("L", 48, 2, 3, 5)),
         head_dim=16,
