@@ -7,6 +7,7 @@ larger RoPE base for the ABF row (the paper's 2e8 / 5e5 = 400x), sliding stride 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tapa.errors import ConfigError
 
@@ -74,6 +75,20 @@ class Preset:
 
 
 SEEDED_FOR_VERDICTS = ("rope", "tapa", "nope", "tapa_linear")
+# the paper's geometry as far as 2 CPU cores go (BPE tokens, L0 = 128, 600 + 100 steps, 3 seeds):
+# shared by paper-cpu, paper-cpu-claims and paper-cpu-hd64, which differ in heads and in what they run
+PAPER_CPU_GEOMETRY: dict[str, Any] = dict(
+    d_model=128,
+    n_layers=3,
+    seq_len=128,
+    batch_size=16,
+    pretrain_steps=600,
+    finetune_steps=100,
+    eval_tokens=16384,
+    seeds=(0, 1, 2),
+    tokenizer="bpe",
+    bpe_vocab=2048,
+)
 PRESETS = {
     "smoke": Preset(
         "smoke",
@@ -206,21 +221,12 @@ PRESETS = {
     # (the bias, with NoPE as the distance-blind control) need >= 3 seeds (reproduce/verdicts.py)
     "paper-cpu": Preset(
         "paper-cpu",
-        d_model=128,
-        n_layers=3,
+        **PAPER_CPU_GEOMETRY,
         n_heads=1,
-        seq_len=128,
-        batch_size=16,
-        pretrain_steps=600,
-        finetune_steps=100,
-        eval_tokens=16384,
-        seeds=(0, 1, 2),
         pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS),
         bias_pairs=10_000,
         theory_samples=400_000,
-        tokenizer="bpe",
-        bpe_vocab=2048,
         head_dim=128,
         seeded_methods=SEEDED_FOR_VERDICTS,
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
@@ -230,22 +236,13 @@ PRESETS = {
     # the two TAPA phases fine-tuned, the bias of every seed at the paper's far distance
     "paper-cpu-claims": Preset(
         "paper-cpu-claims",
-        d_model=128,
-        n_layers=3,
+        **PAPER_CPU_GEOMETRY,
         n_heads=1,
-        seq_len=128,
-        batch_size=16,
-        pretrain_steps=600,
-        finetune_steps=100,
-        eval_tokens=16384,
-        seeds=(0, 1, 2),
         pretrain=("rope", "tapa", "tapa_linear", "nope"),
         finetune=("tapa", "tapa_linear"),
         zero_shot_scaling=(),
         bias_pairs=10_000,
         theory_samples=20_000,
-        tokenizer="bpe",
-        bpe_vocab=2048,
         head_dim=128,
         left_out=(
             "RoPE scaling rows and the other fine-tunes (claims 2-3: see paper-cpu)",
@@ -257,21 +254,12 @@ PRESETS = {
     # the same at head_dim 64 (2 heads of 64): the second point the science issue asks for
     "paper-cpu-hd64": Preset(
         "paper-cpu-hd64",
-        d_model=128,
-        n_layers=3,
+        **PAPER_CPU_GEOMETRY,
         n_heads=2,
-        seq_len=128,
-        batch_size=16,
-        pretrain_steps=600,
-        finetune_steps=100,
-        eval_tokens=16384,
-        seeds=(0, 1, 2),
         pretrain=(*PRETRAIN_METHODS, *CONTROLS),
         finetune=(*FINETUNE_METHODS, *CONTROLS),
         bias_pairs=10_000,
         theory_samples=400_000,
-        tokenizer="bpe",
-        bpe_vocab=2048,
         head_dim=64,
         seeded_methods=SEEDED_FOR_VERDICTS,
         left_out=("the alpha x theta grid", "passkey (chance for every model at this size; see tapa study recall)"),
