@@ -205,6 +205,13 @@ def test_scale_ladder_with_seeds_pairs_by_seed_and_fits_every_point(tmp_path):
         assert row["tapa_over_rope"] == pytest.approx(math.sqrt(per_seed["0"] * per_seed["1"]))  # geometric mean
         low, high = row["tapa_over_rope_interval"]["low"], row["tapa_over_rope_interval"]["high"]
         assert low <= row["tapa_over_rope"] <= high and "nope_over_rope" not in row
+        assert row["tapa_over_rope_by_length"]["16"]["ratio"] == pytest.approx(row["tapa_over_rope"])
+        at_32 = {
+            s: runs["tapa"][s]["perplexity"]["lengths"]["32"]["perplexity"]
+            / runs["rope"][s]["perplexity"]["lengths"]["32"]["perplexity"]
+            for s in ("0", "1")
+        }
+        assert row["tapa_over_rope_by_length"]["32"]["ratios"] == pytest.approx(at_32)
         points += [(math.log10(row["compute"]), math.log(v)) for v in per_seed.values()]
         for s in ("0", "1"):  # TAPA ran with the ladder's phase scale
             config = json.loads((Path(runs["tapa"][s]["train"]["run"]) / "config.json").read_text())

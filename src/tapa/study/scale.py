@@ -221,6 +221,10 @@ def size_row(size: Size, runs: dict[str, dict[str, Any]], methods: tuple[str, ..
         paired = paired_ratio(loss[m], loss["rope"])
         row[f"{m}_over_rope"] = paired["ratio"]
         row[f"{m}_over_rope_interval"] = paired
+        row[f"{m}_over_rope_by_length"] = {
+            n: paired_ratio({s: math.log(ppl[m][s][n]) for s in seeds}, {s: math.log(ppl["rope"][s][n]) for s in seeds})
+            for n in lengths
+        }
     row["extrapolation"] = {
         m: {n: _geomean([ppl[m][s][n] / ppl[m][s][l0] for s in seeds]) for n in lengths} for m in methods
     }

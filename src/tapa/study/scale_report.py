@@ -53,6 +53,24 @@ def scale_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def by_length_table(results: dict[str, Any]) -> str:
+    """TAPA/RoPE (and NoPE/RoPE) perplexity at every evaluated length, paired by seed."""
+    others = [m for m in _methods(results) if m != "rope"]
+    rows = [r for r in results.get("rows", []) if all(f"{m}_over_rope_by_length" in r for m in others)]
+    if not rows:
+        return ""
+    lengths = list(rows[0][f"{others[0]}_over_rope_by_length"])
+    lines = [
+        "| size | ratio | " + " | ".join(f"at {n} tokens" for n in lengths) + " |",
+        "|---|---|" + "---|" * len(lengths),
+    ]
+    for r in rows:
+        for m in others:
+            cells = " | ".join(interval_text(r[f"{m}_over_rope_by_length"][n]) for n in lengths)
+            lines.append(f"| {r['size']} | {NAMES[m]}/RoPE | {cells} |")
+    return "\n".join(lines)
+
+
 def trend_text(results: dict[str, Any]) -> str:
     fit, pred = results.get("fit"), results.get("prediction")
     if not fit or not pred:
@@ -149,6 +167,10 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "the seeds.",
         "",
         scale_table(results),
+        "",
+        "Ratios to RoPE at every length, paired by seed (95% t-intervals):",
+        "",
+        by_length_table(results),
         "",
         trend_text(results),
         "",
