@@ -237,7 +237,7 @@ def _scale(args: argparse.Namespace) -> None:
     if args.refit:
         results = refit_scale(args.out)
     else:
-        results = run_scale(SCALES[args.ladder], args.out, args.cache_dir, verbose=not args.quiet)
+        results = run_scale(SCALES[args.ladder], args.out, args.cache_dir, verbose=not args.quiet, name=args.ladder)
     print(scale_table(results))
     print(trend_text(results))
     print(f"report: {args.out}/report.md, {args.out}/results.json")

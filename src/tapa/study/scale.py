@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tapa.experiment.runs import write_results
+from tapa.experiment.runs import environment, write_results
 from tapa.experiment.stages import finished_seconds, printer
 from tapa.model import ModelConfig
 from tapa.model.params import parameter_count
@@ -290,7 +290,9 @@ def refit_scale(out: str | Path) -> dict[str, Any]:
     return results
 
 
-def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None, verbose: bool = True) -> dict:
+def run_scale(
+    ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None, verbose: bool = True, name: str | None = None
+) -> dict:
     """Train and evaluate every (size, seed, method), smallest size first; results.json and the
     report are rewritten after each seed, so a stopped ladder leaves its finished sizes summarised."""
     from tapa.model import load_pretrained
@@ -302,7 +304,14 @@ def run_scale(ladder: ScaleLadder, out: str | Path, cache_dir: str | None = None
 
     log = printer(verbose)
 
-    results: dict[str, Any] = {"ladder": asdict(ladder), "runs": {}}
+    command = f"tapa study scale --ladder {name} --out {out}" if name else None
+    results: dict[str, Any] = {
+        "ladder": asdict(ladder),
+        "command": command,
+        "environment": environment(),
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": {},
+    }
     for size in ladder.sizes:
         log(f"size {size.name}: d_model {size.d_model}, {size.n_layers} layers, {size.steps} steps")
         for seed in ladder.seeds:

@@ -143,6 +143,17 @@ def plot_scale(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _provenance(results: dict[str, Any]) -> str:
+    """The command, date and machine of the run, where results.json records them."""
+    env = results.get("environment")
+    if not results.get("command") or not env:
+        return ""
+    return (
+        f"Command: `{results['command']}` ({results['date']}; {env['processor'] or env['machine']}, "
+        f"{env['threads']} threads, torch {env['torch']}). "
+    )
+
+
 def write_scale_report(results: dict[str, Any], out: Path) -> None:
     ladder = results["ladder"]
     (out / "figures").mkdir(exist_ok=True)
@@ -181,6 +192,7 @@ def write_scale_report(results: dict[str, Any], out: Path) -> None:
         "pre-clipping gradient norm in the second half of training, over the seeds (clipped to 1 in training; "
         "a rise to 10-10^4 marked the unstable runs of the earlier ladder).*",
         "",
+        _provenance(results),
         f"Compute: {results.get('stage_seconds', finished_seconds(out)) / 60:.1f} min of stages in all (this "
         "invocation "
         f"{results.get('wall_seconds', 0) / 60:.1f} min; finished stages are reused, not re-run).",
