@@ -83,6 +83,15 @@ SCALES = {
         tapa_phase_scale=1.0,
         length_factors=(1, 8, 16, 32),
     ),
+    # The larger point alone, TAPA at 1e-3 (at 2e-3 its seed-0 run grew gradient norms of 10^2-10^3: unstable)
+    "xl-tapa-lr-1e-3": ScaleLadder(
+        sizes=(Size("XL", 256, 4, 4, 1200),),
+        seeds=(0, 1, 2),
+        methods=("rope", "tapa"),
+        lr=(("tapa", 1e-3),),
+        tapa_phase_scale=1.0,
+        length_factors=(1, 8, 16, 32),
+    ),
     # Size L of "seeds" with TAPA one LR notch lower (1e-3): does the gap at L come from a fixed LR?
     "seeds-l-tapa-lr-1e-3": ScaleLadder(
         sizes=(SIZES[2],),
