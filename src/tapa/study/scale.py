@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tapa.experiment.runs import environment, write_results
-from tapa.experiment.stages import finished_seconds, printer
+from tapa.experiment.stages import printer
 from tapa.model import ModelConfig
 from tapa.model.params import parameter_count
 from tapa.paper import PAPER_COMPUTE
@@ -339,7 +339,12 @@ def run_scale(
                 }
             results.update(summarise_scale(results, ladder))
             results["wall_seconds"] = time.perf_counter() - started
-            results["stage_seconds"] = finished_seconds(out)
+            results["stage_seconds"] = sum(  # the stages this ladder used (others may share the folder)
+                run["train"]["seconds"] + run["perplexity"]["seconds"]
+                for by_method in results["runs"].values()
+                for by_seed in by_method.values()
+                for run in by_seed.values()
+            )
             write_results(out, results)
             write_scale_report(results, out)
     return results
