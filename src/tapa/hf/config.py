@@ -177,15 +177,6 @@ def _shape_fields(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def switch_positional(config: ModelConfig, positional: str) -> ModelConfig:
-    """The same model under another positional scheme (RoPE -> TAPA keeps every weight:
-    TAPA has no parameters of its own); RoPE-only settings are dropped when leaving RoPE."""
-    changes: dict[str, Any] = {"positional": positional}
-    if positional != "rope":
-        changes.update(rope_scaling=None, partial_rotary_factor=1.0)
-    return config.replace(**changes)
-
-
 def _tapa_model_config(config: dict[str, Any]) -> ModelConfig:
     """The inverse of the TapaConfig export."""
     return ModelConfig(
@@ -238,13 +229,10 @@ def hf_config_from_model(config: ModelConfig, special_ids: dict[str, int] | None
     out: dict[str, Any] = {
         "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],
         "model_type": "qwen2" if qwen else "llama",
-        **_shape(config),
+        **_shape(config),  # sizes, rms_norm_eps, tie_word_embeddings, initializer_range
         "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
-        "tie_word_embeddings": config.tie_embeddings,
         "rope_parameters": rope,
         "dtype": "float32",
-        "initializer_range": config.init_std,
     }
     if qwen:
         out.update({"use_sliding_window": False, "sliding_window": None})

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tapa.data.tokenizer import copy_tokenizer_files
 from tapa.errors import ConfigError
-from tapa.hf.config import switch_positional
 from tapa.model import TapaLM, load_config, load_pretrained, save_pretrained
+from tapa.model.conversion import switch_positional
 from tapa.model.scaling import with_config
 from tapa.utils.publish import check_empty_out, publish
 

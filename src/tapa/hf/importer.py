@@ -20,9 +20,10 @@ from safetensors import SafetensorError, safe_open
 
 from tapa.data.tokenizer import HF_FILE, SP_FILE
 from tapa.errors import CheckpointError
-from tapa.hf.config import model_config_from_hf, switch_positional
+from tapa.hf.config import model_config_from_hf
 from tapa.hf.names import from_hf_name
 from tapa.model import ModelConfig, TapaLM, save_pretrained
+from tapa.model.conversion import switch_positional
 from tapa.model.generation import CHAT_TEMPLATE_FILE, GENERATION_FILE, eos_list, save_generation
 from tapa.utils.jsonfile import read_json_object
 from tapa.utils.publish import check_empty_out, publish

@@ -71,6 +71,15 @@ def _rows(weight: torch.Tensor, heads: int, head_dim: int, order: list[int]) -> 
     return shaped[:, order].reshape(weight.shape)
 
 
+def switch_positional(config: ModelConfig, positional: str) -> ModelConfig:
+    """The same model under another positional scheme (RoPE -> TAPA keeps every weight:
+    TAPA has no parameters of its own); RoPE-only settings are dropped when leaving RoPE."""
+    changes: dict[str, object] = {"positional": positional}
+    if positional != "rope":
+        changes.update(rope_scaling=None, partial_rotary_factor=1.0)
+    return config.replace(**changes)
+
+
 def convert_to_tapa(
     model: TapaLM,
     conversion: str = "lowfreq",
@@ -87,8 +96,8 @@ def convert_to_tapa(
         raise ConfigError(f"conversion: unknown {conversion!r}; choose one of {', '.join(CONVERSIONS)}")
     if model.config.partial_rotary_factor != 1:
         raise ConfigError("convert: partial RoPE models are not supported (their unrotated part has no frequency)")
-    config = model.config.replace(
-        positional="tapa", rope_scaling=None, tapa_theta=theta, tapa_alpha=alpha, tapa_phase_scale=phase_scale
+    config = switch_positional(model.config, "tapa").replace(
+        tapa_theta=theta, tapa_alpha=alpha, tapa_phase_scale=phase_scale
     )
     if conversion == "naive":
         return with_config(model, config)

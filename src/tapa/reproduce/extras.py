@@ -12,7 +12,7 @@ from tapa.evaluate.passkey import passkey_grid, plot_passkey
 from tapa.evaluate.passkey_finetune import passkey_finetune
 from tapa.experiment.stages import run_stage
 from tapa.model import load_pretrained
-from tapa.theory.bias import default_distances, moments, plot_bias, sample_bias
+from tapa.theory.bias import checkpoint_bias, default_distances, plot_bias
 from tapa.theory.report import run_theory
 
 DEPTHS = [0.0, 0.5, 1.0]
@@ -55,12 +55,11 @@ def bias_stage(rep, runs: dict[str, dict[str, str]]) -> dict[str, Any]:
         for method, by_seed in runs.items():
             out[method] = {"seeds": {}}
             for seed, run in by_seed.items():
-                sample = sample_bias(load_pretrained(run), list(rep.docs), p.bias_pairs, near, far)
-                stats = moments(sample.deltas.ravel())
-                out[method]["seeds"][seed] = stats
+                sample, summary = checkpoint_bias(load_pretrained(run), list(rep.docs), p.bias_pairs, near, far)
+                out[method]["seeds"][seed] = summary["pooled"]
                 if method not in samples:
                     samples[method] = sample
-                    out[method].update({k: v for k, v in sample.summary().items() if k != "per_head"}, pooled=stats)
+                    out[method].update({k: v for k, v in summary.items() if k != "per_head"})
         figures = rep.out / "figures"
         figures.mkdir(exist_ok=True)
         plot_bias(samples, figures / "bias.png", "Distance bias of the pretrained models (Appendix I)")
