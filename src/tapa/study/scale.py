@@ -160,14 +160,11 @@ def trend(points: list[tuple[float, float]]) -> dict[str, float] | None:
     n = len(points)
     if n < 2 or len({x for x, _ in points}) < 2:
         return None
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sxx
-    a = my - b * mx
-    resid = sum((y - a - b * x) ** 2 for x, y in points)
-    se = math.sqrt(resid / (n - 2) / sxx) if n > 2 else float("nan")
-    half = t_quantile(0.975, n - 2) * se if n > 2 else float("nan")
+    fit = line_fit([x for x, _ in points], [y for _, y in points])
+    a, b = fit["intercept"], fit["slope"]
+    se = math.sqrt(fit["s2"] / fit["sxx"])  # NaN for two points
+    half = t_quantile(0.975, n - 2) * se if n > 2 else math.nan
+    my = a + b * fit["mean_x"]  # the mean of y: a least-squares line passes through (mean x, mean y)
     return {
         "intercept": a,
         "slope": b,

@@ -124,10 +124,11 @@ def interval_text(stats: dict[str, Any], digits: int = 3) -> str:
 
 
 def line_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any]:
-    """Least squares y = a + b x with the residual variance s^2 = SSE / (n - 2)."""
+    """Least squares y = a + b x with the residual variance s^2 = SSE / (n - 2) (NaN for two
+    points, which a line passes through exactly)."""
     n = len(xs)
-    if n != len(ys) or n < 3:
-        raise ConfigError(f"line_fit: needs >= 3 paired points, got {n} x and {len(ys)} y")
+    if n != len(ys) or n < 2:
+        raise ConfigError(f"line_fit: needs >= 2 paired points, got {n} x and {len(ys)} y")
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
@@ -135,11 +136,21 @@ def line_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any]:
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     intercept = my - slope * mx
     sse = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
-    return {"n": n, "intercept": intercept, "slope": slope, "s2": sse / (n - 2), "mean_x": mx, "sxx": sxx}
+    return {
+        "n": n,
+        "intercept": intercept,
+        "slope": slope,
+        "s2": sse / (n - 2) if n > 2 else math.nan,
+        "mean_x": mx,
+        "sxx": sxx,
+    }
 
 
 def prediction_interval(fit: dict[str, Any], x: float, level: float = LEVEL) -> dict[str, float]:
-    """The interval for a new observation at ``x``: yhat +- t_{n-2} s sqrt(1 + 1/n + (x - mean_x)^2 / Sxx)."""
+    """The interval for a new observation at ``x``: yhat +- t_{n-2} s sqrt(1 + 1/n + (x - mean_x)^2 / Sxx)
+    (needs n >= 3: two points leave no residual to estimate s from)."""
+    if fit["n"] < 3:
+        raise ConfigError(f"prediction_interval: needs a fit over >= 3 points, got {fit['n']}")
     yhat = fit["intercept"] + fit["slope"] * x
     se = math.sqrt(fit["s2"] * (1.0 + 1.0 / fit["n"] + (x - fit["mean_x"]) ** 2 / fit["sxx"]))
     half = t_quantile(0.5 + level / 2.0, fit["n"] - 2) * se
