@@ -25,7 +25,7 @@ from tapa.train.config import TrainConfig
 from tapa.train.metrics import read_metrics, tensorboard_tag
 from tapa.train.run_dir import checkpoint_step
 from tapa.train.schedule import WarmupCosine
-from tapa.train.trainer import _build_model, run_training
+from tapa.train.trainer import _build_model, _check_vocab, run_training
 
 TINY = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4"]
 
@@ -231,7 +231,7 @@ def test_finetune_starts_from_the_checkpoint_at_4x_length(tmp_path, cache_dir):
     assert config.seq_len == 128 and config.model.max_seq_len == 128 and config.init_from == str(base)
     assert config.model.rope_scaling == {"rope_type": "linear", "factor": 4.0}
     assert config.peak_lr == pytest.approx(0.2 * TrainConfig(model=ModelConfig(positional="rope")).peak_lr)
-    start = _build_model(config, Bytes())  # before any fine-tuning step: the pretrained weights
+    start = _build_model(config)  # before any fine-tuning step: the pretrained weights
     for name, tensor in load_pretrained(base).state_dict().items():
         assert torch.equal(start.state_dict()[name], tensor)
     assert load_pretrained(tmp_path / "ft").config.rope_scaling["factor"] == 4.0
@@ -626,7 +626,9 @@ def test_compiled_blocks_match_the_eager_step_and_train(tmp_path, cache_dir):
     import copy
 
     torch.manual_seed(0)
-    model = _build_model(tiny_config(tmp_path / "x", cache_dir), Bytes())
+    config = tiny_config(tmp_path / "x", cache_dir)
+    _check_vocab(config, Bytes())  # the model's vocabulary from the tokenizer, as a run sets it
+    model = _build_model(config)
     compiled = copy.deepcopy(model)
     for block in compiled.blocks:
         block.compile()

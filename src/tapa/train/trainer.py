@@ -158,9 +158,8 @@ def _check_vocab(config: TrainConfig, tokenizer: Tokenizer) -> None:
         config.model = config.model.replace(vocab_size=tokenizer.vocab_size)
 
 
-def _build_model(config: TrainConfig, tokenizer: Tokenizer) -> TapaLM:
+def _build_model(config: TrainConfig) -> TapaLM:
     """A fresh model from ``config.seed`` (or ``init_from``'s weights), frozen but ``train_only``."""
-    _check_vocab(config, tokenizer)
     torch.manual_seed(config.seed)
     model = TapaLM(config.model)
     if config.init_from:
@@ -294,8 +293,8 @@ def _start(config: TrainConfig, resume: str | None, progress: bool, env: DistEnv
     data = prepare_data(data_config, env, verbose=env.is_main and progress)
     state = load_state(checkpoint) if checkpoint is not None else None
     parallel = strategy(config, env)
-    _check_vocab(config, data.tokenizer)  # also for a sharded model, which does not call _build_model
-    model = parallel.build(lambda: _build_model(config, data.tokenizer), state, checkpoint)
+    _check_vocab(config, data.tokenizer)  # every strategy builds from the checked config
+    model = parallel.build(lambda: _build_model(config), state, checkpoint)
     model.activation_checkpointing = config.activation_checkpointing
     _write_run_files(config, out, data, state, env)
     _place(model, config, env)
