@@ -205,3 +205,15 @@ def test_the_run_folder_layout_is_spelled_in_one_place():
             if isinstance(node, ast.Constant) and node.value in names:
                 found.append(f"{module_name(path)}:{node.lineno} {node.value!r}")
     assert not found, "run-folder names outside tapa.train.run_dir:\n" + "\n".join(found)
+
+
+def test_no_function_longer_than_80_lines_outside_the_triton_kernels():
+    """Small functions with one job; the Triton kernels (one tile loop each) are the exception."""
+    long = []
+    for path in (SRC / "tapa").rglob("*.py"):
+        if path.name == "triton_jit.py" or "remote" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)
